@@ -1,0 +1,1 @@
+"""Utility sub-commands of ``stori`` (each module exposes ``main(argv) -> int``)."""
