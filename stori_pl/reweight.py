@@ -100,14 +100,39 @@ class WeightedTextEncoder:
 
     def _suffix(self, x: torch.Tensor, tokens: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
         """Blocks ``start_block..n`` + pooling + projection: ``[B, L, W] -> [B, D]``."""
+        n = x.shape[1]
+        eot = self.eot_positions(tokens)  # [B]
         if log_weights is None:
-            mask = self.tower.causal_mask[: x.shape[1], : x.shape[1]]
+            key_bias, mask = None, self.tower.causal_mask[:n, :n]  # plain causal mask: bitwise encode_text
         else:
-            key_bias = torch.where(self.token_mask(tokens), log_weights[:, : tokens.shape[1]], 0.0)  # [B, L]
-            mask = self._weighted_mask(key_bias)
-        x = self._run_blocks(x, self.tower.blocks[self.start_block - 1 :], mask)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.eot_positions(tokens)]  # [B, W]
+            key_bias = torch.where(self.token_mask(tokens), log_weights[:, :n], 0.0)  # [B, L]
+            mask = self._weighted_mask(key_bias)  # [B*H, L, L]
+        blocks = self.tower.blocks[self.start_block - 1 :]
+        x = self._run_blocks(x, blocks[:-1], mask)
+        pooled = self._last_block_at_eot(blocks[-1], x, eot, key_bias)  # [B, W]
         return self.tower.project(self.tower.ln_final(pooled))  # [B, D]
+
+    def _last_block_at_eot(
+        self, block: nn.Module, x: torch.Tensor, eot: torch.Tensor, key_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The last block, evaluated only where it matters: the EOT query row. ``[B, L, W] -> [B, W]``.
+
+        Keys and values still come from every position; queries, attention output and MLP run for one
+        row instead of L (the other rows never reach the embedding). Uses the block's own modules; blocks
+        without a separate key/value input run in full.
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        causal = self.tower.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)
+        if not (self.tower.batch_first and hasattr(block, "attention") and not hasattr(block, "ln_1_kv")):
+            mask = causal if key_bias is None else self._weighted_mask(key_bias)
+            return self._run_blocks(x, [block], mask)[rows, eot]
+        row_mask = causal[eot] if key_bias is None else causal[eot] + key_bias  # [B, L(key)]
+        row_mask = row_mask[:, None, :].repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, 1, L]
+        q = x[rows, eot][:, None]  # [B, 1, W]
+        kv = block.ln_1(x)  # [B, L, W]
+        y = q + block.ls_1(block.attention(q_x=block.ln_1(q), k_x=kv, v_x=kv, attn_mask=row_mask))
+        y = y + block.ls_2(block.mlp(block.ln_2(y)))  # [B, 1, W]
+        return y[:, 0]
 
     def _prefix(self, tokens: torch.Tensor) -> torch.Tensor:
         """Blocks ``1..start_block-1``: ``[B, L] -> [B, L, W]`` hidden states."""
@@ -115,21 +140,31 @@ class WeightedTextEncoder:
         return self._run_blocks(self._embed(tokens), self.tower.blocks[: self.start_block - 1], self.tower.causal_mask[:n, :n])
 
     # ---------------------------------------------------------------------------------- public API
-    def __call__(self, tokens: torch.Tensor, log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, tokens: torch.Tensor, log_weights: torch.Tensor | None = None, bucket_size: int = 256
+    ) -> torch.Tensor:
         """Encode ``tokens`` [B, L] with per-token ``log_weights`` [B, L] -> unnormalized ``[B, D]``.
 
         Log-weights at SOS, EOT and padding are ignored; ``-inf`` masks a token out (weight 0).
+        Prompts run in buckets of ``bucket_size`` of similar length, each cut after its last EOT
+        (exact under the causal mask; only speed and memory change).
         """
         self._check(tokens, log_weights)
         tokens = tokens.to(self.tower.positional_embedding.device)
         if log_weights is not None:
             log_weights = log_weights.to(tokens.device, torch.float32)
-        return self._suffix(self._prefix(tokens), tokens, log_weights)
 
-    def prepare(self, tokens: torch.Tensor) -> PreparedPrompts:
-        """Fix a prompt set for training: cache blocks before ``start_block`` and cut after the last EOT."""
+        def encode(index: torch.Tensor) -> torch.Tensor:
+            n = int(self.eot_positions(tokens[index]).max()) + 1
+            t = tokens[index, :n]  # [C, n]
+            return self._suffix(self._prefix(t), t, None if log_weights is None else log_weights[index, :n])
+
+        return _in_buckets(encode, self.eot_positions(tokens), bucket_size)
+
+    def prepare(self, tokens: torch.Tensor, bucket_size: int = 256) -> PreparedPrompts:
+        """Fix a prompt set for training: run blocks before ``start_block`` once, in length buckets."""
         self._check(tokens, None)
-        return PreparedPrompts(self, tokens)
+        return PreparedPrompts(self, tokens, bucket_size)
 
     def encode_prompts(
         self, texts: Sequence[str], tokenizer: Callable | None = None, normalize: bool = True
@@ -159,81 +194,100 @@ class WeightedTextEncoder:
 class PreparedPrompts(nn.Module):
     """A fixed prompt set with blocks before ``start_block`` run once (the training fast path).
 
-    Buffers (not saved in state dicts): ``tokens`` [P, L'], ``hidden`` [P, L', W] prefix states,
-    ``mask`` [P, L'] trainable positions, ``eot`` [P]; ``L' = max EOT + 1``.
+    Prompts are sorted by length into buckets of ``bucket_size``; each bucket's prefix hidden states
+    are cut after its own last EOT, so the cache and every later step scale with the real prompt
+    lengths, not the 77-token context. Buffers are not saved in state dicts.
+
+    Attributes:
+        tokens: ``[P, L']`` tokens cut after the longest prompt's EOT (``L' = length``).
+        mask: ``[P, L']`` bool, the trainable positions (real tokens between SOS and EOT).
+        eot: ``[P]`` EOT positions.
     """
 
-    def __init__(self, encoder: WeightedTextEncoder, tokens: torch.Tensor) -> None:
+    def __init__(self, encoder: WeightedTextEncoder, tokens: torch.Tensor, bucket_size: int = 256) -> None:
         super().__init__()
         self.__dict__["encoder"] = encoder  # not a submodule: CLIP belongs to its owner
         tokens = tokens.to(encoder.tower.positional_embedding.device)
         eot = encoder.eot_positions(tokens)  # [P]
         self.length = int(eot.max()) + 1
-        tokens = tokens[:, : self.length]  # [P, L']
-        with torch.no_grad():
-            hidden = encoder._prefix(tokens)  # [P, L', W]
-        self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("hidden", hidden, persistent=False)
+        self.register_buffer("tokens", tokens[:, : self.length], persistent=False)  # [P, L']
         self.register_buffer("eot", eot, persistent=False)
-        self.register_buffer("mask", encoder.token_mask(tokens), persistent=False)
+        self.register_buffer("mask", encoder.token_mask(self.tokens), persistent=False)
+        self.n_buckets = 0
+        for index in torch.argsort(eot, stable=True).split(bucket_size):
+            n = int(eot[index].max()) + 1
+            with torch.no_grad():
+                hidden = encoder._prefix(self.tokens[index, :n])  # [C, n, W]
+            self.register_buffer(f"index_{self.n_buckets}", index, persistent=False)
+            self.register_buffer(f"hidden_{self.n_buckets}", hidden, persistent=False)
+            self.n_buckets += 1
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def chunks(self, chunk_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(index [C], hidden [C, n, W])`` pieces: the buckets, split further to ``chunk_size``."""
+        out = []
+        for i in range(self.n_buckets):
+            index, hidden = getattr(self, f"index_{i}"), getattr(self, f"hidden_{i}")
+            size = chunk_size or len(index)
+            out += list(zip(index.split(size), hidden.split(size)))
+        return out
+
     def encode(self, log_weights: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Embeddings ``[P, D]`` (unnormalized) for log-weights ``[P, L]`` or ``[P, L']``.
 
-        Differentiable w.r.t. ``log_weights``. With ``chunk_size``, prompts go through the model in
-        chunks (sorted by length, each cut after its own last EOT) and the backward pass re-runs each
-        chunk (gradient caching): memory of one chunk, same values and gradients.
+        Differentiable w.r.t. ``log_weights``. With ``chunk_size``, the forward pass keeps no graph and
+        the backward pass re-runs one chunk at a time (gradient caching): the memory of one chunk,
+        the same values and gradients.
         """
         self.encoder._check(self.tokens, log_weights)
-        lw = log_weights[:, : self.length].to(self.hidden.device, torch.float32)  # [P, L']
-        if chunk_size is None or chunk_size >= len(self):
-            return self.encoder._suffix(self.hidden, self.tokens, lw)
-        order = torch.argsort(self.eot)  # similar lengths share a chunk
-        chunks = list(order.split(chunk_size))
-        if not lw.requires_grad:
-            with torch.no_grad():
-                return _ChunkedSuffix.run(self, lw, chunks)
+        lw = log_weights[:, : self.length].to(self.eot.device, torch.float32)  # [P, L']
+        chunks = self.chunks(chunk_size)
+        if chunk_size is None or not lw.requires_grad:
+            return _gather([self._encode_chunk(index, hidden, lw[index]) for index, hidden in chunks], chunks)
         return _ChunkedSuffix.apply(lw, self, chunks)
 
-    def encode_chunk(self, index: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
-        """Encode prompts ``index`` [C] with their log-weights [C, L'] -> ``[C, D]``, cut to their longest."""
-        n = int(self.eot[index].max()) + 1
-        return self.encoder._suffix(self.hidden[index, :n], self.tokens[index, :n], log_weights[:, :n])
+    def _encode_chunk(self, index: torch.Tensor, hidden: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+        n = hidden.shape[1]
+        return self.encoder._suffix(hidden, self.tokens[index, :n], log_weights[:, :n])  # [C, D]
 
 
 class _ChunkedSuffix(torch.autograd.Function):
     """Gradient caching: forward without graph, backward re-runs one chunk at a time."""
 
     @staticmethod
-    def run(prep: PreparedPrompts, lw: torch.Tensor, chunks: list[torch.Tensor]) -> torch.Tensor:
-        out = None
-        for index in chunks:
-            emb = prep.encode_chunk(index, lw[index])  # [C, D]
-            if out is None:
-                out = emb.new_empty(len(prep), emb.shape[1])  # [P, D]
-            out[index] = emb
-        return out
-
-    @staticmethod
-    def forward(ctx, lw: torch.Tensor, prep: PreparedPrompts, chunks: list[torch.Tensor]) -> torch.Tensor:
+    def forward(ctx, lw: torch.Tensor, prep: PreparedPrompts, chunks: list) -> torch.Tensor:
         ctx.prep, ctx.chunks = prep, chunks
         ctx.save_for_backward(lw)
         with torch.no_grad():
-            return _ChunkedSuffix.run(prep, lw, chunks)
+            return _gather([prep._encode_chunk(index, hidden, lw[index]) for index, hidden in chunks], chunks)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (lw,) = ctx.saved_tensors
         grad = torch.zeros_like(lw)  # [P, L']
-        for index in ctx.chunks:
+        for index, hidden in ctx.chunks:
             with torch.enable_grad():
                 part = lw[index].detach().requires_grad_(True)  # [C, L']
-                emb = ctx.prep.encode_chunk(index, part)  # [C, D]
+                emb = ctx.prep._encode_chunk(index, hidden, part)  # [C, D]
                 (grad[index],) = torch.autograd.grad(emb, part, grad_out[index])
         return grad, None, None
+
+
+def _gather(parts: list[torch.Tensor], chunks: list) -> torch.Tensor:
+    """Concatenate per-chunk outputs and put rows back in prompt order."""
+    order = torch.cat([index for index, _ in chunks])  # [P]
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def _in_buckets(encode: Callable[[torch.Tensor], torch.Tensor], eot: torch.Tensor, size: int) -> torch.Tensor:
+    """Run ``encode(index)`` over buckets of ``size`` prompts sorted by EOT position; rows in input order."""
+    if len(eot) <= size:
+        return encode(torch.arange(len(eot), device=eot.device))
+    order = torch.argsort(eot)  # [P]
+    out = torch.cat([encode(index) for index in order.split(size)])  # [P, D] in sorted order
+    return out[torch.argsort(order)]
 
 
 def _describe(x: object) -> str:

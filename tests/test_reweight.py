@@ -157,6 +157,7 @@ def test_batched_equals_one_at_a_time(tiny_clip):
     enc = WeightedTextEncoder(model, start_block=2)
     single = torch.cat([enc(tokens[i : i + 1], lw[i : i + 1]) for i in range(len(tokens))])
     torch.testing.assert_close(enc(tokens, lw), single, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc(tokens, lw, bucket_size=3), single, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("start_block", [1, 2, 4])
@@ -169,7 +170,13 @@ def test_fast_and_chunked_paths_match_plain(tiny_clip, start_block):
     lw = (torch.randn(tokens.shape) * 0.5).requires_grad_()
     target = torch.randn(len(tokens), model.text_projection.shape[1])
     grads, values = [], []
-    for fn in (lambda w: enc(tokens, w), lambda w: prep.encode(w), lambda w: prep.encode(w, chunk_size=5)):
+    paths = (
+        lambda w: enc(tokens, w),
+        lambda w: prep.encode(w),
+        lambda w: prep.encode(w, chunk_size=5),  # gradient caching
+        lambda w: enc.prepare(tokens, bucket_size=4).encode(w),  # length buckets, one graph
+    )
+    for fn in paths:
         out = fn(lw)
         (grad,) = torch.autograd.grad((out * target).sum(), lw)
         values.append(out.detach())
