@@ -162,8 +162,13 @@ def cache_file(key: str, cache_dir: str | Path | None = None) -> Path:
     return cache_root(cache_dir) / "features" / f"{key}.safetensors"
 
 
-def load_cached(path: Path, key: str, n_paths: int) -> tuple[torch.Tensor, list[int]] | None:
-    """Load and validate a cache file; None (with a warning when the file exists but is bad) to recompute."""
+def load_cached(
+    path: Path, key: str, n_paths: int, require_all: bool = False
+) -> tuple[torch.Tensor, list[int]] | None:
+    """Load and validate a cache file; None (with a warning when the file exists but is bad) to recompute.
+
+    ``require_all``: a file that skipped images (written with ``skip_bad_images``) does not count.
+    """
     if not path.is_file():
         return None
     try:
@@ -181,6 +186,8 @@ def load_cached(path: Path, key: str, n_paths: int) -> tuple[torch.Tensor, list[
             problems.append("kept indices out of range or unsorted")
         elif not torch.isfinite(feats).all():
             problems.append("non-finite values")
+        elif require_all and kept.numel() != n_paths:
+            problems.append(f"{n_paths - kept.numel()} image(s) were skipped when it was written")
     except Exception as e:  # noqa: BLE001 - unreadable file = stale
         problems = [f"unreadable ({e})"]
     if problems:
@@ -189,7 +196,9 @@ def load_cached(path: Path, key: str, n_paths: int) -> tuple[torch.Tensor, list[
     return feats, kept.tolist()
 
 
-def save_cached(path: Path, key: str, feats: torch.Tensor, kept: Sequence[int], n_paths: int, info: str = "") -> None:
+def save_cached(
+    path: Path, key: str, feats: torch.Tensor, kept: Sequence[int], n_paths: int, info: str = ""
+) -> None:
     """Write a cache file atomically."""
     meta = {"key": key, "format": FORMAT_VERSION, "count": str(n_paths), "info": info}
     with atomic_path(path) as tmp:
@@ -265,7 +274,7 @@ def image_features(
     model, preprocess, _ = load_clip(clip_model, pretrained)
     key = feature_key(paths, clip_model, pretrained, preprocess, views, model)
     path = cache_file(key, cache_dir)
-    cached = load_cached(path, key, len(paths))
+    cached = load_cached(path, key, len(paths), require_all=not skip_bad_images)
     if cached is not None:
         return cached
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,0 +1,12 @@
+"""Datamodules of the few-shot benchmarks (CoOp splits, CuPL prompts, cached CLIP image features)."""
+
+from stori_pl.data.base import FeatureDataset, FewShotDataModule, PromptSet
+from stori_pl.data.caltech101 import Caltech101
+from stori_pl.data.dtd import DTD
+from stori_pl.data.flowers102 import Flowers102
+from stori_pl.data.food101 import Food101
+from stori_pl.data.imagenet import ImageNet
+from stori_pl.data.sun397 import SUN397
+
+__all__ = ["FewShotDataModule", "PromptSet", "FeatureDataset", "ImageNet", "DTD", "SUN397", "Flowers102",
+           "Caltech101", "Food101"]

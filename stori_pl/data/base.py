@@ -1,0 +1,336 @@
+"""Few-shot benchmark datamodules: the base class does the work, each dataset only declares facts.
+
+How to add a dataset (``dtd.py`` is a complete example)::
+
+    class MyData(FewShotDataModule):
+        folder = "my_data"                 # sub-folder of `root` (`root` may also be that folder itself)
+        image_dir = "images"               # images are <folder>/<image_dir>/<impath>
+        split_file = "split_my_data.json"  # CoOp schema {"train"|"val"|"test": [[impath, label, classname]]}
+        split_source = "https://..."       # where users get it (printed in errors)
+        templates = ("a photo of a {}.",)  # base prompt(s); "{}" is the class name
+        cupl_default = "https://.../my_prompts.json"  # CuPL file used when `cupl` is not given (or None)
+        cupl_name_map = {"my class": "cupl key"}       # class index or name -> CuPL key, where they differ
+
+Override ``load_split(dataset_dir) -> dict`` when the split is not one JSON file (ImageNet lists folders),
+``download_images(dataset_dir)`` for ``download: true``, and ``cupl_key_rule`` to rewrite CuPL keys.
+Everything else (few-shot sampling, missing-image checks, cached features, prompts, loaders) is shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stori_pl.data import coop, cupl
+from stori_pl.features import image_features
+from stori_pl.utils import cache_root, content_hash, write_json
+
+
+@dataclasses.dataclass
+class PromptSet:
+    """Prompts per class: ``base[c]`` (template prompts, fixed) and ``cupl[c]`` (sentences to reweight)."""
+
+    classnames: list[str]
+    base: list[list[str]]
+    cupl: list[list[str]]
+
+    def __post_init__(self):
+        if not len(self.classnames) == len(self.base) == len(self.cupl):
+            raise ValueError(f"PromptSet: {len(self.classnames)} classes but {len(self.base)} base and "
+                             f"{len(self.cupl)} CuPL prompt lists")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptSet:
+        return cls(list(d["classnames"]), [list(p) for p in d["base"]], [list(p) for p in d["cupl"]])
+
+
+class FeatureDataset(Dataset):
+    """Cached features with labels; with augmented views ([N, V, D]) a random view is drawn per access."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, random_view: bool = False):
+        self.features, self.labels, self.random_view = features, labels, random_view
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        f = self.features[i]
+        if f.ndim == 2:  # [V, D]
+            f = f[torch.randint(len(f), ()).item()] if self.random_view else f[0]
+        return {"features": f, "label": self.labels[i]}
+
+
+class FewShotDataModule(L.LightningDataModule):
+    """Base datamodule of the few-shot benchmarks (CoOp splits, CuPL prompts, cached CLIP features).
+
+    Args:
+        root: Folder holding the dataset folder (e.g. ``data/`` with ``data/dtd/``), or the dataset folder.
+        clip_model: open_clip model whose image encoder makes the features (linked from the model by the CLI).
+        pretrained: Its weights (open_clip tag, checkpoint file, or None for random init).
+        shots: Training images per class (CoOp: 1, 2, 4, 8, 16).
+        seed: Few-shot sampling seed (CoOp: 1, 2, 3).
+        fewshot_file: CoOp index file ``shot_<k>-seed_<s>.json`` pinning the subset (overrides shots/seed).
+        cupl: CuPL prompt file, path or URL (None: the dataset's default URL).
+        prompts_per_class: Keep the N CuPL prompts most similar to the class's training images (None: all).
+        classes: Restrict to these class names (in this order), e.g. two classes for a contrast view.
+        cache_dir: Cache folder for features and downloads (None: ``$STORI_CACHE`` or ``~/.cache/stori_pl``).
+        batch_size: Batch size of the feature dataloaders.
+        num_workers: DataLoader workers decoding images while encoding features.
+        download: Fetch missing images (torchvision) and the split file.
+        skip_bad_images: Skip unreadable images with a warning instead of failing.
+        augment_views: Extra augmented views per training image (a random view per step); 0 = off.
+        templates: Override the dataset's base templates.
+    """
+
+    folder: ClassVar[str] = ""
+    image_dir: ClassVar[str] = "images"
+    split_file: ClassVar[str | None] = None
+    split_source: ClassVar[str | None] = None
+    split_gdrive_id: ClassVar[str | None] = None
+    extra_files: ClassVar[dict[str, str]] = {}  # other files fetched by download: true (name -> Drive id)
+    templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)
+    cupl_default: ClassVar[str | None] = None
+    cupl_name_map: ClassVar[dict[int | str, str]] = {}
+    cupl_key_rule: ClassVar[Callable[[str], str] | None] = None
+
+    def __init__(
+        self,
+        root: str,
+        clip_model: str = "ViT-L-14",
+        pretrained: str | None = "openai",
+        shots: int = 16,
+        seed: int = 1,
+        fewshot_file: str | None = None,
+        cupl: str | None = None,
+        prompts_per_class: int | None = None,
+        classes: list[str] | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 256,
+        num_workers: int = 2,
+        download: bool = False,
+        skip_bad_images: bool = False,
+        augment_views: int = 0,
+        templates: list[str] | None = None,
+    ):
+        super().__init__()
+        coop.check_shots_seed(shots, seed)
+        if prompts_per_class is not None and prompts_per_class < 1:
+            raise ValueError(f"prompts_per_class must be >= 1 or None, got {prompts_per_class}")
+        if augment_views < 0:
+            raise ValueError(f"augment_views must be >= 0, got {augment_views}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.clip_model, self.pretrained = clip_model, pretrained
+        self.shots, self.seed, self.fewshot_file = shots, seed, fewshot_file
+        self.cupl, self.prompts_per_class, self.classes = cupl, prompts_per_class, classes
+        self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
+        self.download, self.skip_bad_images, self.augment_views = download, skip_bad_images, augment_views
+        if templates:
+            self.templates = tuple(templates)
+        self.classnames: list[str] = []
+        self._subsets: dict[str, list[coop.Entry]] | None = None
+        self._data: dict[str, FeatureDataset] = {}
+        self._prompts: PromptSet | None = None
+
+    # ----------------------------------------------------------------- layout (subclasses may override)
+    def dataset_dir(self) -> Path:
+        """``root/<folder>`` (or ``root`` itself when it already is the dataset folder)."""
+        if not self.root.is_dir() and not self.download:
+            raise FileNotFoundError(f"data root not found: {self.root}. Set `root` to the folder holding "
+                                    f"{self.folder or 'the dataset'}/ (layout: docs data.md), or download: true.")
+        inner = self.root / self.folder
+        if not inner.is_dir() and self._looks_like_dataset(self.root):
+            return self.root
+        return inner
+
+    def _looks_like_dataset(self, d: Path) -> bool:
+        return (d / self.image_dir).is_dir() or bool(self.split_file and (d / self.split_file).is_file())
+
+    def split_location(self) -> str:
+        return self.split_source or (coop.GDRIVE.format(self.split_gdrive_id) if self.split_gdrive_id else "?")
+
+    def load_split(self, dataset_dir: Path) -> dict[str, list[coop.Entry]]:
+        """The CoOp split ``{"train"|"val"|"test": [[impath, label, classname]]}``."""
+        return coop.read_split(dataset_dir / self.split_file, self.split_location())
+
+    def download_images(self, dataset_dir: Path) -> None:
+        """Fetch the raw images into ``dataset_dir/<image_dir>`` (subclasses with a downloader override)."""
+        raise RuntimeError(f"{type(self).__name__} cannot download its images automatically; put them in "
+                           f"{dataset_dir / self.image_dir} (see docs data.md).")
+
+    def _tv_download(self, dataset_dir: Path, tv_class: str, inner: str, **kwargs) -> None:
+        """Run a torchvision downloader into ``dataset_dir/_download`` and move ``inner`` into place."""
+        import torchvision.datasets as tvd
+
+        tmp = dataset_dir / "_download"
+        getattr(tvd, tv_class)(root=str(tmp), download=True, **kwargs)
+        if not (tmp / inner).is_dir():
+            raise RuntimeError(f"torchvision's {tv_class} download did not create {tmp / inner}; move the image "
+                               f"folder from {tmp} to {dataset_dir / self.image_dir} by hand.")
+        (tmp / inner).rename(dataset_dir / self.image_dir)
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        """Download (when asked) and encode every split once into the feature cache (rank 0 only)."""
+        if self.download:
+            self._download()
+        self._features_for(("train", "val", "test"))
+
+    def _download(self) -> None:
+        d = self.dataset_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        files = dict(self.extra_files)
+        if self.split_file:
+            files[self.split_file] = self.split_gdrive_id
+        for name, file_id in files.items():
+            if not (d / name).is_file():
+                if not file_id:
+                    raise RuntimeError(f"cannot download {name}; get it from {self.split_location()} "
+                                       f"and save it as {d / name}")
+                coop.download_split(file_id, d / name)
+        if not (d / self.image_dir).is_dir():
+            self.download_images(d)
+
+    def setup(self, stage: str | None = None) -> None:
+        parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        self._features_for(parts.get(stage, ("train", "val", "test")))
+
+    def subsets(self) -> dict[str, list[coop.Entry]]:
+        """The few-shot train/val and the test entries (labels remapped when ``classes`` is set)."""
+        if self._subsets is None:
+            split = self.load_split(self.dataset_dir())
+            names = coop.classnames_from_split(split, f"{type(self).__name__} split")
+            fs = (coop.load_fewshot_file(self.fewshot_file, split) if self.fewshot_file
+                  else coop.few_shot_split(split, self.shots, self.seed))
+            subsets = {"train": fs["train"], "val": fs["val"], "test": split["test"]}
+            self.classnames = [n.replace("_", " ") for n in names]
+            self._all_names = list(self.classnames)
+            self._label_ids = list(range(len(names)))
+            if self.classes:
+                subsets = self._restrict(subsets, names)
+            self._subsets = subsets
+        return self._subsets
+
+    def _restrict(self, subsets: dict, names: list[str]) -> dict:
+        lookup = {n.replace("_", " ").lower(): i for i, n in enumerate(names)}
+        unknown = [c for c in self.classes if c.replace("_", " ").lower() not in lookup]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not in {type(self).__name__} (e.g. {self.classnames[:5]})")
+        ids = [lookup[c.replace("_", " ").lower()] for c in self.classes]
+        new = {old: new for new, old in enumerate(ids)}
+        self.classnames = [self.classnames[i] for i in ids]
+        self._label_ids = ids
+        return {k: [[e[0], new[e[1]], e[2]] for e in v if e[1] in new] for k, v in subsets.items()}
+
+    def image_root(self) -> Path:
+        return self.dataset_dir() / self.image_dir
+
+    def image_lists(self, parts=("train", "val", "test")) -> dict[str, tuple[list[Path], int]]:
+        """Per part: the image paths (checked to exist) and the number of augmented views to encode."""
+        subsets, out = self.subsets(), {}
+        for part in parts:
+            coop.check_images(self.image_root(), subsets[part], part)
+            views = self.augment_views if part == "train" else 0
+            out[part] = ([self.image_root() / e[0] for e in subsets[part]], views)
+        return out
+
+    def _features_for(self, parts) -> None:
+        todo = [p for p in parts if p not in self._data]
+        for part, (paths, views) in self.image_lists(todo).items():
+            feats, kept = image_features(
+                paths, self.clip_model, self.pretrained, cache_dir=self.cache_dir, batch_size=64,
+                num_workers=self.num_workers, skip_bad_images=self.skip_bad_images, views=views)
+            entries = self.subsets()[part]
+            labels = torch.tensor([entries[k][1] for k in kept], dtype=torch.long)  # [N]
+            self._data[part] = FeatureDataset(feats, labels, random_view=part == "train")
+
+    @property
+    def feature_dim(self) -> int:
+        if not self._data:
+            self._features_for(("train",))
+        return next(iter(self._data.values())).features.shape[-1]
+
+    # ----------------------------------------------------------------- prompts
+    def prompt_set(self) -> PromptSet:
+        """Base template prompts and CuPL sentences per class (top-N selected when prompts_per_class)."""
+        if self._prompts is None:
+            self.subsets()
+            base = [[t.format(n) for t in self.templates] for n in self.classnames]
+            self._prompts = PromptSet(list(self.classnames), base, self._cupl_prompts())
+        return self._prompts
+
+    def cupl_source(self) -> str | None:
+        """The CuPL file to use: ``cupl`` or the dataset's default (subclasses may compute one)."""
+        return self.cupl or self.cupl_default
+
+    def _cupl_prompts(self) -> list[list[str]]:
+        source = self.cupl_source()
+        if source is None:
+            warnings.warn(f"{type(self).__name__}: no CuPL prompts (set `cupl`); base prompts only", stacklevel=3)
+            return [[] for _ in self.classnames]
+        raw = cupl.load_cupl(source, self.cache_dir)
+        rule = type(self).cupl_key_rule
+        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source))
+        prompts = [matched[i] for i in self._label_ids]
+        if self.prompts_per_class:
+            prompts = self._select(prompts)
+        return prompts
+
+    def _select(self, prompts: list[list[str]]) -> list[list[str]]:
+        """Top-N prompts per class, cached as JSON (text encoding of every sentence is the slow part)."""
+        self._features_for(("train",))
+        data = self._data["train"]
+        feats = data.features if data.features.ndim == 2 else data.features[:, 0]  # [N, D]
+        from stori_pl.clip import model_fingerprint
+
+        key = content_hash(model_fingerprint(self.clip_model, self.pretrained), prompts,
+                           feats.sum(0).tolist(), data.labels.tolist(), self.prompts_per_class)
+        path = cache_root(self.cache_dir) / "prompts" / f"{key}.json"
+        if path.is_file() and self.pretrained is not None:
+            try:
+                out = json.loads(path.read_text(encoding="utf-8"))
+                if len(out) == len(prompts) and all(set(o) <= set(p) for o, p in zip(out, prompts)):
+                    return out
+            except (json.JSONDecodeError, TypeError):
+                pass
+        from stori_pl.clip import load_clip
+
+        model, _, tokenizer = load_clip(self.clip_model, self.pretrained)
+        original = next(model.parameters()).device
+        model.to("cuda" if torch.cuda.is_available() else original)
+        try:
+            out = cupl.top_prompts(prompts, feats, data.labels, self.prompts_per_class,
+                                   lambda t: cupl.encode_texts(t, model, tokenizer))
+        finally:
+            model.to(original)
+        write_json(path, out)
+        return out
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
+        if part not in self._data:
+            self._features_for((part,))
+        return DataLoader(self._data[part], batch_size=self.batch_size, shuffle=shuffle, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,52 @@
+"""`stori cache` encodes a config's images under a Lightning Trainer; a later run encodes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+import stori_pl.features as F
+from fakedata import make_fake
+from stori_pl.commands import cache as cache_cmd
+from stori_pl.data import DTD
+
+
+def test_cache_command_fills_the_cache(tmp_path, tiny_clip):
+    fake = make_fake("dtd", tmp_path / "data")
+    cfg = {"model": {"class_path": "stori_pl.models.StoriClassifier",
+                     "init_args": {"clip_model": "stori-tiny", "pretrained": None}},
+           "data": {"class_path": "stori_pl.data.DTD",
+                    "init_args": {"root": "elsewhere", "shots": 2, "cupl": str(fake.cupl), "num_workers": 0,
+                                  "cache_dir": str(tmp_path / "cache")}}}
+    path = tmp_path / "dtd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    argv = ["--config", str(path), "--accelerator", "cpu", "--devices", "1", "--batch-size", "4",
+            "--data.root", str(fake.root)]
+    calls = F.ENCODE_CALLS
+    assert cache_cmd.main(argv) == 0
+    assert F.ENCODE_CALLS > calls
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3
+    assert not list((tmp_path / "cache" / "features").glob(".shards-*"))
+    calls = F.ENCODE_CALLS
+    dm = DTD(root=str(fake.root), clip_model="stori-tiny", pretrained=None, shots=2, cupl=str(fake.cupl),
+             num_workers=0, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert F.ENCODE_CALLS == calls  # everything came from the command's cache
+    paths, _ = dm.image_lists(["val"])["val"]
+    direct, _ = F.image_features(paths, "stori-tiny", None, cache_dir=tmp_path / "other", progress=False)
+    torch.testing.assert_close(dm._data["val"].features, direct)
+    calls = F.ENCODE_CALLS
+    assert cache_cmd.main(argv) == 0 and F.ENCODE_CALLS == calls  # nothing left to encode
+
+
+def test_cache_command_config_errors(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": {"init_args": {"clip_model": "stori-tiny"}}}))
+    with pytest.raises(ValueError, match="data.class_path"):
+        cache_cmd.main(["--config", str(path)])
+    with pytest.raises(ValueError, match="unknown option --trainer.devices"):
+        cache_cmd.main(["--config", str(path), "--trainer.devices", "2"])
+    cls, args = cache_cmd.load_config([str(path)], {"data.class_path": "DTD", "data.shots": "4"})
+    assert cls is DTD and args == {"shots": 4, "clip_model": "stori-tiny"}

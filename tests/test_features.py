@@ -1,0 +1,129 @@
+"""Image feature cache: encode once, reuse, validate, recompute when stale, skip or name bad images."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import stori_pl.features as F
+from fakedata import make_image
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = []
+    for i in range(5):
+        p = tmp_path / "imgs" / ("sub" if i % 2 else "") / f"im{i}.png"
+        make_image(p, (40 * i, 100, 200 - 30 * i), seed=i)
+        paths.append(p)
+    return paths
+
+
+def feats(paths, cache, **kw):
+    return F.image_features(paths, "stori-tiny", None, cache_dir=cache, batch_size=2, progress=False, **kw)
+
+
+def test_encode_once_then_reuse(images, tmp_path, tiny_clip):
+    cache = tmp_path / "cache"
+    before = F.ENCODE_CALLS
+    a, kept = feats(images, cache)
+    assert F.ENCODE_CALLS == before + 3  # 5 images, batches of 2
+    assert a.shape == (5, 32) and a.dtype == torch.float32 and kept == list(range(5))
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(5))
+    b, _ = feats(images, cache)
+    assert F.ENCODE_CALLS == before + 3
+    torch.testing.assert_close(a, b)
+    files = list((cache / "features").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".safetensors"  # no temp files
+    # features match a direct encoding with the model's own preprocess
+    model, preprocess, _ = tiny_clip
+    from PIL import Image
+
+    x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images])
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+    torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_changed_image_or_order_is_a_new_key(images, tmp_path, tiny_clip):
+    cache = tmp_path / "cache"
+    feats(images, cache)
+    calls = F.ENCODE_CALLS
+    make_image(images[0], (0, 0, 0), seed=99, size=9)  # new content, size and mtime
+    os.utime(images[0], ns=(1, 1))
+    feats(images, cache)
+    assert F.ENCODE_CALLS > calls
+    calls = F.ENCODE_CALLS
+    rev, _ = feats(images[::-1], cache)
+    assert F.ENCODE_CALLS > calls
+    fwd, _ = feats(images, cache)
+    torch.testing.assert_close(rev.flip(0), fwd)
+
+
+def test_invalid_cache_is_recomputed(images, tmp_path, tiny_clip):
+    cache = tmp_path / "cache"
+    good, _ = feats(images, cache)
+    (path,) = (cache / "features").iterdir()
+    key = path.stem
+    # wrong count, wrong key, garbage bytes: each is detected, warned about and re-encoded
+    bad_files = [
+        lambda: save_file({"features": torch.zeros(4, 32), "kept": torch.arange(5)}, str(path),
+                          metadata={"key": key, "format": F.FORMAT_VERSION, "count": "5"}),
+        lambda: save_file({"features": good, "kept": torch.arange(5)}, str(path),
+                          metadata={"key": "other", "format": F.FORMAT_VERSION, "count": "5"}),
+        lambda: path.write_bytes(b"garbage"),
+    ]
+    for corrupt in bad_files:
+        corrupt()
+        calls = F.ENCODE_CALLS
+        with pytest.warns(UserWarning, match="invalid.*re-encoding"):
+            again, _ = feats(images, cache)
+        assert F.ENCODE_CALLS > calls
+        torch.testing.assert_close(again, good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feats(images, cache)  # repaired
+
+
+def test_bad_image_named_or_skipped(images, tmp_path, tiny_clip):
+    cache = tmp_path / "cache"
+    images[3].write_bytes(b"\x89PNG broken")
+    with pytest.raises(F.BadImageError, match=r"im3\.png.*skip_bad_images"):
+        feats(images, cache)
+    assert not (cache / "features").exists() or not any((cache / "features").iterdir())
+    with pytest.warns(UserWarning, match=r"1 image.*im3\.png.*skipped"):
+        f, kept = feats(images, cache, skip_bad_images=True)
+    assert kept == [0, 1, 2, 4] and f.shape == (4, 32)
+    calls = F.ENCODE_CALLS
+    assert feats(images, cache, skip_bad_images=True)[1] == kept and F.ENCODE_CALLS == calls
+    with pytest.warns(UserWarning, match="skipped when it was written"), pytest.raises(F.BadImageError):
+        feats(images, cache)  # a cache missing images does not satisfy skip_bad_images=False
+
+
+def test_views_and_workers(images, tmp_path, tiny_clip):
+    cache = tmp_path / "cache"
+    f, _ = feats(images, cache, views=2)
+    assert f.shape == (5, 3, 32)
+    plain, _ = feats(images, cache)
+    torch.testing.assert_close(f[:, 0], plain)  # view 0 is the plain preprocess
+    assert not torch.allclose(f[:, 1], f[:, 2])
+    f2, _ = F.image_features(images, "stori-tiny", None, cache_dir=tmp_path / "c2", views=2, num_workers=1,
+                             progress=False)
+    torch.testing.assert_close(f, f2)  # augmentations are reproducible, also in worker processes
+
+
+def test_image_folder_dataset(images, tmp_path, tiny_clip):
+    (images[0].parent / "notes.txt").write_text("not an image")
+    ds = F.ImageFolderDataset(images[0].parent)
+    assert len(ds) == 5 and all(p.suffix == ".png" for p in ds.paths)
+    f, paths = ds.features("stori-tiny", None, cache_dir=tmp_path / "cache", progress=False)
+    assert f.shape == (5, 32) and paths == ds.paths
+    assert len(F.ImageFolderDataset(images[0].parent, recursive=False)) == 3
+    with pytest.raises(FileNotFoundError, match="no images"):
+        F.ImageFolderDataset(tmp_path / "cache" / "features")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        F.ImageFolderDataset(tmp_path / "missing")
