@@ -1,0 +1,344 @@
+"""Shared machinery of the CLIP classifiers: frozen CLIP, prompt set, metrics, checkpoints, inference.
+
+A classifier is a set of class embeddings ``W [C, D]`` (L2-normalized) built from text prompts;
+``logits = logit_scale.exp() · normalize(img) @ Wᵀ``. Subclasses say how ``W`` is made
+(:class:`~stori_pl.models.StoriClassifier`, :class:`~stori_pl.models.ZeroShotCLIP`,
+:class:`~stori_pl.models.TaskRes`) and what is trained.
+
+The frozen CLIP and the cached prompt prefix states are deliberately *not* registered submodules:
+they never enter a checkpoint, DDP never broadcasts them, the model summary counts only what is
+trained, and ``.to(device)`` still moves them (see :meth:`ClipClassifier._apply`). A checkpoint holds
+the trained tensors plus a ``"stori"`` entry (stori-pl version, model name, CLIP name + pretrained
+tag, prompts) — enough for ``load_from_checkpoint`` without any data.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+CHECKPOINT_FORMAT = 1  # bump when the "stori" checkpoint entry changes incompatibly
+TOP5_MIN_CLASSES = 100  # report top-5 accuracy too from this many classes on (ImageNet)
+
+
+def class_mean(emb: torch.Tensor, prompt_class: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``normalize(mean over a class's prompts of normalize(emb)))``: ``[P, D] -> [C, D]``."""
+    emb = F.normalize(emb, dim=-1)  # [P, D]
+    summed = emb.new_zeros(n_classes, emb.shape[1]).index_add(0, prompt_class, emb)  # [C, D]
+    return F.normalize(summed, dim=-1)  # normalize(mean) == normalize(sum)
+
+
+class ClipClassifier(L.LightningModule):
+    """Base class: a text-prompt classifier on top of a frozen open_clip model.
+
+    Subclasses take ``clip_model``, ``pretrained`` and ``prompts`` (``PromptSet.to_dict()`` or None:
+    then the datamodule's ``prompt_set()`` at the first fit/test, or the checkpoint's), call
+    ``save_hyperparameters(ignore=["prompts"])`` and ``self.build(prompts)`` when prompts are given.
+    """
+
+    # names of the attributes holding the trained state (what the checkpoint stores)
+    trained_state: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompt_set = None  # PromptSet once built
+        self._class_cache: tuple[Any, torch.Tensor] | None = None
+
+    @property
+    def method_name(self) -> str:
+        """Row label of this method in results tables."""
+        return type(self).__name__
+
+    # ------------------------------------------------------------------------------------ building
+    @property
+    def classnames(self) -> list[str]:
+        """Class names, in label order."""
+        self._require_built()
+        return list(self.prompt_set.classnames)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classnames)
+
+    @property
+    def clip(self) -> nn.Module:
+        """The frozen open_clip model (shared with the datamodule through ``load_clip``'s memo)."""
+        self._require_built()
+        return self.__dict__["_clip"]
+
+    @property
+    def tokenizer(self):
+        """The CLIP's tokenizer."""
+        self._require_built()
+        return self.__dict__["_tokenizer"]
+
+    @property
+    def preprocess(self):
+        """The CLIP's eval image transform."""
+        self._require_built()
+        return self.__dict__["_preprocess"]
+
+    def build(self, prompts: Any) -> None:
+        """Load the CLIP and prepare the classifier for a prompt set (dict or ``PromptSet``)."""
+        from stori_pl.clip import load_clip
+        from stori_pl.data.base import PromptSet
+
+        ps = prompts if isinstance(prompts, PromptSet) else PromptSet.from_dict(prompts)
+        if not ps.classnames:
+            raise ValueError("the prompt set has no classes")
+        model, preprocess, tokenizer = load_clip(self.hparams.clip_model, self.hparams.pretrained)
+        model.to(self.device)
+        self.__dict__.update(_clip=model, _preprocess=preprocess, _tokenizer=tokenizer)
+        self.prompt_set = ps
+        self._class_cache = None
+        self.metrics = nn.ModuleDict({f"{s}_": self._make_metrics(s) for s in ("train", "val", "test")})
+        self._build_classifier(ps)
+
+    def _build_classifier(self, prompt_set) -> None:
+        """Subclasses: create the trained tensors and cached text states for ``prompt_set``."""
+        raise NotImplementedError
+
+    def _make_metrics(self, stage: str) -> MetricCollection:
+        c = self.num_classes
+        metrics = {"acc": MulticlassAccuracy(num_classes=c, average="micro")}
+        if c >= TOP5_MIN_CLASSES and stage != "train":
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes=c, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=f"{stage}/")
+
+    def _require_built(self) -> None:
+        if self.prompt_set is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no prompts yet: pass prompts=..., load a checkpoint, or run it "
+                "with a datamodule that has prompt_set()"
+            )
+
+    def _hidden_modules(self) -> list[nn.Module]:
+        """Unregistered modules that must follow ``.to()`` (CLIP, prepared prompt states)."""
+        return [m for k, m in self.__dict__.items() if k in ("_clip", "_prepared") and m is not None]
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for module in self._hidden_modules():
+            module._apply(fn, *args, **kwargs)
+        self._class_cache = None
+        return self
+
+    def setup(self, stage: str) -> None:
+        """Build from the datamodule's prompt set (a checkpoint restored next replaces it if it differs)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.prompt_set is None and dm is not None and hasattr(dm, "prompt_set"):
+            self.build(dm.prompt_set())
+        names = getattr(dm, "classnames", None)
+        if self.prompt_set is not None and names is not None and hasattr(dm, "prompt_set") and list(names) != self.classnames:
+            raise ValueError(
+                f"the datamodule's {len(names)} classes do not match the model's {self.num_classes} classes "
+                f"({_first_difference(list(names), self.classnames)}); the labels would be wrong"
+            )
+
+    def _check_ready(self) -> None:
+        if self.prompt_set is None:
+            raise ValueError(
+                f"{type(self).__name__} needs prompts: use a datamodule with prompt_set() (e.g. --data DTD) "
+                "or give a checkpoint (--ckpt_path)"
+            )
+
+    def on_fit_start(self) -> None:
+        self._check_ready()
+
+    def on_test_start(self) -> None:
+        self._check_ready()
+
+    def on_validation_start(self) -> None:
+        self._check_ready()
+
+    def on_predict_start(self) -> None:
+        self._check_ready()
+
+    # ----------------------------------------------------------------------------------- classifier
+    def class_embeddings(self) -> torch.Tensor:
+        """Current class embeddings ``[C, D]`` (L2-normalized), differentiable where trained."""
+        raise NotImplementedError
+
+    def _eval_class_embeddings(self) -> torch.Tensor:
+        """Class embeddings without grad, recomputed only after the trained tensors change."""
+        key = (self.device, tuple(p._version for p in self.parameters()), tuple(p.data_ptr() for p in self.parameters()))
+        if self._class_cache is None or self._class_cache[0] != key:
+            with torch.no_grad():
+                self._class_cache = (key, self.class_embeddings().detach().clone())
+        return self._class_cache[1]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's ``logit_scale.exp()`` (a frozen scalar)."""
+        return self.clip.logit_scale.detach().exp().to(self.device)
+
+    def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[N, C]`` for image features ``[N, D]``."""
+        if class_embeddings is None:
+            class_embeddings = self.class_embeddings() if torch.is_grad_enabled() else self._eval_class_embeddings()
+        features = F.normalize(features.to(class_embeddings), dim=-1)  # [N, D]
+        return self.logit_scale * features @ class_embeddings.T  # [N, C]
+
+    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[N, C]`` for image features ``[N, D]`` (normalized or not)."""
+        with torch.no_grad():
+            return self(features.to(self.device), self._eval_class_embeddings()).softmax(dim=-1)
+
+    def encode_images(self, images: Any, batch_size: int = 64) -> torch.Tensor:
+        """L2-normalized CLIP image features ``[N, D]`` of PIL images or a preprocessed batch ``[N, 3, H, W]``."""
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images[None]
+        else:
+            images = [images] if not isinstance(images, Sequence) else images
+            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images])  # [N, 3, H, W]
+        out = []
+        with torch.no_grad():
+            for chunk in batch.split(batch_size):
+                out.append(F.normalize(self.clip.encode_image(chunk.to(self.device)).float(), dim=-1))
+        return torch.cat(out)  # [N, D]
+
+    def classify(self, images: Any) -> torch.Tensor:
+        """Class probabilities ``[N, C]`` for PIL images (one or a list) or a preprocessed tensor batch."""
+        return self.classify_features(self.encode_images(images))
+
+    def export_classifier(self, path: str) -> None:
+        """Write class embeddings, class names and logit scale to a safetensors file that plain
+        open_clip users can apply without stori-pl (see :func:`stori_pl.models.export.export_classifier`)."""
+        from stori_pl.models.export import export_classifier
+
+        export_classifier(self, path)
+
+    # --------------------------------------------------------------------------------- Lightning loop
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch["features"])  # [B, C]
+        loss = F.cross_entropy(logits, batch["label"])
+        self.metrics[f"{stage}_"](logits, batch["label"])  # forward: update + batch value
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", sync_dist=stage != "train")
+        self.log_dict(self.metrics[f"{stage}_"], prog_bar=stage != "test")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")
+        self._stop_if_not_finite(loss)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = {k: v for k, v in batch.items() if k != "features"}
+        out["probs"] = self(batch["features"]).softmax(dim=-1)  # [B, C]
+        return out
+
+    def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if bad:
+            lrs = [g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups]
+            lr = ", ".join(f"{x:.3g}" for x in lrs) or "?"
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}) with lr {lr}; "
+                "training stopped. Lower the learning rate (--model.lr) and try again."
+            )
+
+    def configure_optimizers(self) -> dict:
+        """Adam on the trained tensors with a cosine schedule over all optimizer steps (stepped per step)."""
+        self._check_ready()
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"{type(self).__name__} has nothing to train; use `stori test` / `stori validate`")
+        opt = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        total = max(1, int(total)) if math.isfinite(total) else 1
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoint_info(self) -> dict:
+        """What the checkpoint's ``"stori"`` entry holds (besides the trained tensors)."""
+        from stori_pl import __version__
+
+        self._require_built()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "stori_pl_version": __version__,
+            "model": type(self).__name__,
+            "clip_model": self.hparams.clip_model,
+            "pretrained": self.hparams.pretrained,
+            "start_block": self.hparams.get("start_block"),
+            "prompts": self.prompt_set.to_dict(),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["stori"] = self.checkpoint_info()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        info = checkpoint.get("stori")
+        if info is None:
+            raise ValueError("not a stori-pl checkpoint (no 'stori' entry); was it written by another program?")
+        if info.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"checkpoint format {info.get('format')} (stori-pl {info.get('stori_pl_version')}) is not readable "
+                f"by this stori-pl (format {CHECKPOINT_FORMAT}); use the stori-pl version that wrote it"
+            )
+        if info.get("model") != type(self).__name__:
+            raise ValueError(f"checkpoint holds a {info.get('model')} model, not a {type(self).__name__}")
+        if info["clip_model"] != self.hparams.clip_model:
+            raise ValueError(
+                f"checkpoint was trained on CLIP {info['clip_model']!r} but this model uses {self.hparams.clip_model!r}; "
+                "its learned weights only fit the text encoder they were trained with"
+            )
+        if info["pretrained"] != self.hparams.pretrained:
+            warnings.warn(
+                f"checkpoint was trained with pretrained={info['pretrained']!r}, loading with "
+                f"{self.hparams.pretrained!r}: fine if these are the same weights",
+                stacklevel=2,
+            )
+        if self.hparams.get("start_block") != info.get("start_block"):
+            raise ValueError(f"checkpoint used start_block={info.get('start_block')}, this model {self.hparams.get('start_block')}")
+        if self.prompt_set is None or self.prompt_set.to_dict() != info["prompts"]:
+            if self.prompt_set is not None and list(info["prompts"]["classnames"]) != self.classnames:
+                raise ValueError(
+                    "the checkpoint's classes differ from the datamodule's "
+                    f"({_first_difference(list(info['prompts']['classnames']), self.classnames)})"
+                )
+            self.build(info["prompts"])
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        for key, value in checkpoint["state_dict"].items():
+            if key in expected and tuple(value.shape) != expected[key]:
+                raise ValueError(
+                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, expected {expected[key]}: "
+                    "it was made with a different tokenizer or prompt set"
+                )
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"class {i}: {x!r} vs {y!r}"
+    return f"{len(a)} vs {len(b)} classes"
+
+
+def encode_texts(clip: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """L2-normalized ``encode_text`` of plain prompts, in batches, without grad: ``[N, D]`` float32."""
+    from stori_pl.clip import tokenize
+
+    device = next(clip.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            tokens = tokenize(texts[i : i + batch_size], tokenizer).to(device)  # [b, L]
+            out.append(F.normalize(clip.encode_text(tokens).float(), dim=-1))
+    return torch.cat(out)
