@@ -1,11 +1,13 @@
-"""Word-weight rendering: matplotlib pages, ANSI terminal text, a self-contained HTML page, JSON export.
+"""Word-weight rendering: matplotlib pages, ANSI terminal text, a self-contained HTML page, summaries.
 
 Input everywhere is what :meth:`StoriClassifier.word_weights` returns: per class, per prompt, a list of
 ``(word, value)`` pairs. ``value`` is a weight (non-negative; normalized to sum 1 within the prompt, as in
 the paper's figures) or, with ``signed=True``, an attribution (any sign; see :mod:`stori_pl.attribution`).
+The JSON export of the same data is in :mod:`stori_pl.callbacks`.
 
-Shading: weights are shaded red by ``weight / max weight of the prompt`` (each prompt's most emphasized
-word is darkest); signed values red (positive) / blue (negative) by ``value / max |value| of the class``.
+Shading: weights are shaded red on a log scale of ``weight / the prompt's average weight`` (white: a
+quarter of the average or less, mid red: average, full red: 4x or more; the same scale for every prompt
+and epoch); signed values red (positive) / blue (negative) by ``value / max |value| of the class``.
 The figure renderer draws one monospace text object per line and one polygon collection per page, so 60
 prompts of 60 tokens render in well under a second.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ ClassPrompts = Mapping[str, Sequence[Prompt]]
 _RED = (0.84, 0.15, 0.16)
 _BLUE = (0.13, 0.40, 0.75)
 _LINE_H = 1.55  # line height, in em
+SPAN = 4.0  # weights from 1/SPAN to SPAN times the prompt's average span the red scale
 _JOIN = set(",.;:!?)]}%'\"") | {"'s", "'t", "'re", "'ll", "'d", "'m", "'ve"}
 
 
@@ -54,17 +56,18 @@ def emphasis(prompt: Prompt) -> list[float]:
     return [v * len(normed) for _, v in normed]
 
 
-def _intensities(prompts: Sequence[Prompt], signed: bool) -> list[list[float]]:
-    """Shade per word in [-1, 1] (negative only when ``signed``)."""
+def _intensities(prompts: Sequence[Prompt], signed: bool, span: float = SPAN) -> list[list[float]]:
+    """Shade per word in [-1, 1] (negative only when ``signed``).
+
+    Weights: log scale of the word's :func:`emphasis`, ``1/span`` (or less) → 0, the prompt's average
+    weight → 0.5, ``span`` times the average (or more) → 1. Fixed across prompts and epochs, so equal
+    weights look equal everywhere. Signed values: ``value / max |value|`` over all ``prompts``.
+    """
     if signed:
         peak = max((abs(float(v)) for p in prompts for _, v in p), default=0.0) or 1.0
         return [[float(v) / peak for _, v in p] for p in prompts]
-    out = []
-    for p in prompts:
-        vals = [v for _, v in normalize_prompt(p)]
-        peak = max(vals, default=0.0) or 1.0
-        out.append([v / peak for v in vals])
-    return out
+    half = 2 * math.log(span)
+    return [[min(1.0, max(0.0, 0.5 + math.log(r) / half)) if r > 0 else 0.0 for r in emphasis(p)] for p in prompts]
 
 
 def prompt_text(words: Sequence[str]) -> str:
@@ -80,12 +83,15 @@ def _joins(word: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- layout
-def _wrap(words: Sequence[str], width: int, indent: int) -> list[list[tuple[int, int]]]:
-    """Greedy wrap: lines of (start column, word index); continuation lines start at ``indent``."""
+def _wrap(words: Sequence[str], width: int, indent: int, raw: Sequence[str] | None = None) -> list[list[tuple[int, int]]]:
+    """Greedy wrap: lines of (start column, word index); continuation lines start at ``indent``.
+
+    ``raw``: the words without annotations (decides which words attach to the previous one).
+    """
     lines: list[list[tuple[int, int]]] = [[]]
     col = indent
     for i, w in enumerate(words):
-        gap = 0 if (not lines[-1] or _joins(w)) else 1
+        gap = 0 if (not lines[-1] or _joins((raw or words)[i])) else 1
         if lines[-1] and col + gap + len(w) > width:
             lines.append([])
             col, gap = indent, 0
@@ -158,7 +164,8 @@ def plot_word_weights(
     if signed:
         legend = "red: pushes towards the class, blue: away (shade = value / max |value|)"
     else:
-        legend = "shade = weight / prompt's max weight (weights sum to 1 within each prompt)"
+        legend = (f"darker = higher weight; mid red = the prompt's average weight, full red = {SPAN:g}x average "
+                  "or more (log scale; weights sum to 1 within each prompt)")
     char_w, line_h = _char_px(fontsize, dpi) / dpi, _LINE_H * fontsize / 72  # inches
     margin = 2
     figs = []
@@ -214,20 +221,40 @@ def figure_to_array(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_word_weights_png(path: str | os.PathLike, class_name: str, prompts: Sequence[Prompt], **kwargs) -> list[str]:
-    """Render and save all pages (``name.png``, ``name_p2.png`` ...) atomically; returns the paths written."""
+def save_pages_png(path: str | os.PathLike, figs: Sequence, max_height: int = 6000) -> list[str]:
+    """Stack figures vertically into PNG files (``name.png``, ``name_p2.png`` ... when taller than
+    ``max_height`` pixels), written atomically; returns the paths written."""
     from pathlib import Path
+
+    from PIL import Image
 
     from stori_pl.utils import atomic_path
 
     path = Path(path)
+    groups: list[list[np.ndarray]] = []
+    height = 0
+    for fig in figs:
+        img = figure_to_array(fig)  # [H, W, 3]
+        if not groups or height + img.shape[0] > max_height:
+            groups.append([])
+            height = 0
+        groups[-1].append(img)
+        height += img.shape[0]
     written = []
-    for n, fig in enumerate(plot_word_weights(class_name, prompts, **kwargs)):
+    for n, imgs in enumerate(groups):
+        width = max(i.shape[1] for i in imgs)
+        imgs = [np.pad(i, ((0, 0), (0, width - i.shape[1]), (0, 0)), constant_values=255) for i in imgs]
         target = path if n == 0 else path.with_name(f"{path.stem}_p{n + 1}{path.suffix}")
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", facecolor="white")
+            Image.fromarray(np.concatenate(imgs)).save(tmp, format="PNG")
         written.append(str(target))
     return written
+
+
+def save_word_weights_png(path: str | os.PathLike, class_name: str, prompts: Sequence[Prompt], **kwargs) -> list[str]:
+    """Render one class (:func:`plot_word_weights` arguments) and save it with :func:`save_pages_png`."""
+    max_height = kwargs.pop("max_height", 6000)
+    return save_pages_png(path, plot_word_weights(class_name, prompts, **kwargs), max_height=max_height)
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -248,8 +275,8 @@ def top_words(
             for (w, _), r in zip(p, emphasis(p)):
                 logs.setdefault(w, []).append(math.log(max(r, 1e-12)))
     scored = [(w, math.exp(sum(v) / len(v)), len(v)) for w, v in logs.items() if len(v) >= min_count]
-    up = sorted((s for s in scored if s[1] > 1), key=lambda s: -s[1])[:k]
-    down = sorted((s for s in scored if s[1] < 1), key=lambda s: s[1])[:k]
+    up = sorted((s for s in scored if s[1] >= 1.005), key=lambda s: -s[1])[:k]
+    down = sorted((s for s in scored if s[1] <= 0.995), key=lambda s: s[1])[:k]
     return up, down
 
 
@@ -291,7 +318,8 @@ def render_terminal(
     """Class name and prompts as text, words on a red (blue) background by weight (attribution).
 
     Without colors (``color=False``, or not a TTY when ``None``) notable words are annotated instead:
-    ``word(x1.8)`` = 1.8 times the prompt's average weight; ``word(+0.12)`` for attributions.
+    ``word(x1.8)`` = 1.8 times the prompt's average weight (words at 1.5x or more); ``word(+0.12)`` for
+    attributions (words at a quarter of the largest |value| or more).
     """
     color = use_color() if color is None else color
     width = width or max(40, min(shutil.get_terminal_size((100, 20)).columns, 160))
@@ -308,11 +336,11 @@ def render_terminal(
                 words.append((w, f"\x1b[30;48;5;{ramp[level]}m{w}\x1b[0m" if level >= 0 else w))
             elif signed and abs(s) >= 0.25:
                 words.append((w + f"({r:+.3g})",) * 2)
-            elif not signed and abs(r - 1) >= 0.25:
+            elif not signed and r >= 1.5:
                 words.append((w + f"(x{r:.2f})",) * 2)
             else:
                 words.append((w, w))
-        for j, line in enumerate(_wrap([w for w, _ in words], width, num_w)):
+        for j, line in enumerate(_wrap([w for w, _ in words], width, num_w, raw=[w for w, _ in p])):
             text, col = (f"{k + 1}.".ljust(num_w) if j == 0 else " " * num_w), num_w
             for c, i in line:
                 text += " " * (c - col) + words[i][1]
@@ -327,7 +355,8 @@ def render_terminal(
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 input{font-size:1.1em;padding:.3em;width:24em}section{margin:1.2em 0;border-top:1px solid #ddd}
 h2{font-size:1.15em;margin:.6em 0}ol{font-family:ui-monospace,monospace;line-height:1.7}
-span.w{border-radius:3px;padding:0 1px}.legend{color:#666;font-size:.9em}"""
+li span{border-radius:3px;padding:0 1px}.legend{color:#666;font-size:.9em}"""
+_LEVELS = 20  # shades in the HTML page (one CSS class each keeps big pages small)
 _JS = """function f(q){q=q.toLowerCase();let n=0;for(const s of document.querySelectorAll('section'))
 {const h=s.dataset.name.includes(q);s.hidden=!h;n+=h}document.getElementById('n').textContent=n}"""
 
@@ -342,14 +371,15 @@ def render_html(
     """A self-contained HTML page of all classes (inline CSS/JS, no network), searchable by class name."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style><script>{_JS}</script></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}\n{_shade_css()}</style><script>{_JS}</script></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     if intro:
         parts.append(f"<p>{html.escape(intro)}</p>")
     legend = (
         "red: pushes towards the class, blue: away" if signed
-        else "shade = weight / prompt's max weight; hover a word for its weight (sum 1 per prompt)"
+        else f"darker = higher weight; mid red = the prompt's average, full red = {SPAN:g}x average or more; "
+        "hover a word for its weight (weights sum to 1 within each prompt)"
     )
     parts.append(
         f"<p><input id='q' type='search' placeholder='search class name' oninput='f(this.value)' autofocus> "
@@ -359,17 +389,27 @@ def render_html(
         parts.append(f"<section data-name='{html.escape(name.lower(), quote=True)}'><h2>{html.escape(name)}</h2><ol>")
         for p, sh in zip(prompts, _intensities(prompts, signed)):
             values = [float(v) for _, v in p] if signed else [v for _, v in normalize_prompt(p)]
+            ratios = [1.0] * len(p) if signed else emphasis(p)
             spans = []
-            for (w, _), v, s in zip(p, values, sh):
-                r, g, b, a = _color(s)
-                style = f"background:rgba({r * 255:.0f},{g * 255:.0f},{b * 255:.0f},{a:.2f})"
-                tip = f"{v:+.4g}" if signed else f"{v:.4f}"
+            for (w, _), v, s, ratio in zip(p, values, sh, ratios):
+                level = round(abs(s) * _LEVELS)
+                cls = f" class={'r' if s >= 0 else 'b'}{level}" if level else ""
+                tip = f"{v:+.4g}" if signed else f"{v:.4f} ({ratio:.2f}x average)"
                 sep = "" if (not spans or _joins(w)) else " "
-                spans.append(f"{sep}<span class='w' style='{style}' title='{tip}'>{html.escape(w)}</span>")
+                spans.append(f"{sep}<span{cls} title='{tip}'>{html.escape(w)}</span>")
             parts.append("<li>" + "".join(spans) + "</li>")
         parts.append("</ol></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _shade_css() -> str:
+    rules = []
+    for prefix, sign in (("r", 1), ("b", -1)):
+        for level in range(1, _LEVELS + 1):
+            r, g, b, a = _color(sign * level / _LEVELS)
+            rules.append(f".{prefix}{level}{{background:rgba({r * 255:.0f},{g * 255:.0f},{b * 255:.0f},{a:.2f})}}")
+    return "".join(rules)
 
 
 def write_html(path: str | os.PathLike, classes: ClassPrompts, **kwargs) -> None:
@@ -378,35 +418,3 @@ def write_html(path: str | os.PathLike, classes: ClassPrompts, **kwargs) -> None
 
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(render_html(classes, **kwargs))
-
-
-# ---------------------------------------------------------------------------------------------- JSON
-def weights_to_json(classes: ClassPrompts, digits: int = 6) -> dict[str, dict[str, list[list]]]:
-    """``class -> prompt text -> [[word, weight], ...]`` (repeated prompt texts get a ``" #2"`` suffix)."""
-    out: dict[str, dict[str, list[list]]] = {}
-    for name, prompts in classes.items():
-        entry: dict[str, list[list]] = {}
-        for p in prompts:
-            key = base = prompt_text([w for w, _ in p])
-            n = 1
-            while key in entry:
-                n += 1
-                key = f"{base} #{n}"
-            entry[key] = [[w, round(float(v), digits)] for w, v in p]
-        out[name] = entry
-    return out
-
-
-def weights_from_json(obj: Mapping | str | os.PathLike) -> dict[str, list[list[tuple[str, float]]]]:
-    """Inverse of :func:`weights_to_json`; accepts the dict or a path to an ``epoch_XXX.json`` file."""
-    if not isinstance(obj, Mapping):
-        with open(obj, encoding="utf-8") as f:
-            obj = json.load(f)
-    return {c: [[(str(w), float(v)) for w, v in pairs] for pairs in prompts.values()] for c, prompts in obj.items()}
-
-
-def export_weights_json(path: str | os.PathLike, classes: ClassPrompts) -> None:
-    """Write :func:`weights_to_json` atomically (via :func:`stori_pl.utils.write_json`)."""
-    from stori_pl.utils import write_json
-
-    write_json(path, weights_to_json(classes), indent=1)

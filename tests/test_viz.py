@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 
@@ -76,9 +75,17 @@ def test_plot_shades_emphasized_words_red_and_negative_blue():
     assert len(empty) == 1
 
 
-def test_save_png_pages(tmp_path):
-    paths = viz.save_word_weights_png(tmp_path / "dog.png", "dog", _random_prompts(12, 40), lines_per_page=20)
-    assert len(paths) >= 2 and paths[1].endswith("dog_p2.png")
+def test_save_png_stacks_pages_and_splits_tall_images(tmp_path):
+    from PIL import Image
+
+    prompts = _random_prompts(16, 40)
+    pages = viz.plot_word_weights("dog", prompts, lines_per_page=20)
+    page_h = [viz.figure_to_array(f).shape[0] for f in pages]
+    assert len(pages) >= 3
+    (one,) = viz.save_word_weights_png(tmp_path / "dog.png", "dog", prompts, lines_per_page=20)
+    assert Image.open(one).height == sum(page_h)  # all pages stacked in one file
+    paths = viz.save_word_weights_png(tmp_path / "s.png", "dog", prompts, lines_per_page=20, max_height=max(page_h))
+    assert len(paths) == len(pages) and paths[1].endswith("s_p2.png")
     for p in paths:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -90,6 +97,7 @@ def test_terminal_color_and_plain():
     plain = viz.render_terminal("dog", [DOG], color=False, width=80)
     assert "\x1b" not in plain
     assert "fluffy(x3.44)" in plain and "ears(x" not in plain  # only notable words are annotated
+    assert "ears." in viz.render_terminal("d", [[("ears", 1.0), (".", 5.0)]], color=False)  # ".(x1.7)" still attaches
     assert plain.splitlines()[0] == "== dog =="
     long = viz.render_terminal("dog", _random_prompts(3, 60), color=False, width=60)
     assert all(len(line) <= 60 for line in long.splitlines())
@@ -119,21 +127,8 @@ def test_html_self_contained_and_searchable(tmp_path):
     assert "type='search'" in text and "oninput" in text  # search box
     assert not re.search(r"(src|href)=['\"]?https?:", text)  # no external resources
     assert text.count("<section") == 2 and text.count("<li>") == 2
-
-
-def test_json_round_trip_sums_to_one(tmp_path):
-    classes = {"dog": [viz.normalize_prompt(DOG), viz.normalize_prompt(DOG)], "cat": [[("a", 1.0)]]}
-    path = tmp_path / "weights" / "epoch_000.json"
-    viz.export_weights_json(path, classes)
-    raw = json.loads(path.read_text())
-    assert set(raw) == {"dog", "cat"}
-    assert list(raw["dog"]) == ["a fluffy dog with floppy ears.", "a fluffy dog with floppy ears. #2"]
-    back = viz.weights_from_json(path)
-    assert len(back["dog"]) == 2
-    for prompts in back.values():
-        for p in prompts:
-            assert sum(v for _, v in p) == pytest.approx(1.0, abs=1e-5)
-    assert [w for w, _ in back["dog"][0]] == [w for w, _ in DOG]
+    level = {w: int(m) for m, w in re.findall(r"class=r(\d+) title='[^']*'>(\w+)<", text)}
+    assert level["fluffy"] == max(level.values()) and level["fluffy"] > level["ears"] > level["with"]
 
 
 def test_top_words_and_markdown():

@@ -1,216 +1,259 @@
-"""The toy world: procedural 64x64 images of shapes with known attributes, and their captions.
+"""Toy-world benchmarks in the standard on-disk formats, and the ``ToyShapes`` few-shot datamodule.
 
-Everything is a pure function of a seed, so the tiny CLIP (`stori-toy`), its benchmarks and the tests
-all see the same world. Attributes (each image has exactly one value of each):
+- **ToyShapes** (few-shot classification, CoOp layout): 12 classes named by (pattern, color, shape), e.g.
+  "striped red circle" vs "dotted red circle"; ``toy_shapes/images/<class>/<split>_<i>.png``,
+  ``toy_shapes/split_zhou_ToyShapes.json`` (``{"train"|"val"|"test": [[impath, label, classname]]}``) and
+  ``toy_shapes/cupl_toy_shapes.json`` (CuPL-style sentences per class). Size and background vary freely
+  within a class; the CuPL sentences still mention them, like LLM descriptions full of details that do not
+  discriminate — SToRI learns to down-weight those words.
+- **Toy attributes** (preference retrieval, read by ``stori retrieval-eval --dataset csv``):
+  ``toy_attributes/images/*.png`` + ``toy_attributes/attributes.csv`` (column ``image`` and one 0/1 column per
+  attribute value, e.g. ``red``, ``striped``, ``circle``, ``white_background``); :data:`TOY_RETRIEVAL_TASKS`
+  are the attribute triples (8 balanced categories each, like the paper's CelebA pools).
 
-- shape: circle, square, triangle, star
-- color: red, green, blue, yellow, purple, orange
-- pattern: plain, striped, dotted, checkered
-- size: small, large
-- background: white, black, gray
-
-Nuisances that captions never mention: position, rotation, stripe orientation, pattern phase, color
-jitter and pixel noise. A fixed set of (shape, color, pattern) triples is held out of pre-training
-(:data:`HELDOUT`), so zero-shot accuracy is measured on combinations the model never saw.
+Both are generated deterministically (from a seed) by :func:`write_toy_shapes` / :func:`write_toy_attributes`,
+and automatically by ``ToyShapes`` when absent.
 """
 
 from __future__ import annotations
 
-import math
+import csv
+import io
+import itertools
 import random
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-IMAGE_SIZE = 64
+from stori_pl.data.base import FewShotDataModule
+from stori_pl.data.toy_world import ATTRIBUTES, HELDOUT, IMAGE_SIZE, ToyObject, render, sample_object
+from stori_pl.utils import atomic_write, write_json
 
-ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "shape": ("circle", "square", "triangle", "star"),
-    "color": ("red", "green", "blue", "yellow", "purple", "orange"),
-    "pattern": ("plain", "striped", "dotted", "checkered"),
-    "size": ("small", "large"),
-    "background": ("white", "black", "gray"),
-}
+__all__ = ["ToyShapes", "TOY_CLASSES", "TOY_START_BLOCK", "TOY_RETRIEVAL_TASKS", "write_toy_shapes", "write_toy_attributes",
+           "toy_cupl", "ATTRIBUTES", "HELDOUT", "IMAGE_SIZE", "ToyObject", "render", "sample_object"]
 
-_RGB = {
-    "red": (215, 35, 35), "green": (40, 165, 55), "blue": (40, 80, 225),
-    "yellow": (235, 210, 35), "purple": (140, 55, 190), "orange": (245, 135, 25),
-}
-_BG = {"white": 238, "black": 22, "gray": 128}
-_RADIUS = {"small": (9.0, 12.0), "large": (19.0, 24.0)}
-
-
-def _heldout_triples() -> frozenset[tuple[str, str, str]]:
-    """Every 8th (shape, color, pattern) triple in a fixed shuffle: 12 of 96, each value still seen."""
-    triples = [(s, c, p) for s in ATTRIBUTES["shape"] for c in ATTRIBUTES["color"] for p in ATTRIBUTES["pattern"]]
-    random.Random(1234).shuffle(triples)
-    return frozenset(triples[::8])
-
-
-HELDOUT: frozenset[tuple[str, str, str]] = _heldout_triples()
-
-
-@dataclass(frozen=True)
-class ToyObject:
-    """One image's attributes (the caption-visible ones)."""
-
-    shape: str
-    color: str
-    pattern: str
-    size: str
-    background: str
-
-    @property
-    def triple(self) -> tuple[str, str, str]:
-        return (self.shape, self.color, self.pattern)
-
-    def as_dict(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in ATTRIBUTES}
+SPLIT_FILE = "split_zhou_ToyShapes.json"
+# First reweighted block for the toy CLIP (of 8). Measured on the shipped weights: the toy's captions are bags
+# of attributes, which its text tower gathers into the EOT token within the first blocks, so reweighting
+# from later blocks changes little (docs/readme/toy.md has the numbers).
+TOY_START_BLOCK = 2
+RETRIEVAL_PER_CATEGORY = 40  # images per attribute combination in the retrieval pools
+CUPL_FILE = "cupl_toy_shapes.json"
+# (pattern, color, shape): every class shares two of its three words with three other classes
+TOY_CLASSES: list[tuple[str, str, str]] = [
+    (p, c, s) for s in ("circle", "square") for c in ("red", "blue", "green") for p in ("striped", "dotted")
+]
+# (attribute, value) triples + prompt template ({0}, {1}, {2} = the values' phrases) for retrieval
+TOY_RETRIEVAL_TASKS: list[dict] = [
+    {"attributes": ["red", "striped", "circle"], "prompt": "a photo of a {0} {1} {2}."},
+    {"attributes": ["blue", "dotted", "square"], "prompt": "a photo of a {0} {1} {2}."},
+    {"attributes": ["green", "plain", "triangle"], "prompt": "a photo of a {1} {0} {2}."},
+    {"attributes": ["yellow", "striped", "star"], "prompt": "a photo of a {0} {2} with {1}."},
+    {"attributes": ["purple", "dotted", "circle"], "prompt": "a picture of a {2} that is {0} and {1}."},
+    {"attributes": ["orange", "large", "square"], "prompt": "a photo of a {1} {0} {2}."},
+    {"attributes": ["red", "small", "triangle"], "prompt": "a photo of a {1} {0} {2}."},
+    {"attributes": ["blue", "star", "white_background"], "prompt": "a photo of a {0} {1} on a {2} background."},
+    {"attributes": ["green", "circle", "black_background"], "prompt": "a photo of a {0} {1} on a {2} background."},
+    {"attributes": ["striped", "square", "gray_background"], "prompt": "a photo of a {0} {1} on a {2} background."},
+]
+_PHRASE = {"striped": "stripes"}  # phrase of a value where a template uses it as a noun ("with {1}")
 
 
-def sample_object(rng: random.Random, heldout: bool | None = False, **fixed: str) -> ToyObject:
-    """Draw attributes uniformly; ``fixed`` pins some of them.
+def classname(pattern: str, color: str, shape: str) -> str:
+    """``"striped red circle"``."""
+    return f"{pattern} {color} {shape}"
 
-    Args:
-        rng: Random source.
-        heldout: False → only pre-training triples, True → only held-out triples, None → any.
-        **fixed: Attribute values to pin, e.g. ``color="red"``.
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(_png(array))
+
+
+# ----------------------------------------------------------------------------- few-shot classification
+def toy_cupl(seed: int = 0, per_class: int = 8) -> dict[str, list[str]]:
+    """CuPL-style sentences per class: the class's words plus details that do not discriminate.
+
+    Each class gets a "favourite" size and background that its sentences mention most of the time (LLM
+    descriptions hallucinate typical looks), unseen filler words, and sentences that omit one of the class's
+    own attributes, so zero-shot classification with all sentences is imperfect.
     """
-    for key, value in fixed.items():
-        if key not in ATTRIBUTES or value not in ATTRIBUTES[key]:
-            raise ValueError(f"unknown toy attribute {key}={value!r}; choose from {ATTRIBUTES}")
-    for _ in range(10_000):
-        obj = ToyObject(**{k: fixed.get(k) or rng.choice(v) for k, v in ATTRIBUTES.items()})
-        if heldout is None or (obj.triple in HELDOUT) == heldout:
-            return obj
-    raise ValueError(f"no {'held-out' if heldout else 'training'} triple matches {fixed}")
+    rng = random.Random(seed)
+    fillers = ("simple", "geometric", "flat", "bright", "neat", "clean")
+    templates = (
+        "a {size} {color} {pattern} {shape} on a {bg} background.",
+        "a {filler} {color} {shape} with {pattern_pp} against a {bg} background.",
+        "a photo of a {size} {pattern} {color} {shape}.",
+        "a {shape} that is {color} and {pattern}, {size} and {filler}.",
+        "a {color} {shape} on a {bg} background, {filler} and {size}.",
+        "a {size} {pattern} {shape} in front of a {bg} background.",
+        "there is a {filler} {size} {color} {pattern} {shape}.",
+        "a drawing of a {color} {pattern} {shape} on a {bg} background.",
+    )
+    pp = {"striped": "stripes", "dotted": "dots", "plain": "no pattern"}
+    out = {}
+    for pattern, color, shape in TOY_CLASSES:
+        fav_size, fav_bg = rng.choice(ATTRIBUTES["size"]), rng.choice(ATTRIBUTES["background"])
+        sentences = []
+        for i in range(per_class):
+            size = fav_size if rng.random() < 0.8 else rng.choice(ATTRIBUTES["size"])
+            bg = fav_bg if rng.random() < 0.8 else rng.choice(ATTRIBUTES["background"])
+            sentences.append(templates[i % len(templates)].format(
+                size=size, bg=bg, color=color, pattern=pattern, shape=shape, pattern_pp=pp[pattern],
+                filler=rng.choice(fillers)))
+        out[classname(pattern, color, shape)] = sentences
+    return out
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
-    if shape == "square":
-        n, radii = 4, [r * 0.92 * math.sqrt(2)] * 4  # area close to the circle's at the same size word
-        rot += math.pi / 4
-    elif shape == "triangle":
-        n, radii = 3, [r * 1.25] * 3
-        rot -= math.pi / 2
-    else:  # star
-        n, radii = 10, [r * 1.25 if i % 2 == 0 else r * 0.55 for i in range(10)]
-        rot -= math.pi / 2
-    return [(cx + radii[i] * math.cos(rot + 2 * math.pi * i / n), cy + radii[i] * math.sin(rot + 2 * math.pi * i / n))
-            for i in range(n)]
+def write_toy_shapes(root: str | Path, seed: int = 0, n_train: int = 32, n_val: int = 8, n_test: int = 40) -> Path:
+    """Write the ToyShapes benchmark under ``root/toy_shapes`` (CoOp layout); returns that folder.
+
+    Images of a class fix its (pattern, color, shape); size, background, position etc. are random. The split
+    file is written last, so a folder with a split file is complete.
+    """
+    folder = Path(root).expanduser() / "toy_shapes"
+    rng = random.Random(seed)
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label, (pattern, color, shape) in enumerate(TOY_CLASSES):
+        name = classname(pattern, color, shape)
+        for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+            for i in range(n):
+                obj = sample_object(rng, heldout=None, pattern=pattern, color=color, shape=shape)
+                impath = f"{name.replace(' ', '_')}/{part}_{i:03d}.png"
+                _write_png(folder / "images" / impath, render(obj, rng))
+                split[part].append([impath, label, name])
+    write_json(folder / CUPL_FILE, toy_cupl(seed))
+    write_json(folder / SPLIT_FILE, split, indent=None)
+    return folder
 
 
-def _pattern_mask(pattern: str, rng: random.Random) -> np.ndarray:
-    """[H, W] bool: where the pattern's dark ink goes."""
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
-    if pattern == "plain":
-        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    if pattern == "striped":
-        theta = rng.choice((0.0, math.pi / 2, math.pi / 4, -math.pi / 4)) + rng.uniform(-0.15, 0.15)
-        u = xx * math.cos(theta) + yy * math.sin(theta) + rng.uniform(0, 7)
-        return (u % 7.0) < 3.5
-    if pattern == "dotted":
-        px, py = rng.uniform(0, 8), rng.uniform(0, 8)
-        dx = (xx + px) % 8.0 - 4.0
-        dy = (yy + py) % 8.0 - 4.0
-        return dx * dx + dy * dy < 1.9**2
-    cell = 4.5  # checkered
-    px, py = rng.uniform(0, 9), rng.uniform(0, 9)
-    return ((np.floor((xx + px) / cell) + np.floor((yy + py) / cell)) % 2) == 0
+class ToyShapes(FewShotDataModule):
+    """The toy world's few-shot benchmark (12 classes); generated under ``root/toy_shapes`` when absent.
+
+    Defaults use the shipped tiny CLIP (``stori-toy``, ``pretrained="builtin"``) and the generated CuPL file.
+    Arguments as :class:`stori_pl.data.base.FewShotDataModule`.
+    """
+
+    folder = "toy_shapes"
+    image_dir = "images"
+    split_file = SPLIT_FILE
+    split_source = "generated by stori_pl.data.toy.write_toy_shapes"
+    templates = ("a photo of a {}.",)
+
+    def __init__(self, root: str = "data", clip_model: str = "stori-toy", pretrained: str | None = "builtin",
+                 shots: int = 16, num_workers: int = 0, **kwargs):
+        super().__init__(root, clip_model=clip_model, pretrained=pretrained, shots=shots,
+                         num_workers=num_workers, **kwargs)
+
+    def dataset_dir(self) -> Path:
+        return self.root / self.folder
+
+    def generate(self) -> Path:
+        """Write the benchmark if its split file is absent; returns the dataset folder."""
+        d = self.dataset_dir()
+        if not (d / SPLIT_FILE).is_file():
+            print(f"ToyShapes: generating the toy benchmark under {d} (one-off, a few seconds)")
+            write_toy_shapes(self.root)
+        return d
+
+    def load_split(self, dataset_dir: Path) -> dict:
+        self.generate()
+        return super().load_split(dataset_dir)
+
+    def _cupl_prompts(self) -> list[list[str]]:
+        if self.cupl is None:
+            self.cupl = str(self.generate() / CUPL_FILE)
+        return super()._cupl_prompts()
 
 
-def render(obj: ToyObject, rng: random.Random) -> np.ndarray:
-    """Draw one image. Returns [64, 64, 3] uint8."""
-    lo, hi = _RADIUS[obj.size]
-    r = rng.uniform(lo, hi)
-    margin = r * 1.1 + 1
-    cx, cy = rng.uniform(margin, IMAGE_SIZE - margin), rng.uniform(margin, IMAGE_SIZE - margin)
-    mask_img = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
-    draw = ImageDraw.Draw(mask_img)
-    if obj.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-    else:
-        draw.polygon(_polygon(obj.shape, cx, cy, r, rng.uniform(-0.35, 0.35)), fill=255)
-    mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0  # [H, W, 1]
-
-    color = np.array([c + rng.uniform(-18, 18) for c in _RGB[obj.color]], dtype=np.float32).clip(0, 255)
-    fg = np.broadcast_to(color, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()  # [H, W, 3]
-    ink = _pattern_mask(obj.pattern, rng)
-    fg[ink] *= 0.3
-    bg_level = _BG[obj.background] + rng.uniform(-12, 12)
-    bg = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), bg_level, dtype=np.float32)
-    img = mask * fg + (1 - mask) * bg
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 5, img.shape)
-    return (img + noise).clip(0, 255).astype(np.uint8)
+# ----------------------------------------------------------------------------- attribute retrieval
+def attribute_columns() -> list[str]:
+    """CSV columns: every value of every attribute (backgrounds as ``<value>_background``)."""
+    return [f"{v}_background" if k == "background" else v for k, vals in ATTRIBUTES.items() for v in vals]
 
 
-# ----------------------------------------------------------------------------- captions
-_PREFIX = ("a photo of", "an image of", "a picture of", "a drawing of", "there is", "")
-_PATTERN_ADJ = {"plain": ("plain", "solid"), "striped": ("striped",), "dotted": ("dotted", "spotted"),
-                "checkered": ("checkered",)}
-_PATTERN_PP = {"plain": ("with no pattern",), "striped": ("with stripes",), "dotted": ("with dots",),
-               "checkered": ("with a checkered pattern", "with checks")}
-_GENERIC = ("shape", "object", "thing")
+def _column_of(name: str) -> tuple[str, str]:
+    for key, values in ATTRIBUTES.items():
+        value = name.removesuffix("_background") if key == "background" else name
+        if value in values and (key != "background" or name.endswith("_background")):
+            return key, value
+    raise ValueError(f"unknown toy attribute column {name!r}; columns: {attribute_columns()}")
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def retrieval_task_phrases(task: dict) -> list[str]:
+    """Words of a task's attributes as they appear in its prompt."""
+    words = [_column_of(a)[1] for a in task["attributes"]]
+    return [_PHRASE.get(w, w) if "with {" + str(i) + "}" in task["prompt"] else w for i, w in enumerate(words)]
 
 
-def caption(obj: ToyObject, rng: random.Random, p_mention: dict[str, float] | None = None) -> str:
-    """A caption that mentions a random subset of ``obj``'s attributes in a random word order."""
-    p = {"shape": 0.85, "color": 0.85, "pattern": 0.8, "size": 0.6, "background": 0.5, **(p_mention or {})}
-    say = {k: rng.random() < p[k] for k in ATTRIBUTES}
-    if not any(say.values()):
-        say[rng.choice(list(ATTRIBUTES))] = True
-    noun = obj.shape if say["shape"] else rng.choice(_GENERIC)
-    adjs = []
-    if say["size"]:
-        adjs.append(obj.size if rng.random() < 0.8 else {"small": "tiny", "large": "big"}[obj.size])
-    if say["color"]:
-        adjs.append(obj.color)
-    pattern_pp = None
-    if say["pattern"]:
-        if rng.random() < 0.65:
-            adjs.append(rng.choice(_PATTERN_ADJ[obj.pattern]))
-        else:
-            pattern_pp = rng.choice(_PATTERN_PP[obj.pattern])
-    if rng.random() < 0.3:
-        rng.shuffle(adjs)  # mostly canonical order (size, color, pattern), sometimes any
-    post: list[str] = []
-    if pattern_pp:
-        post.append(pattern_pp)
-    if say["background"]:
-        post.append(rng.choice(("on a {} background", "against a {} background", "in front of a {} background"))
-                    .format(obj.background))
-    rng.shuffle(post)
-    form = rng.random()
-    if form < 0.15 and adjs:  # predicative: "a circle that is red and striped"
-        np_ = f"{_article(noun)} {noun}"
-        text = " ".join([np_, "that is", " and ".join(adjs)] + post)
-    else:
-        np_ = " ".join(adjs + [noun])
-        text = " ".join([f"{_article(np_)} {np_}"] + post)
-    prefix = rng.choice(_PREFIX)
-    text = f"{prefix} {text}".strip() if prefix else text
-    return text + ("." if rng.random() < 0.7 else "")
+def write_toy_attributes(root: str | Path, per_category: int = RETRIEVAL_PER_CATEGORY, seed: int = 0,
+                         tasks: list[dict] | None = None) -> Path:
+    """Write ``root/toy_attributes`` (images + ``attributes.csv``) for the retrieval tasks; returns the folder.
+
+    For each task, ``per_category`` images of each of its 8 categories: an attribute is "absent" with a
+    random other value of the same kind; everything else is random. Labels cover every column.
+    """
+    folder = Path(root).expanduser() / "toy_attributes"
+    rng = random.Random(seed)
+    cols = attribute_columns()
+    rows = []
+    for t, task in enumerate(tasks or TOY_RETRIEVAL_TASKS):
+        keys = [_column_of(a) for a in task["attributes"]]
+        for present in itertools.product((True, False), repeat=len(keys)):
+            for i in range(per_category):
+                fixed = {k: v if p else rng.choice([x for x in ATTRIBUTES[k] if x != v]) for (k, v), p in zip(keys, present)}
+                obj = sample_object(rng, heldout=None, **fixed)
+                rel = f"images/t{t}_{''.join('1' if p else '0' for p in present)}_{i:03d}.png"
+                _write_png(folder / rel, render(obj, rng))
+                rows.append([rel] + [int(_column_of(c)[1] == getattr(obj, _column_of(c)[0])) for c in cols])
+    with atomic_write(folder / "attributes.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image"] + cols)
+        w.writerows(rows)
+    write_json(folder / "tasks.json", [{**t, "phrases": retrieval_task_phrases(t)} for t in (tasks or TOY_RETRIEVAL_TASKS)])
+    return folder
 
 
-def attribute_prompts(attribute: str) -> dict[str, list[str]]:
-    """Zero-shot prompts per value of one attribute (other attributes unmentioned)."""
-    if attribute == "shape":
-        tmpl = ("a photo of a {}.", "a {}.")
-        return {v: [t.format(v) for t in tmpl] for v in ATTRIBUTES["shape"]}
-    if attribute == "background":
-        tmpl = ("a shape on a {} background.", "an object against a {} background.")
-        return {v: [t.format(v) for t in tmpl] for v in ATTRIBUTES["background"]}
-    tmpl = ("a photo of a {} shape.", "a {} object.")
-    return {v: [t.format(v) for t in tmpl] for v in ATTRIBUTES[attribute]}
+def load_toy_attributes(root: str | Path):
+    """``root/toy_attributes`` as an :class:`~stori_pl.data.attributes.AttributeDataset` (generated if absent)."""
+    from stori_pl.data.attributes import load_attribute_csv
+
+    root = Path(root).expanduser()
+    folder = root if (root / "attributes.csv").is_file() else root / "toy_attributes"
+    if not (folder / "attributes.csv").is_file():
+        folder = write_toy_attributes(root)
+    return load_attribute_csv(folder)
 
 
-def sample_batch(rng: random.Random, n: int, heldout: bool | None = False) -> tuple[np.ndarray, list[str], list[ToyObject]]:
-    """``n`` fresh (image, caption) pairs: ([n, 64, 64, 3] uint8, captions, objects)."""
-    objs = [sample_object(rng, heldout=heldout) for _ in range(n)]
-    images = np.stack([render(o, rng) for o in objs])
-    return images, [caption(o, rng) for o in objs], objs
+def toy_retrieval_tasks() -> list:
+    """:data:`TOY_RETRIEVAL_TASKS` as :class:`stori_pl.retrieval_runner.AttributeTask` objects."""
+    from stori_pl.retrieval_runner import AttributeTask
+
+    return [AttributeTask(list(t["attributes"]), t["prompt"], retrieval_task_phrases(t)) for t in TOY_RETRIEVAL_TASKS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stori_pl.data.toy [ROOT]``: write both toy benchmarks under ROOT (default ``data``)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m stori_pl.data.toy [ROOT]   (writes ROOT/toy_shapes and ROOT/toy_attributes)")
+        return 0
+    root = Path(args[0] if args else "data")
+    for name, write in (("toy_shapes", write_toy_shapes), ("toy_attributes", write_toy_attributes)):
+        marker = root / name / (SPLIT_FILE if name == "toy_shapes" else "attributes.csv")
+        print(f"{marker.parent}: {'exists' if marker.is_file() else 'written'}")
+        if not marker.is_file():
+            write(root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Word attributions: shape, sign on a constructed case, agreement with finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stori_pl.attribution import _class_embedding, attribute, attribution_figures
+
+PROMPTS = {
+    "classnames": ["dog", "cat", "statue", "tree"],
+    "base": [["a photo of a dog."], ["a photo of a cat."], [], ["a photo of a tree."]],
+    "cupl": [["a fluffy dog with floppy ears.", "a loyal hound"], ["a small cat with whiskers."], ["a marble statue"], []],
+}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_clip):
+    from stori_pl.models.stori import StoriClassifier
+
+    return StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, prompts=PROMPTS)
+
+
+def _embedding(model, text: str, word: int, log_w: float) -> torch.Tensor:
+    """Normalized embedding of ``text`` with one word's pieces at log-weight ``log_w``: [D]."""
+    from stori_pl.clip import tokenize
+    from stori_pl.prompts import token_words
+    from stori_pl.reweight import WeightedTextEncoder
+
+    tokens = tokenize([text], model.tokenizer)  # [1, 77]
+    lw = torch.zeros(tokens.shape, dtype=torch.float32)  # [1, 77]
+    lw[0, token_words(tokens[0], model.tokenizer)[word][1]] = log_w
+    with torch.no_grad():
+        return F.normalize(WeightedTextEncoder(model.clip, start_block=2)(tokens, lw)[0], dim=-1)
+
+
+def test_shape_matches_word_weights(model):
+    result = model.attribute(torch.randn(model.clip.visual.output_dim), 0)
+    weights = model.word_weights()["dog"]
+    assert result.class_name == "dog" and len(result.prompts) == 2
+    assert [[w for w, _ in p] for p in result.prompts] == [[w for w, _ in p] for p in weights]
+    assert all(isinstance(a, float) for p in result.prompts for _, a in p)
+
+
+@pytest.mark.parametrize("word", [1, 4])  # "fluffy", "floppy"
+def test_sign_on_constructed_image(model, word):
+    # An "image" that looks exactly like the prompt with one word emphasized: emphasizing that word
+    # more moves the class towards the image, so its attribution is positive and the largest; for the
+    # opposite image it is negative and the smallest.
+    image = _embedding(model, PROMPTS["cupl"][0][0], word, 4.0)
+    attr = [a for _, a in attribute(model, image, 0).prompts[0]]
+    assert attr[word] > 0 and attr[word] == max(attr)
+    attr_neg = [a for _, a in attribute(model, -image, 0).prompts[0]]
+    assert attr_neg[word] < 0 and attr_neg[word] == min(attr_neg)
+
+
+def test_matches_finite_differences_at_trained_weights(model):
+    from stori_pl.clip import tokenize
+    from stori_pl.prompts import token_words
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.log_weights.copy_(torch.randn_like(model.log_weights) * 0.5)  # "trained" weights
+    try:
+        image = torch.randn(model.clip.visual.output_dim)
+        # the per-class shortcut agrees with the model's own class embeddings
+        rows = (model.prompt_class[: model.n_cupl] == 0).nonzero().flatten()
+        with torch.no_grad():
+            ours = _class_embedding(model, 0, rows, model.log_weights[rows])
+            assert torch.allclose(ours, model.class_embeddings()[0], atol=1e-5)
+        result = attribute(model, image, 0)
+        words = token_words(tokenize([PROMPTS["cupl"][0][0]], model.tokenizer)[0], model.tokenizer)
+        eps = 1e-2
+        for word in (1, 2):
+            logits = []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    model.log_weights[0, words[word][1]] += sign * eps
+                    logits.append(model(image[None], model.class_embeddings())[0, 0].item())
+                    model.log_weights[0, words[word][1]] -= sign * eps
+            fd = (logits[0] - logits[1]) / (2 * eps)
+            assert result.prompts[0][word][1] == pytest.approx(fd, rel=2e-2, abs=1e-4)
+        assert result.logit == pytest.approx(model(image[None], model.class_embeddings())[0, 0].item(), abs=1e-4)
+    finally:
+        with torch.no_grad():
+            model.log_weights.zero_()
+
+
+def test_image_inputs_errors_and_rendering(model, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(path)
+    from_path = attribute(model, str(path), 1)
+    from_pil = attribute(model, Image.open(path), 1)
+    assert from_path.prompts == from_pil.prompts and len(from_path.prompts) == 1
+    assert attribute(model, torch.randn(1, model.clip.visual.output_dim), 2).prompts  # [1, D] features
+    only_base = attribute(model, str(path), 3)  # no CuPL prompts: nothing to attribute
+    assert only_base.prompts == [] and only_base.class_name == "tree"
+    with pytest.raises(ValueError, match="class_index must be an int in 0..3"):
+        attribute(model, str(path), 4)
+    with pytest.raises(ValueError, match="cannot read image"):
+        attribute(model, str(tmp_path / "missing.jpg"), 0)
+    with pytest.raises(ValueError, match="one image"):
+        attribute(model, torch.randn(2, 3, 32, 32), 0)
+    figs = attribution_figures(from_path)
+    assert "cat" in figs[0].axes[0].texts[0].get_text()
+    pos, neg = from_path.top_words(3)
+    assert all(a > 0 for _, a in pos) and all(a < 0 for _, a in neg)

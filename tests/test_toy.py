@@ -1,0 +1,143 @@
+"""The toy world: determinism, captions, held-out triples, benchmark layouts, the pre-training command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+
+from stori_pl.data import toy, toy_world
+
+
+def test_render_is_deterministic_and_shaped():
+    obj = toy_world.ToyObject("star", "red", "striped", "large", "white")
+    a = toy_world.render(obj, random.Random(3))
+    b = toy_world.render(obj, random.Random(3))
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, toy_world.render(obj, random.Random(4)))  # position/phase/noise vary
+
+
+def test_render_shows_the_attributes():
+    rng = random.Random(0)
+    red = toy_world.render(toy_world.ToyObject("circle", "red", "plain", "large", "white"), rng).astype(int)
+    center = red[16:48, 16:48].reshape(-1, 3)
+    # a large red circle covers a lot of reddish pixels; the white background stays bright
+    assert ((center[:, 0] > 150) & (center[:, 1] < 90)).mean() > 0.3
+    small = toy_world.render(toy_world.ToyObject("circle", "red", "plain", "small", "white"), rng).astype(int)
+    is_red = lambda im: ((im[..., 0] > 150) & (im[..., 1] < 90)).sum()  # noqa: E731
+    assert is_red(red) > 2.5 * is_red(small)
+    striped = toy_world.render(toy_world.ToyObject("square", "blue", "striped", "large", "white"), rng)
+    plain = toy_world.render(toy_world.ToyObject("square", "blue", "plain", "large", "white"), rng)
+    dark = lambda im: (im.max(-1) < 90).sum()  # noqa: E731 - pattern ink is dark
+    assert dark(striped) > 100 > dark(plain)
+
+
+def test_captions_mention_exactly_what_they_say():
+    rng = random.Random(1)
+    for _ in range(300):
+        obj = toy_world.sample_object(rng)
+        text, said = toy_world.caption_with_mentions(obj, rng)
+        assert said, text
+        if "color" in said:
+            assert obj.color in text
+        else:
+            assert not any(c in text.split() for c in toy_world.ATTRIBUTES["color"])
+        if "shape" in said:
+            assert obj.shape in text
+        if "background" in said:
+            assert f"{obj.background} background" in text
+        else:
+            assert "background" not in text
+
+
+def test_consistency_matrix():
+    a = toy_world.ToyObject("circle", "red", "plain", "small", "gray")
+    b = toy_world.ToyObject("square", "red", "dotted", "large", "white")
+    m = toy_world.consistent([a, b], [a, b], [frozenset({"color"}), frozenset({"shape", "color"})])
+    assert m.tolist() == [[True, False], [True, True]]
+
+
+def test_heldout_triples_never_sampled_for_training():
+    rng = random.Random(0)
+    seen = {toy_world.sample_object(rng).triple for _ in range(3000)}
+    assert not seen & toy_world.HELDOUT
+    assert all(toy_world.sample_object(rng, heldout=True).triple in toy_world.HELDOUT for _ in range(50))
+    for key in ("shape", "color", "pattern"):  # every value still appears in training
+        idx = ("shape", "color", "pattern").index(key)
+        assert {t[idx] for t in seen} == set(toy_world.ATTRIBUTES[key])
+    with pytest.raises(ValueError, match="unknown toy attribute"):
+        toy_world.sample_object(rng, color="teal")
+
+
+def test_write_toy_shapes_coop_layout(tmp_path):
+    folder = toy.write_toy_shapes(tmp_path, n_train=2, n_val=1, n_test=1)
+    split = json.loads((folder / toy.SPLIT_FILE).read_text())
+    assert set(split) == {"train", "val", "test"}
+    assert len(split["train"]) == 2 * len(toy.TOY_CLASSES) >= 20
+    impath, label, name = split["test"][0]
+    assert (folder / "images" / impath).is_file() and name == "striped red circle" and label == 0
+    cupl = json.loads((folder / toy.CUPL_FILE).read_text())
+    assert set(cupl) == {toy.classname(*c) for c in toy.TOY_CLASSES}
+    assert all(len(v) == 8 for v in cupl.values())
+    # sentences mix discriminative words with details that are not (size, background)
+    s = " ".join(cupl["dotted blue square"])
+    assert "dotted" in s and "blue" in s and "background" in s and ("large" in s or "small" in s)
+    # deterministic
+    again = toy.write_toy_shapes(tmp_path / "b", n_train=2, n_val=1, n_test=1)
+    assert (again / "images" / impath).read_bytes() == (folder / "images" / impath).read_bytes()
+
+
+def test_toy_shapes_datamodule_generates_and_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
+    orig = toy.write_toy_shapes
+    monkeypatch.setattr(toy, "write_toy_shapes", lambda root: orig(root, n_train=3, n_val=1, n_test=2))
+    dm = toy.ToyShapes(root=str(tmp_path / "data"), clip_model="stori-tiny", pretrained=None, shots=2,
+                       batch_size=8)
+    with pytest.warns(UserWarning):
+        dm.prepare_data()
+    dm.setup("fit")
+    assert (tmp_path / "data" / "toy_shapes" / toy.SPLIT_FILE).is_file()
+    assert dm.classnames[:2] == ["striped red circle", "dotted red circle"]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["features"].shape == (8, dm.feature_dim) and batch["label"].dtype.is_floating_point is False
+    prompts = dm.prompt_set()
+    assert prompts.base[0] == ["a photo of a striped red circle."]
+    assert len(prompts.cupl[0]) == 8 and "red" in prompts.cupl[0][0]
+
+
+def test_write_toy_attributes_csv(tmp_path):
+    tasks = toy.TOY_RETRIEVAL_TASKS[:1]
+    folder = toy.write_toy_attributes(tmp_path, per_category=2, tasks=tasks)
+    with open(folder / "attributes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and (folder / rows[0]["image"]).is_file()
+    # each image has exactly one value per attribute kind
+    colors = toy_world.ATTRIBUTES["color"]
+    assert all(sum(int(r[c]) for c in colors) == 1 for r in rows)
+    # the 8 categories of the task's 3 attributes are balanced
+    codes = [tuple(r[a] for a in tasks[0]["attributes"]) for r in rows]
+    assert len(set(codes)) == 8 and all(codes.count(c) == 2 for c in set(codes))
+    ds = toy.load_toy_attributes(tmp_path)
+    assert ds.labels.shape == (16, len(toy.attribute_columns()))
+    assert toy.retrieval_task_phrases(toy.TOY_RETRIEVAL_TASKS[3]) == ["yellow", "stripes", "star"]
+    assert toy.retrieval_task_phrases(toy.TOY_RETRIEVAL_TASKS[7])[2] == "white"
+
+
+def test_toy_pretrain_smoke(tmp_path):
+    from stori_pl.commands import toy_pretrain
+
+    out = tmp_path / "toy"
+    rc = toy_pretrain.main(["--steps", "2", "--batch-size", "16", "--eval-images", "30", "--eval-every", "0",
+                            "--warmup", "1", "--out", str(out)])
+    assert rc == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["config"]["steps"] == 2 and set(meta["zero_shot_heldout"]) == set(toy_world.ATTRIBUTES)
+    from safetensors.torch import load_file
+
+    state = load_file(str(out.with_suffix(".safetensors")))
+    assert state["token_embedding.weight"].dtype.is_floating_point and len(state) > 20
+    assert not out.with_suffix(".partial.safetensors").exists()

@@ -1,0 +1,50 @@
+"""The README's main command, `stori fit --config configs/demo.yaml`, and the demo retrieval config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "stori_pl" / "assets" / "stori-toy.safetensors"
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped stori-toy weights missing")
+
+
+def test_demo_config_uses_the_toy_world():
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert cfg["model"]["init_args"]["clip_model"] == "stori-toy"
+    assert cfg["model"]["init_args"]["pretrained"] == "builtin"
+    assert cfg["data"]["class_path"] == "stori_pl.data.toy.ToyShapes"
+    from stori_pl.data.toy import TOY_START_BLOCK
+
+    assert cfg["model"]["init_args"]["start_block"] == TOY_START_BLOCK
+    callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
+    assert "stori_pl.compare.ZeroShotComparison" in callbacks and "stori_pl.callbacks.WeightPlotCallback" in callbacks
+
+
+def test_demo_retrieval_config_matches_the_toy_tasks():
+    from stori_pl.data.toy import TOY_RETRIEVAL_TASKS, TOY_START_BLOCK, retrieval_task_phrases
+
+    cfg = yaml.safe_load((REPO / "configs" / "demo_retrieval.yaml").read_text())
+    assert cfg["start_block"] == TOY_START_BLOCK and cfg["model"] == "stori-toy"
+    assert [t["attributes"] for t in cfg["tasks"]] == [t["attributes"] for t in TOY_RETRIEVAL_TASKS]
+    assert [t["phrases"] for t in cfg["tasks"]] == [retrieval_task_phrases(t) for t in TOY_RETRIEVAL_TASKS]
+
+
+@pytest.mark.slow
+@needs_weights
+def test_demo_fit_prints_zero_shot_vs_stori(tmp_path, monkeypatch, capsys):
+    from stori_pl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
+    rc = main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--trainer.max_epochs", "3"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "zero-shot (same prompts, all weights 1)" in out and "SToRI" in out
+    assert (tmp_path / "data" / "toy_shapes" / "split_zhou_ToyShapes.json").is_file()
+    results = list((tmp_path / "runs" / "demo").glob("version_*/test_results.json"))
+    assert results and json.loads(results[0].read_text())["metrics"]["test/acc"] > 0.3
