@@ -58,7 +58,7 @@ trainer:
   callbacks:
     - class_path: stori_pl.callbacks.WeightPlotCallback
       init_args:
-        every_n_epochs: 10
+        every_n_epochs: 1
 model:
   class_path: stori_pl.models.StoriClassifier
   init_args:
