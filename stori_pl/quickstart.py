@@ -14,22 +14,35 @@ import torch
 from PIL import Image
 
 from stori_pl.clip import load_clip
-from stori_pl.data.toy import TOY_START_BLOCK, load_toy_attributes
+from stori_pl.data.toy import TOY_RETRIEVAL_START_BLOCK, load_toy_attributes
 from stori_pl.features import image_features
 from stori_pl.reweight import WeightedTextEncoder
 
 
-def toy_pool(root: str | Path = "data", cache_dir: str | None = None) -> tuple[list[Path], torch.Tensor]:
-    """Image paths and features ``[N, D]`` of the toy attribute set (generated under ``root`` if absent)."""
+def toy_pool(root: str | Path = "data", task: int | None = 0, without_full_match: bool = True,
+             cache_dir: str | None = None) -> tuple[list[Path], torch.Tensor]:
+    """Image paths and features ``[N, D]`` of the toy attribute set (generated under ``root`` if absent).
+
+    Args:
+        root: Data folder.
+        task: Keep only the pool of this retrieval task (:data:`stori_pl.data.toy.TOY_RETRIEVAL_TASKS`; 8
+            categories of its 3 attributes); None keeps every image.
+        without_full_match: Drop the category that has all 3 attributes, so a prompt naming all three must
+            trade them off — which is where weights show.
+        cache_dir: Feature cache folder.
+    """
     ds = load_toy_attributes(root)
-    feats, kept = image_features(ds.paths, "stori-toy", "builtin", cache_dir=cache_dir)
-    return [ds.paths[i] for i in kept], feats
+    paths = list(ds.paths)
+    if task is not None:  # file names are images/t<task>_<category bits>_<i>.png
+        paths = [p for p in paths if p.name.startswith(f"t{task}_") and not (without_full_match and p.name.startswith(f"t{task}_111_"))]
+    feats, kept = image_features(paths, "stori-toy", "builtin", cache_dir=cache_dir)
+    return [paths[i] for i in kept], feats
 
 
 def retrieve(prompts: Sequence[str], features: torch.Tensor, k: int = 8, start_block: int | None = None) -> torch.Tensor:
     """Top-``k`` image indices ``[len(prompts), k]`` for prompts in the weight syntax, e.g. ``"a (red:2) star"``."""
     model, _, tokenizer = load_clip("stori-toy", "builtin")
-    k0 = TOY_START_BLOCK if start_block is None else start_block
+    k0 = TOY_RETRIEVAL_START_BLOCK if start_block is None else start_block
     emb = WeightedTextEncoder(model, start_block=k0).encode_prompts(list(prompts), tokenizer)  # [P, D]
     return (emb @ features.T).topk(k, dim=-1).indices  # [P, k]
 
@@ -49,11 +62,14 @@ def retrieval_grid(prompts: Sequence[str], paths: Sequence[Path], top: torch.Ten
     return fig
 
 
-def attribute_counts(top: torch.Tensor, root: str | Path, attributes: Sequence[str]) -> list[dict[str, int]]:
-    """Per prompt: how many of its retrieved images have each attribute (columns of ``attributes.csv``)."""
+def attribute_counts(top: torch.Tensor, paths: Sequence[Path], root: str | Path,
+                     attributes: Sequence[str]) -> list[dict[str, int]]:
+    """Per prompt: how many of its retrieved images (``top`` indexes ``paths``) have each attribute."""
     ds = load_toy_attributes(root)
+    row = {Path(p): i for i, p in enumerate(ds.paths)}
     cols = [ds.index(a) for a in attributes]
-    return [{a: int(ds.labels[top[r], c].sum()) for a, c in zip(attributes, cols)} for r in range(len(top))]
+    labels = ds.labels[[row[Path(p)] for p in paths]]  # [N, A_all] bool, in pool order
+    return [{a: int(labels[top[r], c].sum()) for a, c in zip(attributes, cols)} for r in range(len(top))]
 
 
 def train_toy_stori(root: str | Path = "data", classes: Sequence[str] | None = None, epochs: int = 40,

@@ -42,7 +42,7 @@ class ToyTrainConfig:
         warmup: Warmup steps.
         weight_decay: AdamW weight decay on matrices (not on gains, biases, logit scale).
         seed: Seeds model init and the world's random stream.
-        threads: torch intra-op threads.
+        threads: torch intra-op threads (1: on a busy or shared CPU, 2 OpenMP threads are several times slower).
         bf16: CPU autocast to bfloat16 for matmuls.
         eval_every: Steps between held-out zero-shot evaluations / checkpoints (0: only at the end).
         eval_images: Held-out images used for the zero-shot accuracies.

@@ -26,10 +26,10 @@ def test_demo_config_uses_the_toy_world():
 
 
 def test_demo_retrieval_config_matches_the_toy_tasks():
-    from stori_pl.data.toy import TOY_RETRIEVAL_TASKS, TOY_START_BLOCK, retrieval_task_phrases
+    from stori_pl.data.toy import TOY_RETRIEVAL_START_BLOCK, TOY_RETRIEVAL_TASKS, retrieval_task_phrases
 
     cfg = yaml.safe_load((REPO / "configs" / "demo_retrieval.yaml").read_text())
-    assert cfg["start_block"] == TOY_START_BLOCK and cfg["model"] == "stori-toy"
+    assert cfg["start_block"] == TOY_RETRIEVAL_START_BLOCK and cfg["model"] == "stori-toy"
     assert [t["attributes"] for t in cfg["tasks"]] == [t["attributes"] for t in TOY_RETRIEVAL_TASKS]
     assert [t["phrases"] for t in cfg["tasks"]] == [retrieval_task_phrases(t) for t in TOY_RETRIEVAL_TASKS]
 
@@ -37,11 +37,18 @@ def test_demo_retrieval_config_matches_the_toy_tasks():
 @pytest.mark.slow
 @needs_weights
 def test_demo_fit_prints_zero_shot_vs_stori(tmp_path, monkeypatch, capsys):
+    import torch
+
     from stori_pl.cli import main
 
     monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
-    rc = main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--trainer.max_epochs", "3"])
+    try:
+        rc = main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--trainer.max_epochs", "3"])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     out = capsys.readouterr().out
     assert "zero-shot (same prompts, all weights 1)" in out and "SToRI" in out

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="stori toy-pretrain",
-        description="Contrastively pre-train the tiny `stori-toy` CLIP on procedural shapes (CPU, ~35 min on 2 "
+        description="Contrastively pre-train the tiny `stori-toy` CLIP on procedural shapes (CPU, ~30 min on 2 "
         "cores with the defaults). Writes <out>.safetensors (fp16 weights) and <out>.json (provenance).",
     )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output stem (default: the shipped asset, %(default)s)")
