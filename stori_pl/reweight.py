@@ -141,7 +141,7 @@ class WeightedTextEncoder:
 
     # ---------------------------------------------------------------------------------- public API
     def __call__(
-        self, tokens: torch.Tensor, log_weights: torch.Tensor | None = None, bucket_size: int = 256
+        self, tokens: torch.Tensor, log_weights: torch.Tensor | None = None, bucket_size: int = 64
     ) -> torch.Tensor:
         """Encode ``tokens`` [B, L] with per-token ``log_weights`` [B, L] -> unnormalized ``[B, D]``.
 
@@ -161,7 +161,7 @@ class WeightedTextEncoder:
 
         return _in_buckets(encode, self.eot_positions(tokens), bucket_size)
 
-    def prepare(self, tokens: torch.Tensor, bucket_size: int = 256) -> PreparedPrompts:
+    def prepare(self, tokens: torch.Tensor, bucket_size: int = 64) -> PreparedPrompts:
         """Fix a prompt set for training: run blocks before ``start_block`` once, in length buckets."""
         self._check(tokens, None)
         return PreparedPrompts(self, tokens, bucket_size)
@@ -204,7 +204,7 @@ class PreparedPrompts(nn.Module):
         eot: ``[P]`` EOT positions.
     """
 
-    def __init__(self, encoder: WeightedTextEncoder, tokens: torch.Tensor, bucket_size: int = 256) -> None:
+    def __init__(self, encoder: WeightedTextEncoder, tokens: torch.Tensor, bucket_size: int = 64) -> None:
         super().__init__()
         self.__dict__["encoder"] = encoder  # not a submodule: CLIP belongs to its owner
         tokens = tokens.to(encoder.tower.positional_embedding.device)

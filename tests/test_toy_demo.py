@@ -55,3 +55,19 @@ def test_demo_fit_prints_zero_shot_vs_stori(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "data" / "toy_shapes" / "split_zhou_ToyShapes.json").is_file()
     results = list((tmp_path / "runs" / "demo").glob("version_*/test_results.json"))
     assert results and json.loads(results[0].read_text())["metrics"]["test/acc"] > 0.3
+
+
+@needs_weights
+def test_demo_retrieval_config_runs_and_generates_data(tmp_path, monkeypatch):
+    from stori_pl.cli import main
+
+    cfg = yaml.safe_load((REPO / "configs" / "demo_retrieval.yaml").read_text())
+    cfg.update(root=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), per_category=6, tasks=cfg["tasks"][:2], sweep=None)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
+    assert main(["retrieval-eval", "--config", str(path)]) == 0
+    assert (tmp_path / "data" / "toy_attributes" / "attributes.csv").is_file()  # `dataset: toy` generated it
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["summary"]) == {"stori", "prompt_weighting"}
+    assert {"plain", "w=0.5", "w=1.5"} <= set(report["summary"]["stori"])

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(prompts)} prompts from {source}, device {args.device}, torch threads {torch.get_num_threads()}")
 
     t0 = time.perf_counter()
-    prep = enc.prepare(tokens, bucket_size=args.chunk_size)
+    prep = enc.prepare(tokens)  # length buckets of the default size
     t_prepare = time.perf_counter() - t0
     lw = torch.zeros(tokens.shape, device=args.device, requires_grad=True)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     t_fast = _timeit(step(lambda w: prep.encode(w)), args.repeats)
     with torch.no_grad():
         def ours():
-            enc(tokens, lw.detach(), bucket_size=args.chunk_size)
+            enc(tokens, lw.detach())
             sync()
 
         def ref():

@@ -143,8 +143,10 @@ def load_attribute_csv(root: str | Path, csv_file: str | Path | None = None) -> 
 
 
 def load_attributes(dataset: str, root: str | Path) -> AttributeDataset:
-    """``dataset`` in ``celeba``, ``cub``, ``csv``."""
-    loaders = {"celeba": load_celeba, "cub": load_cub, "csv": load_attribute_csv}
+    """``dataset`` in ``celeba``, ``cub``, ``csv``, ``toy`` (the toy world's set, generated under ``root`` if absent)."""
+    from stori_pl.data.toy import load_toy_attributes
+
+    loaders = {"celeba": load_celeba, "cub": load_cub, "csv": load_attribute_csv, "toy": load_toy_attributes}
     if dataset not in loaders:
         raise ValueError(f"unknown attribute dataset {dataset!r}; choose one of {list(loaders)}")
     return loaders[dataset](root)
