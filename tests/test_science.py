@@ -1,7 +1,7 @@
 """The science, asserted on the shipped tiny CLIP (`stori-toy`, trained by `stori toy-pretrain`), not on random weights.
 
 Every threshold below was set from a measurement on the shipped weights, with margin; the measured values are
-in the comments (and in docs/readme/toy.md). All computations are deterministic on CPU (fixed seeds, fixed
+in the comments (and in the README, "The toy world"). All computations are deterministic on CPU (fixed seeds, fixed
 generated data), so "noise" only means few-shot sampling variation, which the nonsense check bounds.
 """
 
