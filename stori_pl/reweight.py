@@ -109,23 +109,27 @@ class WeightedTextEncoder:
             mask = self._weighted_mask(key_bias)  # [B*H, L, L]
         blocks = self.tower.blocks[self.start_block - 1 :]
         x = self._run_blocks(x, blocks[:-1], mask)
-        pooled = self._last_block_at_eot(blocks[-1], x, eot, key_bias)  # [B, W]
+        pooled = self._last_block_at_eot(blocks[-1], x, eot, key_bias, mask)  # [B, W]
         return self.tower.project(self.tower.ln_final(pooled))  # [B, D]
 
     def _last_block_at_eot(
-        self, block: nn.Module, x: torch.Tensor, eot: torch.Tensor, key_bias: torch.Tensor | None
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        eot: torch.Tensor,
+        key_bias: torch.Tensor | None,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
         """The last block, evaluated only where it matters: the EOT query row. ``[B, L, W] -> [B, W]``.
 
         Keys and values still come from every position; queries, attention output and MLP run for one
         row instead of L (the other rows never reach the embedding). Uses the block's own modules; blocks
-        without a separate key/value input run in full.
+        without a separate key/value input run in full with ``mask`` ([L, L] or [B*H, L, L]).
         """
         rows = torch.arange(x.shape[0], device=x.device)
-        causal = self.tower.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)
         if not (self.tower.batch_first and hasattr(block, "attention") and not hasattr(block, "ln_1_kv")):
-            mask = causal if key_bias is None else self._weighted_mask(key_bias)
             return self._run_blocks(x, [block], mask)[rows, eot]
+        causal = self.tower.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)
         row_mask = causal[eot] if key_bias is None else causal[eot] + key_bias  # [B, L(key)]
         row_mask = row_mask[:, None, :].repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, 1, L]
         q = x[rows, eot][:, None]  # [B, 1, W]
