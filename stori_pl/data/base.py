@@ -148,7 +148,7 @@ class FewShotDataModule(L.LightningDataModule):
         """``root/<folder>`` (or ``root`` itself when it already is the dataset folder)."""
         if not self.root.is_dir() and not self.download:
             raise FileNotFoundError(f"data root not found: {self.root}. Set `root` to the folder holding "
-                                    f"{self.folder or 'the dataset'}/ (layout: docs data.md), or download: true.")
+                                    f"{self.folder or 'the dataset'}/ (layout: README, 'Datasets'), or download: true.")
         inner = self.root / self.folder
         if not inner.is_dir() and self._looks_like_dataset(self.root):
             return self.root
@@ -164,10 +164,15 @@ class FewShotDataModule(L.LightningDataModule):
         """The CoOp split ``{"train"|"val"|"test": [[impath, label, classname]]}``."""
         return coop.read_split(dataset_dir / self.split_file, self.split_location())
 
+    @staticmethod
+    def coop_classname(folder: str) -> str | None:
+        """CoOp's class name of an image folder (default: the folder name; None = ignored by CoOp)."""
+        return folder
+
     def download_images(self, dataset_dir: Path) -> None:
         """Fetch the raw images into ``dataset_dir/<image_dir>`` (subclasses with a downloader override)."""
         raise RuntimeError(f"{type(self).__name__} cannot download its images automatically; put them in "
-                           f"{dataset_dir / self.image_dir} (see docs data.md).")
+                           f"{dataset_dir / self.image_dir} (see README, 'Datasets').")
 
     def _tv_download(self, dataset_dir: Path, tv_class: str, inner: str, **kwargs) -> None:
         """Run a torchvision downloader into ``dataset_dir/_download`` and move ``inner`` into place."""

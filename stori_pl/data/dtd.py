@@ -21,10 +21,5 @@ class DTD(FewShotDataModule):
     templates = ("{} texture.",)
     cupl_default = cupl_url("texture_prompts_full.json")
 
-    @staticmethod
-    def coop_classname(folder: str) -> str:
-        """CoOp's class name of an image folder (DTD: the folder name)."""
-        return folder
-
     def download_images(self, dataset_dir: Path) -> None:
         self._tv_download(dataset_dir, "DTD", "dtd/dtd/images")

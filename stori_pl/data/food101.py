@@ -22,10 +22,5 @@ class Food101(FewShotDataModule):
     templates = ("a photo of {}, a type of food.",)
     cupl_default = cupl_url("food_prompts_full.json")
 
-    @staticmethod
-    def coop_classname(folder: str) -> str:
-        """CoOp's class name of an image folder (Food-101: the folder name)."""
-        return folder
-
     def download_images(self, dataset_dir: Path) -> None:
         self._tv_download(dataset_dir, "Food101", "food-101/images")
