@@ -1,16 +1,29 @@
-"""stori-pl: SToRI (Semantic Token Reweighting) for CLIP text embeddings, on PyTorch Lightning."""
+"""stori-pl: SToRI (Semantic Token Reweighting) for CLIP text embeddings, on PyTorch Lightning.
 
-from stori_pl.clip import load_clip
-from stori_pl.reweight import PreparedPrompts, WeightedTextEncoder
+The public API: :func:`load_clip`, :class:`WeightedTextEncoder`, :class:`PreparedPrompts`,
+:func:`parse_weighted_prompt`, and (imported on first use, since they pull in Lightning)
+:class:`StoriClassifier`, :class:`ZeroShotCLIP`, :class:`TaskRes`.
+"""
 
-__version__ = "0.1.0"
+from stori_pl import _moved
+from stori_pl.text.clip import load_clip
+from stori_pl.text.encoder import PreparedPrompts, WeightedTextEncoder
+from stori_pl.text.syntax import parse_weighted_prompt
+
+__version__ = "0.2.0"
+
+_moved.install()
+
+_LAZY = {"StoriClassifier": "stori_pl.models", "ZeroShotCLIP": "stori_pl.models", "TaskRes": "stori_pl.models"}
 
 
-def parse_weighted_prompt(text: str):
-    """Parse ``(phrase:1.5)`` weight syntax; see :func:`stori_pl.prompts.parse_weighted_prompt`."""
-    from stori_pl.prompts import parse_weighted_prompt as _parse
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
 
-    return _parse(text)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stori_pl' has no attribute {name!r}")
 
 
-__all__ = ["load_clip", "WeightedTextEncoder", "PreparedPrompts", "parse_weighted_prompt", "__version__"]
+__all__ = ["load_clip", "WeightedTextEncoder", "PreparedPrompts", "parse_weighted_prompt", "StoriClassifier",
+           "ZeroShotCLIP", "TaskRes", "__version__"]

@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stori_pl.attribution import _class_embedding, attribute, attribution_figures
+from stori_pl.interpret.attribution import (
+    _class_embedding,
+    attribute,
+    attribution_figures,
+)
 
 PROMPTS = {
     "classnames": ["dog", "cat", "statue", "tree"],
@@ -24,9 +28,9 @@ def model(tiny_clip):
 
 def _embedding(model, text: str, word: int, log_w: float) -> torch.Tensor:
     """Normalized embedding of ``text`` with one word's pieces at log-weight ``log_w``: [D]."""
-    from stori_pl.clip import tokenize
-    from stori_pl.prompts import token_words
-    from stori_pl.reweight import WeightedTextEncoder
+    from stori_pl.text.clip import tokenize
+    from stori_pl.text.encoder import WeightedTextEncoder
+    from stori_pl.text.syntax import token_words
 
     tokens = tokenize([text], model.tokenizer)  # [1, 77]
     lw = torch.zeros(tokens.shape, dtype=torch.float32)  # [1, 77]
@@ -56,8 +60,8 @@ def test_sign_on_constructed_image(model, word):
 
 
 def test_matches_finite_differences_at_trained_weights(model):
-    from stori_pl.clip import tokenize
-    from stori_pl.prompts import token_words
+    from stori_pl.text.clip import tokenize
+    from stori_pl.text.syntax import token_words
 
     torch.manual_seed(1)
     with torch.no_grad():

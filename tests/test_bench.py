@@ -2,10 +2,9 @@
 
 import re
 
-from stori_pl.cli import main
-
-
 import pytest
+
+from stori_pl.cli import main
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stori_pl import viz
-from stori_pl.callbacks import (
+from stori_pl.interpret import viz
+from stori_pl.lightning.callbacks import (
     WeightPlotCallback,
     export_weights_json,
     movement,

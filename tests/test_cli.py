@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fakedata import make_fake
+
 from stori_pl.cli import main
 
 TINY = ["--model.clip_model", "stori-tiny", "--model.pretrained", "null"]
@@ -66,7 +66,7 @@ def test_fit_uses_shipped_config_and_writes_run(fitted, capfd):
 
 
 def test_config_name_resolution_reports_the_file(env, capsys):
-    from stori_pl.lightning_cli import resolve_config
+    from stori_pl.lightning.cli import resolve_config
 
     path = resolve_config("dtd_16shot")
     assert Path(path).name == "dtd_16shot.yaml" and Path(path).is_file()
@@ -136,12 +136,12 @@ def test_bad_names_and_missing_data(env, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="unknown data 'dtd'.*DTD"):
         main(["fit", "--model", "StoriClassifier", "--data", "dtd"])
 
-    import stori_pl.clip
+    import stori_pl.text.clip
 
     def no_model(*a, **k):
         raise AssertionError("CLIP loaded before the data was checked")
 
-    monkeypatch.setattr(stori_pl.clip, "load_clip", no_model)
+    monkeypatch.setattr(stori_pl.text.clip, "load_clip", no_model)
     argv = ["fit", "--model", "StoriClassifier", *TINY, "--data", "DTD", "--data.root", "/nonexistent/data", *QUIET]
     with pytest.raises(FileNotFoundError, match="/nonexistent/data"):
         main(argv)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from stori_pl import WeightedTextEncoder, load_clip
-from stori_pl.clip import RandomWeightsWarning, model_fingerprint, text_tower
+from stori_pl.text.clip import RandomWeightsWarning, model_fingerprint, text_tower
 
 
 def test_frozen_eval_and_memoized(tiny_clip):
@@ -20,7 +20,7 @@ def test_frozen_eval_and_memoized(tiny_clip):
 
 
 def test_random_init_warns():
-    from stori_pl.clip import _LOADED
+    from stori_pl.text.clip import _LOADED
 
     _LOADED.pop(("stori-tiny", None, "cpu", "fp16", None), None)
     with pytest.warns(RandomWeightsWarning, match="meaningless"):

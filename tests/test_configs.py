@@ -48,7 +48,7 @@ def parser(tmp_path_factory):
     """The `stori` parser (one instance: building it is the slow part)."""
     import os
 
-    from stori_pl.lightning_cli import StoriCLI
+    from stori_pl.lightning.cli import StoriCLI
 
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cli"))
@@ -69,11 +69,11 @@ def lightning_configs() -> list[Path]:
 
 @pytest.mark.parametrize("path", lightning_configs(), ids=lambda p: p.name)
 def test_config_parses_and_builds(path, parser, tiny12, monkeypatch):
-    import stori_pl.clip
+    import stori_pl.text.clip
     from stori_pl.data.base import PromptSet
 
-    real = stori_pl.clip.load_clip
-    monkeypatch.setattr(stori_pl.clip, "load_clip", lambda name, pretrained=None, **kw: real(tiny12, None))
+    real = stori_pl.text.clip.load_clip
+    monkeypatch.setattr(stori_pl.text.clip, "load_clip", lambda name, pretrained=None, **kw: real(tiny12, None))
     cfg = parser.parse_args(["--config", str(path)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,10 +7,18 @@ import shutil
 
 import pytest
 import torch
-
-import stori_pl.features as F
 from fakedata import BENCHMARKS, make_fake
-from stori_pl.data import DTD, SUN397, Caltech101, Flowers102, Food101, ImageNet, PromptSet
+
+import stori_pl.data.features as F
+from stori_pl.data import (
+    DTD,
+    SUN397,
+    Caltech101,
+    Flowers102,
+    Food101,
+    ImageNet,
+    PromptSet,
+)
 
 CLASSES = {"dtd": DTD, "caltech101": Caltech101, "flowers102": Flowers102, "food101": Food101,
            "sun397": SUN397, "imagenet": ImageNet}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
-import stori_pl.features as F
 from fakedata import make_fake
-from stori_pl.commands import cache as cache_cmd
+
+import stori_pl.data.features as F
+from stori_pl.cli import cache as cache_cmd
 from stori_pl.data import DTD
 
 

@@ -33,7 +33,7 @@ class RankProbe(L.Callback):
             self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
 
     def on_fit_end(self, trainer, pl_module):
-        import stori_pl.features
+        import stori_pl.data.features
 
         out = Path(os.environ["STORI_PROBE_DIR"]) / f"rank{trainer.global_rank}.json"
         out.write_text(json.dumps({
@@ -41,7 +41,7 @@ class RankProbe(L.Callback):
             "log_weights": pl_module.log_weights.detach().cpu().tolist(),
             "val_acc": self.val_acc,
             "val_seen": self.val_seen,  # in the last validation epoch
-            "encode_calls": stori_pl.features.ENCODE_CALLS,
+            "encode_calls": stori_pl.data.features.ENCODE_CALLS,
         }))
 
 

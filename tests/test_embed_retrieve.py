@@ -58,7 +58,7 @@ def test_embed_errors(tmp_path, capsys):
 
 
 def test_retrieve_ranks_caches_and_writes(images, tmp_path, tiny_clip, capsys):
-    import stori_pl.features as F
+    import stori_pl.data.features as F
 
     args = ["retrieve", "--images", str(images), "--prompt", "a (green:2) square", "--prompt", "a red square",
             *TINY, "--top-k", "3", "--out", str(tmp_path / "rank.csv"), "--sheet", str(tmp_path / "top.png")]

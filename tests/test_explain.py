@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stori_pl.cli import main as stori_main
-from stori_pl.commands.explain import main
+from stori_pl.cli.explain import main
 
 PROMPTS = {
     "classnames": ["dog", "cat", "car"],
@@ -105,9 +105,9 @@ def test_contrast_view_fit_two_classes_then_explain(tmp_path, monkeypatch, capsy
     pair = ["striped red circle", "dotted red circle"]
     rc = stori_main([
         "fit", "--model", "StoriClassifier", "--model.clip_model", "stori-tiny", "--model.pretrained", "null",
-        "--model.start_block", "2", "--data", "stori_pl.data.toy.ToyShapes", "--data.root", str(tmp_path / "data"),
+        "--model.start_block", "2", "--data", "stori_pl.toy.data.ToyShapes", "--data.root", str(tmp_path / "data"),
         "--data.shots", "2", "--data.classes", json.dumps(pair), "--trainer.max_epochs", "1",
-        "--trainer.callbacks+=stori_pl.callbacks.WeightPlotCallback", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=stori_pl.lightning.callbacks.WeightPlotCallback", "--trainer.enable_progress_bar", "false",
         "--test_after_fit", "false",
     ])
     assert rc == 0

@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
+from fakedata import make_image
 from safetensors.torch import save_file
 
-import stori_pl.features as F
-from fakedata import make_image
+import stori_pl.data.features as F
 
 
 @pytest.fixture

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from stori_pl.data.base import PromptSet
-from stori_pl.models import StoriClassifier, TaskRes, ZeroShotCLIP, load_exported_classifier
+from stori_pl.models import (
+    StoriClassifier,
+    TaskRes,
+    ZeroShotCLIP,
+    load_exported_classifier,
+)
 
 TINY = {"clip_model": "stori-tiny", "pretrained": None}
 PROMPTS = PromptSet(

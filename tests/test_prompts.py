@@ -1,4 +1,4 @@
-"""Weighted prompt syntax, BPE alignment and word display (stori_pl.prompts)."""
+"""Weighted prompt syntax, BPE alignment and word display (stori_pl.text.syntax)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stori_pl.prompts import (
+from stori_pl.text.syntax import (
     PromptSyntaxError,
     escape_prompt,
     parse_weighted_prompt,

@@ -8,8 +8,8 @@ import warnings
 import lightning as L
 import pytest
 import torch
-
 from fakedata import make_fake
+
 from stori_pl.cli import main
 
 pytestmark = pytest.mark.slow

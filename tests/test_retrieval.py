@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stori_pl import retrieval as R
+from stori_pl.retrieval import metrics as R
 
 
 def test_rank_is_descending_and_stable():

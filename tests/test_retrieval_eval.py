@@ -8,8 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-from stori_pl.data.attributes import build_pool, load_attribute_csv, load_attributes, load_celeba, load_cub
-from stori_pl.retrieval_runner import AttributeTask, format_table, run_preference_retrieval, task_prompt
+from stori_pl.retrieval.attributes import (
+    build_pool,
+    load_attribute_csv,
+    load_attributes,
+    load_celeba,
+    load_cub,
+)
+from stori_pl.retrieval.runner import (
+    AttributeTask,
+    format_table,
+    run_preference_retrieval,
+    task_prompt,
+)
 
 CELEBA_ATTRS = ["5_o_Clock_Shadow", "Blond_Hair", "Eyeglasses", "Smiling"]
 
@@ -97,8 +108,8 @@ def test_task_prompt_escapes_and_weights():
 
 
 def test_prompt_weighting_parity(tiny_clip):
-    from stori_pl.prompt_weighting import encode_weighted
-    from stori_pl.reweight import WeightedTextEncoder
+    from stori_pl.text.encoder import WeightedTextEncoder
+    from stori_pl.text.prompt_weighting import encode_weighted
 
     model, _, tok = tiny_clip
     enc = WeightedTextEncoder(model, start_block=2)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from stori_pl import WeightedTextEncoder, load_clip
-from stori_pl.clip import clear_clip_cache
+from stori_pl.text.clip import clear_clip_cache
 
 PROMPTS = [
     "a photo of a dog.",
@@ -220,7 +220,7 @@ def test_bad_input_errors(tiny_clip):
 
 
 def test_long_prompt_warns_with_the_prompt(tiny_clip):
-    from stori_pl.clip import tokenize
+    from stori_pl.text.clip import tokenize
 
     _, _, tok = tiny_clip
     with pytest.warns(UserWarning, match="truncated: 'word word"):

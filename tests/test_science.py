@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stori_pl.data import toy
+from stori_pl.toy import data as toy
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "stori_pl" / "assets" / "stori-toy.safetensors"
 pytestmark = [
@@ -62,7 +62,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def retrieval_report(root):
-    from stori_pl.retrieval_runner import run_preference_retrieval
+    from stori_pl.retrieval.runner import run_preference_retrieval
 
     ds = toy.load_toy_attributes(root)
     return run_preference_retrieval(ds, toy.toy_retrieval_tasks(), "stori-toy", "builtin", start_block=K_RETRIEVAL,
@@ -94,7 +94,7 @@ def test_emphasis_moves_precision_at_k(retrieval_report):
 
 
 def _fit(root, **kwargs):
-    from stori_pl.quickstart import train_toy_stori
+    from stori_pl.toy.quickstart import train_toy_stori
 
     return train_toy_stori(root, start_block=K, epochs=EPOCHS, **kwargs)
 

@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from stori_pl.data import toy, toy_world
+from stori_pl.toy import data as toy
+from stori_pl.toy import world as toy_world
 
 
 def test_render_is_deterministic_and_shaped():
@@ -128,7 +129,7 @@ def test_write_toy_attributes_csv(tmp_path):
 
 
 def test_toy_pretrain_smoke(tmp_path):
-    from stori_pl.commands import toy_pretrain
+    from stori_pl.cli import toy_pretrain
 
     out = tmp_path / "toy"
     rc = toy_pretrain.main(["--steps", "2", "--batch-size", "16", "--eval-images", "30", "--eval-every", "0",

@@ -17,16 +17,20 @@ def test_demo_config_uses_the_toy_world():
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert cfg["model"]["init_args"]["clip_model"] == "stori-toy"
     assert cfg["model"]["init_args"]["pretrained"] == "builtin"
-    assert cfg["data"]["class_path"] == "stori_pl.data.toy.ToyShapes"
-    from stori_pl.data.toy import TOY_START_BLOCK
+    assert cfg["data"]["class_path"] == "stori_pl.toy.data.ToyShapes"
+    from stori_pl.toy.data import TOY_START_BLOCK
 
     assert cfg["model"]["init_args"]["start_block"] == TOY_START_BLOCK
     callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
-    assert "stori_pl.compare.ZeroShotComparison" in callbacks and "stori_pl.callbacks.WeightPlotCallback" in callbacks
+    assert "stori_pl.lightning.callbacks.ZeroShotComparison" in callbacks and "stori_pl.lightning.callbacks.WeightPlotCallback" in callbacks
 
 
 def test_demo_retrieval_config_matches_the_toy_tasks():
-    from stori_pl.data.toy import TOY_RETRIEVAL_START_BLOCK, TOY_RETRIEVAL_TASKS, retrieval_task_phrases
+    from stori_pl.toy.data import (
+        TOY_RETRIEVAL_START_BLOCK,
+        TOY_RETRIEVAL_TASKS,
+        retrieval_task_phrases,
+    )
 
     cfg = yaml.safe_load((REPO / "configs" / "demo_retrieval.yaml").read_text())
     assert cfg["start_block"] == TOY_RETRIEVAL_START_BLOCK and cfg["model"] == "stori-toy"

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from stori_pl import viz
+from stori_pl.interpret import viz
 
 DOG = [("a", 1.0), ("fluffy", 6.0), ("dog", 2.0), ("with", 0.5), ("floppy", 1.0), ("ears", 1.5), (".", 0.2)]
 
@@ -35,7 +35,7 @@ def test_prompt_text_joins_punctuation():
 
 def test_wrap_respects_width():
     words = [w for w, _ in _random_prompts(1, 60)[0]]
-    lines = viz._wrap(words, 50, 4)
+    lines = viz.wrap_words(words, 50, 4)
     assert len(lines) > 1
     for line in lines:
         assert line[0][0] >= 4 - 1  # hanging indent

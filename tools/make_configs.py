@@ -56,7 +56,7 @@ trainer:
       save_dir: runs
       name: {name}
   callbacks:
-    - class_path: stori_pl.callbacks.WeightPlotCallback
+    - class_path: stori_pl.lightning.callbacks.WeightPlotCallback
       init_args:
         every_n_epochs: 1
 model:

@@ -5,8 +5,9 @@ from stori_pl.data.caltech101 import Caltech101
 from stori_pl.data.dtd import DTD
 from stori_pl.data.flowers102 import Flowers102
 from stori_pl.data.food101 import Food101
+from stori_pl.data.image_folder import ImageFolder
 from stori_pl.data.imagenet import ImageNet
 from stori_pl.data.sun397 import SUN397
 
 __all__ = ["FewShotDataModule", "PromptSet", "FeatureDataset", "ImageNet", "DTD", "SUN397", "Flowers102",
-           "Caltech101", "Food101"]
+           "Caltech101", "Food101", "ImageFolder"]

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stori_pl.data import coop, cupl
-from stori_pl.features import image_features
+from stori_pl.data.features import image_features
 from stori_pl.utils import cache_root, content_hash, write_json
 
 
@@ -297,7 +297,7 @@ class FewShotDataModule(L.LightningDataModule):
         self._features_for(("train",))
         data = self._data["train"]
         feats = data.features if data.features.ndim == 2 else data.features[:, 0]  # [N, D]
-        from stori_pl.clip import model_fingerprint
+        from stori_pl.text.clip import model_fingerprint
 
         key = content_hash(model_fingerprint(self.clip_model, self.pretrained), prompts,
                            feats.sum(0).tolist(), data.labels.tolist(), self.prompts_per_class)
@@ -309,7 +309,7 @@ class FewShotDataModule(L.LightningDataModule):
                     return out
             except (json.JSONDecodeError, TypeError):
                 pass
-        from stori_pl.clip import load_clip
+        from stori_pl.text.clip import load_clip
 
         model, _, tokenizer = load_clip(self.clip_model, self.pretrained)
         original = next(model.parameters()).device

@@ -90,8 +90,8 @@ class ClipClassifier(L.LightningModule):
 
     def build(self, prompts: Any) -> None:
         """Load the CLIP and prepare the classifier for a prompt set (dict or ``PromptSet``)."""
-        from stori_pl.clip import load_clip
         from stori_pl.data.base import PromptSet
+        from stori_pl.text.clip import load_clip
 
         ps = prompts if isinstance(prompts, PromptSet) else PromptSet.from_dict(prompts)
         if not ps.classnames:
@@ -333,7 +333,7 @@ def _first_difference(a: list[str], b: list[str]) -> str:
 
 def encode_texts(clip: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalized ``encode_text`` of plain prompts, in batches, without grad: ``[N, D]`` float32."""
-    from stori_pl.clip import tokenize
+    from stori_pl.text.clip import tokenize
 
     device = next(clip.parameters()).device
     out = []

@@ -58,8 +58,8 @@ class StoriClassifier(ClipClassifier):
         return "SToRI"
 
     def _build_classifier(self, prompt_set) -> None:
-        from stori_pl.clip import tokenize
-        from stori_pl.reweight import WeightedTextEncoder
+        from stori_pl.text.clip import tokenize
+        from stori_pl.text.encoder import WeightedTextEncoder
 
         cupl = [(c, t) for c, texts in enumerate(prompt_set.cupl) for t in texts]
         base = [(c, t) for c, texts in enumerate(prompt_set.base) for t in texts] if self.hparams.use_base_prompts else []
@@ -101,7 +101,7 @@ class StoriClassifier(ClipClassifier):
         A word's weight is the mean of ``exp(log_w)`` over its BPE pieces, so that all words start
         equal (1 / number of words) before training.
         """
-        from stori_pl.prompts import token_words
+        from stori_pl.text.syntax import token_words
 
         self._require_built()
         log_w = self.log_weights.detach().masked_fill(~self.weight_mask, 0.0).float().cpu()  # [P, L']
@@ -114,7 +114,7 @@ class StoriClassifier(ClipClassifier):
         return out
 
     def attribute(self, image, class_index: int, **kwargs):
-        """Which words of the class's prompts support ``image`` — see :func:`stori_pl.attribution.attribute`."""
-        from stori_pl.attribution import attribute
+        """Which words of the class's prompts support ``image`` — see :func:`stori_pl.interpret.attribution.attribute`."""
+        from stori_pl.interpret.attribution import attribute
 
         return attribute(self, image, class_index, **kwargs)

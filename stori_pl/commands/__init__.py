@@ -1,1 +1,0 @@
-"""Utility sub-commands of ``stori`` (each module exposes ``main(argv) -> int``)."""

@@ -1,0 +1,308 @@
+"""On-disk cache of CLIP image features: encode every image once, reuse it in every later run.
+
+A cache file ``<cache_root>/features/<key>.safetensors`` holds ``features`` ([N, D] or [N, 1+V, D] float32,
+L2-normalized) and ``kept`` ([N] int64, indices of the readable input images). The key hashes the model
+fingerprint, the preprocess transform, the number of augmented views and every path with its size and
+mtime, so a changed image or model makes a new key. Files are written atomically and validated on load;
+an invalid file is re-encoded. Pure torch (no Lightning): ``stori cache`` runs the same encoding under a
+Lightning Trainer for multi-GPU work (see :mod:`stori_pl.cli.cache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from stori_pl.utils import atomic_path, cache_root, content_hash
+
+log = logging.getLogger(__name__)
+
+ENCODE_CALLS = 0
+"""Number of image batches sent through an image encoder by this process (tests assert cache hits add 0)."""
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FORMAT_VERSION = "1"
+
+
+class BadImageError(RuntimeError):
+    """An image file could not be read or decoded."""
+
+
+class ImagePathDataset(Dataset):
+    """Images from a list of paths; item = (image tensor, index, readable flag).
+
+    Args:
+        paths: Image files.
+        transform: Eval transform (CLIP ``preprocess``) -> [3, H, W].
+        views: Extra random augmented views per image (Tip-Adapter style); the item is then [1+V, 3, H, W]
+            with the plain view first. Each view uses a seed derived from (index, view), so it is reproducible.
+        augment: Transform for the augmented views (default: :func:`augment_transform` of ``transform``).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], transform: Callable, views: int = 0, augment=None):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+        self.views = views
+        self.augment = augment if augment is not None or views == 0 else augment_transform(transform)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            with Image.open(self.paths[i]) as im:
+                im = im.convert("RGB")
+                x = self.transform(im)  # [3, H, W]
+                if self.views:
+                    aug = []
+                    for v in range(self.views):
+                        with torch.random.fork_rng(devices=[]):
+                            torch.manual_seed(i * 1009 + v)
+                            aug.append(self.augment(im))
+                    x = torch.stack([x, *aug])  # [1+V, 3, H, W]
+            return x, i, True
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a bad image
+            log.debug("cannot read %s: %s", self.paths[i], e)
+            return None, i, False
+
+
+def collate_images(batch):
+    """Stack readable images; returns (images [B', ...] | None, indices [B'] long, bad indices list)."""
+    good = [(x, i) for x, i, ok in batch if ok]
+    bad = [i for _, i, ok in batch if not ok]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, torch.tensor([i for _, i in good], dtype=torch.long), bad
+
+
+def augment_transform(preprocess: Callable) -> Callable:
+    """Random-resized-crop + flip version of an open_clip eval transform (same size, mean and std)."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(preprocess, "transforms", []))
+    size = next((t.size for t in steps if isinstance(t, T.CenterCrop)), (224, 224))
+    rest = [t for t in steps if not isinstance(t, (T.Resize, T.CenterCrop))]
+    crop = T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC)
+    return T.Compose([crop, T.RandomHorizontalFlip(), *rest])
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Sorted image files (by extension, case-insensitive) under ``folder``."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+class ImageFolderDataset:
+    """All images under a folder, with cached CLIP features (for retrieval over arbitrary folders).
+
+    Example::
+
+        ds = ImageFolderDataset("photos/")
+        feats, paths = ds.features("ViT-B-32", "openai")  # [N, D], the paths that were readable
+    """
+
+    def __init__(self, root: str | Path, recursive: bool = True):
+        self.root = Path(root).expanduser()
+        self.paths = list_images(self.root, recursive)
+        if not self.paths:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def features(self, clip_model: str, pretrained: str | None, **kwargs) -> tuple[torch.Tensor, list[Path]]:
+        """Cached features of the readable images; kwargs as :func:`image_features`. Returns ([N, D], paths)."""
+        kwargs.setdefault("skip_bad_images", True)
+        feats, kept = image_features(self.paths, clip_model, pretrained, **kwargs)
+        return feats, [self.paths[i] for i in kept]
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def feature_key(paths: Sequence[str | Path], clip_model: str, pretrained: str | None, preprocess, views=0,
+                model: torch.nn.Module | None = None) -> str:
+    """Content hash naming a cache file (model, preprocess, views, each path with size and mtime)."""
+    from stori_pl.text.clip import model_fingerprint
+
+    fingerprint = model_fingerprint(clip_model, pretrained)
+    if pretrained is None and model is not None:  # random init: the weights themselves identify it
+        fingerprint += "|" + _weights_digest(model.visual)
+    files = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            files.append((os.path.abspath(p), -1, -1))
+    return content_hash(FORMAT_VERSION, fingerprint, repr(preprocess), int(views), files, length=24)
+
+
+def cache_file(key: str, cache_dir: str | Path | None = None) -> Path:
+    """Path of the cache file for ``key``."""
+    return cache_root(cache_dir) / "features" / f"{key}.safetensors"
+
+
+def load_cached(
+    path: Path, key: str, n_paths: int, require_all: bool = False
+) -> tuple[torch.Tensor, list[int]] | None:
+    """Load and validate a cache file; None (with a warning when the file exists but is bad) to recompute.
+
+    ``require_all``: a file that skipped images (written with ``skip_bad_images``) does not count.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            feats, kept = f.get_tensor("features"), f.get_tensor("kept")
+        problems = []
+        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
+            problems.append("key/format mismatch")
+        if int(meta.get("count", -1)) != n_paths:
+            problems.append(f"count {meta.get('count')} != {n_paths}")
+        if feats.dtype != torch.float32 or feats.ndim not in (2, 3) or feats.shape[0] != kept.numel():
+            problems.append(f"bad shape {tuple(feats.shape)} for {kept.numel()} kept images")
+        elif kept.numel() and (kept.min() < 0 or kept.max() >= n_paths or not bool((kept.diff() > 0).all())):
+            problems.append("kept indices out of range or unsorted")
+        elif not torch.isfinite(feats).all():
+            problems.append("non-finite values")
+        elif require_all and kept.numel() != n_paths:
+            problems.append(f"{n_paths - kept.numel()} image(s) were skipped when it was written")
+    except Exception as e:  # noqa: BLE001 - unreadable file = stale
+        problems = [f"unreadable ({e})"]
+    if problems:
+        warnings.warn(f"feature cache {path} is invalid ({'; '.join(problems)}); re-encoding", stacklevel=3)
+        return None
+    return feats, kept.tolist()
+
+
+def save_cached(
+    path: Path, key: str, feats: torch.Tensor, kept: Sequence[int], n_paths: int, info: str = ""
+) -> None:
+    """Write a cache file atomically."""
+    meta = {"key": key, "format": FORMAT_VERSION, "count": str(n_paths), "info": info}
+    with atomic_path(path) as tmp:
+        save_file({"features": feats.contiguous(), "kept": torch.tensor(list(kept), dtype=torch.long)},
+                  str(tmp), metadata=meta)
+
+
+def autocast_for(device: torch.device):
+    """bf16 (or fp16) autocast on CUDA, nothing elsewhere."""
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def encode_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[B, 3, H, W] or [B, V, 3, H, W] -> L2-normalized float32 [B, D] or [B, V, D]."""
+    global ENCODE_CALLS
+    ENCODE_CALLS += 1
+    shape = images.shape
+    flat = images.reshape(-1, *shape[-3:]).to(device, non_blocking=True)  # [B*V, 3, H, W]
+    with autocast_for(device):
+        feats = model.encode_image(flat)  # [B*V, D]
+    feats = F.normalize(feats.float(), dim=-1).cpu()
+    return feats.reshape(*shape[:-3], feats.shape[-1])
+
+
+def _bad_image_error(paths: Sequence[str], bad: Sequence[int]) -> BadImageError:
+    first = ", ".join(str(paths[i]) for i in bad[:5])
+    return BadImageError(
+        f"cannot read {len(bad)} image(s): {first}{' ...' if len(bad) > 5 else ''}. "
+        "Replace or delete the file(s), or set skip_bad_images: true to skip them with a warning."
+    )
+
+
+def image_features(
+    paths: Sequence[str | Path],
+    clip_model: str,
+    pretrained: str | None,
+    *,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    skip_bad_images: bool = False,
+    views: int = 0,
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[int]]:
+    """CLIP image features of ``paths``, from the cache or encoded once and cached.
+
+    Args:
+        paths: Image files.
+        clip_model: open_clip model name (e.g. ``"ViT-L-14"``).
+        pretrained: Its weights (tag, file or None), as for :func:`stori_pl.text.clip.load_clip`.
+        cache_dir: Cache folder (default ``$STORI_CACHE`` or ``~/.cache/stori_pl``).
+        batch_size: Images per encoder call.
+        num_workers: DataLoader workers decoding images.
+        device: Where to encode (default: CUDA when available); fp16/bf16 autocast on CUDA only.
+        skip_bad_images: Skip unreadable images with a warning instead of raising :class:`BadImageError`.
+        views: Extra augmented views per image (then features are [N, 1+views, D]).
+        progress: Show a progress bar while encoding.
+
+    Returns:
+        ``(features [N, D] float32 L2-normalized, kept)``: ``kept`` lists the indices of ``paths`` that
+        were readable (all of them unless ``skip_bad_images`` skipped some); ``features[j]`` is ``paths[kept[j]]``.
+    """
+    from stori_pl.text.clip import load_clip
+
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("image_features: no image paths given")
+    model, preprocess, _ = load_clip(clip_model, pretrained)
+    key = feature_key(paths, clip_model, pretrained, preprocess, views, model)
+    path = cache_file(key, cache_dir)
+    cached = load_cached(path, key, len(paths), require_all=not skip_bad_images)
+    if cached is not None:
+        return cached
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loader = DataLoader(ImagePathDataset(paths, preprocess, views), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_images, pin_memory=device.type == "cuda")
+    original = next(model.parameters()).device
+    model.to(device)
+    chunks, kept, bad = [], [], []
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(paths), desc=f"encoding {len(paths)} images ({clip_model})", unit="img",
+                   disable=not progress, leave=False)
+        for images, idx, bad_idx in loader:
+            if bad_idx and not skip_bad_images:
+                raise _bad_image_error(paths, bad_idx)
+            bad.extend(bad_idx)
+            if images is not None:
+                chunks.append(encode_batch(model, images, device))
+                kept.extend(idx.tolist())
+            bar.update(len(idx) + len(bad_idx))
+        bar.close()
+    finally:
+        model.to(original)
+    if bad:
+        warnings.warn(str(_bad_image_error(paths, bad)).split(". Replace")[0] + "; skipped", stacklevel=2)
+    if not chunks:
+        raise BadImageError(f"none of the {len(paths)} images could be read (first: {paths[:3]})")
+    feats = torch.cat(chunks)  # [N', D] or [N', 1+V, D]
+    save_cached(path, key, feats, kept, len(paths), info=f"{clip_model}|{pretrained}|views={views}")
+    return feats, kept

@@ -1,0 +1,133 @@
+"""Medium-independent word-weight helpers: normalization, shading intensities, word joining, summaries.
+
+Input everywhere is what :meth:`StoriClassifier.word_weights` returns: per class, per prompt, a list of
+``(word, value)`` pairs. ``value`` is a weight (non-negative; normalized to sum 1 within the prompt, as in
+the paper's figures) or, with ``signed=True``, an attribution (any sign; see :mod:`stori_pl.interpret.attribution`).
+
+Shading: weights are shaded red on a log scale of ``weight / the prompt's average weight`` (white: a
+quarter of the average or less, mid red: average, full red: 4x or more; the same scale for every prompt
+and epoch); signed values red (positive) / blue (negative) by ``value / max |value| of the class``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+Prompt = Sequence[tuple[str, float]]
+ClassPrompts = Mapping[str, Sequence[Prompt]]
+
+RED = (0.84, 0.15, 0.16)
+BLUE = (0.13, 0.40, 0.75)
+SPAN = 4.0  # weights from 1/SPAN to SPAN times the prompt's average span the red scale
+_JOIN = set(",.;:!?)]}%'\"") | {"'s", "'t", "'re", "'ll", "'d", "'m", "'ve"}
+
+# ---------------------------------------------------------------------------------------------- values
+def normalize_prompt(prompt: Prompt) -> list[tuple[str, float]]:
+    """Scale a prompt's weights to sum to 1 (the paper's display convention).
+
+    Raises:
+        ValueError: if a weight is negative or not finite.
+    """
+    values = [float(v) for _, v in prompt]
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"word weights must be finite and >= 0, got {values}; use signed=True for attributions")
+    total = sum(values)
+    if total <= 0:
+        return [(w, 0.0) for w, _ in prompt]
+    return [(w, v / total) for (w, _), v in zip(prompt, values)]
+
+
+def emphasis(prompt: Prompt) -> list[float]:
+    """Each word's weight relative to the prompt's uniform weight (1 = average, 2 = twice the average)."""
+    normed = normalize_prompt(prompt)
+    return [v * len(normed) for _, v in normed]
+
+
+def intensities(prompts: Sequence[Prompt], signed: bool, span: float = SPAN) -> list[list[float]]:
+    """Shade per word in [-1, 1] (negative only when ``signed``).
+
+    Weights: log scale of the word's :func:`emphasis`, ``1/span`` (or less) → 0, the prompt's average
+    weight → 0.5, ``span`` times the average (or more) → 1. Fixed across prompts and epochs, so equal
+    weights look equal everywhere. Signed values: ``value / max |value|`` over all ``prompts``.
+    """
+    if signed:
+        peak = max((abs(float(v)) for p in prompts for _, v in p), default=0.0) or 1.0
+        return [[float(v) / peak for _, v in p] for p in prompts]
+    half = 2 * math.log(span)
+    return [[min(1.0, max(0.0, 0.5 + math.log(r) / half)) if r > 0 else 0.0 for r in emphasis(p)] for p in prompts]
+
+
+def prompt_text(words: Sequence[str]) -> str:
+    """Join words back into a sentence (no space before punctuation)."""
+    out = ""
+    for w in words:
+        out += w if (not out or joins(w)) else " " + w
+    return out
+
+
+def joins(word: str) -> bool:
+    return word in _JOIN or (len(word) > 0 and all(c in _JOIN for c in word))
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def wrap_words(words: Sequence[str], width: int, indent: int, raw: Sequence[str] | None = None) -> list[list[tuple[int, int]]]:
+    """Greedy wrap: lines of (start column, word index); continuation lines start at ``indent``.
+
+    ``raw``: the words without annotations (decides which words attach to the previous one).
+    """
+    lines: list[list[tuple[int, int]]] = [[]]
+    col = indent
+    for i, w in enumerate(words):
+        gap = 0 if (not lines[-1] or joins((raw or words)[i])) else 1
+        if lines[-1] and col + gap + len(w) > width:
+            lines.append([])
+            col, gap = indent, 0
+        lines[-1].append((col + gap, i))
+        col += gap + len(w)
+    return lines
+
+
+
+def rgba(intensity: float, alpha_max: float = 0.85) -> tuple[float, float, float, float]:
+    base = RED if intensity >= 0 else BLUE
+    return (*base, min(1.0, abs(intensity)) * alpha_max)
+
+
+
+def top_words(
+    classes: ClassPrompts, k: int = 10, min_count: int = 1
+) -> tuple[list[tuple[str, float, int]], list[tuple[str, float, int]]]:
+    """Most emphasized / de-emphasized words over the given classes.
+
+    A word's score is the geometric mean, over its occurrences, of its :func:`emphasis` (weight relative
+    to its prompt's uniform weight).
+
+    Returns:
+        ``(emphasized, de_emphasized)``: lists of ``(word, score, count)``, at most ``k`` each.
+    """
+    logs: dict[str, list[float]] = {}
+    for prompts in classes.values():
+        for p in prompts:
+            for (w, _), r in zip(p, emphasis(p)):
+                logs.setdefault(w, []).append(math.log(max(r, 1e-12)))
+    scored = [(w, math.exp(sum(v) / len(v)), len(v)) for w, v in logs.items() if len(v) >= min_count]
+    up = sorted((s for s in scored if s[1] >= 1.005), key=lambda s: -s[1])[:k]
+    down = sorted((s for s in scored if s[1] <= 0.995), key=lambda s: s[1])[:k]
+    return up, down
+
+
+def markdown_top_words(classes: ClassPrompts, k: int = 5) -> str:
+    """Markdown table: per class, the top-``k`` emphasized and de-emphasized words (``word ×ratio``)."""
+    def cell(items):
+        return ", ".join(f"{_md(w)} ×{s:.2f}" for w, s, _ in items) or "—"
+
+    lines = ["| class | emphasized | de-emphasized |", "|---|---|---|"]
+    for name, prompts in classes.items():
+        up, down = top_words({name: prompts}, k)
+        lines.append(f"| {_md(name)} | {cell(up)} | {cell(down)} |")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")

@@ -1,0 +1,259 @@
+"""`stori fit|validate|test|predict`: LightningCLI with stori-pl's defaults.
+
+- ``--model StoriClassifier|ZeroShotCLIP|TaskRes`` and ``--data DTD|ImageNet|...|ImageFolder``;
+  ``model.clip_model`` / ``model.pretrained`` are linked into the datamodule (written once).
+- ``--config dtd_16shot.yaml`` works from any folder: a name that is not an existing file resolves to
+  the configs shipped in ``stori_pl/configs/`` (the CLI says which file it used).
+- TensorBoard logging under ``runs/``, the resolved config saved with each run, a checkpoint callback
+  selecting on the few-shot **val** accuracy (never test) and keeping ``last.ckpt``;
+  ``fit --ckpt_path last`` resumes the newest run of that config in place.
+- After ``fit``, the selected checkpoint is tested (``--test_after_fit false`` to skip) and every test
+  writes ``test_results.json`` into the run folder (read by ``stori report``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from stori_pl.cli.report import RESULTS_FILE
+from stori_pl.utils import write_json
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ReproducibleEpochs(L.Callback):
+    """Derive each training epoch's shuffling (and RNG state) from (seed, epoch) alone, so that
+    ``--ckpt_path last`` ends exactly where an uninterrupted run ends.
+
+    The train sampler gets its own generator seeded per epoch (Lightning creates a resumed run's first
+    iterator before ``on_train_epoch_start``; the sampler draws its order lazily, after this hook).
+    DDP's ``DistributedSampler`` is already seeded by (seed, epoch) and is left alone.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed = (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 100_003 + trainer.current_epoch) % (2**31)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        loaders = trainer.train_dataloader
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, torch.utils.data.RandomSampler):
+                sampler.generator = torch.Generator().manual_seed(seed)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt`` after every validation (Lightning 2.6's ``save_last`` only does so when the
+    monitored checkpoint improved, which would make ``--ckpt_path last`` lose epochs)."""
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
+class StoriCLI(LightningCLI):
+    """LightningCLI for stori-pl (see the module docstring)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        import stori_pl.data  # noqa: F401  (registers the datamodules for --data NAME)
+        from stori_pl.models import ClipClassifier
+
+        try:  # the toy world's datamodule, when present
+            import stori_pl.toy.data  # noqa: F401
+        except ImportError:  # pragma: no cover
+            pass
+        kwargs.setdefault("trainer_defaults", {})
+        kwargs["trainer_defaults"] = {
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "stori"}},
+            "callbacks": [ReproducibleEpochs(), LastCheckpoint()],
+            **kwargs["trainer_defaults"],
+        }
+        super().__init__(
+            model_class=ClipClassifier,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": "stori", "description": "SToRI few-shot classification (LightningCLI)"},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from stori_pl.lightning.prediction_writer import PredictionCSVWriter
+
+        parser.link_arguments("model.init_args.clip_model", "data.init_args.clip_model")
+        parser.link_arguments("model.init_args.pretrained", "data.init_args.pretrained")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": False,  # LastCheckpoint writes last.ckpt every epoch
+            "checkpoint.save_top_k": 1,
+            "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(PredictionCSVWriter, "prediction_writer")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="fit only: test the checkpoint selected on val after training")
+
+    # ------------------------------------------------------------------------------------- resume
+    def before_instantiate_classes(self) -> None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` of this run name; ``fit`` continues in that run folder."""
+        sub = self.config[self.subcommand] if self.subcommand else self.config
+        if sub.get("checkpoint") is not None:
+            sub.checkpoint.save_last = False  # LastCheckpoint always writes last.ckpt (every epoch)
+        if not self.subcommand or sub.get("ckpt_path") != "last":
+            return
+        logger = sub.trainer.get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        if init is None or not str(logger.get("class_path", "")).endswith(("TensorBoardLogger", "CSVLogger")):
+            return  # Lightning's own resolution
+        run_dir = Path(init.get("save_dir") or ".") / (init.get("name") or "")
+        found = sorted(run_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1]))
+        if not found:
+            if self.subcommand != "fit":
+                raise SystemExit(f"stori: --ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints")
+            print(f"stori: no last.ckpt under {run_dir}/version_*/checkpoints: training from scratch", file=sys.stderr)
+            sub.ckpt_path = None
+            return
+        sub.ckpt_path = str(found[-1])
+        if self.subcommand == "fit":
+            init["version"] = found[-1].parents[1].name
+        print(f"stori: using {found[-1]}", file=sys.stderr)
+
+    # --------------------------------------------------------------------------------- after runs
+    def after_fit(self) -> None:
+        if not self.config["fit"].get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        if self.trainer.fast_dev_run or not self.trainer.checkpoint_callback or not self.trainer.checkpoint_callback.best_model_path:
+            ckpt = None
+        else:
+            ckpt = "best"
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        self.after_test()
+
+    def after_test(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        model, dm = trainer.lightning_module, self.datamodule
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        result = {
+            "method": type(model).__name__,
+            "method_name": getattr(model, "method_name", type(model).__name__),
+            "dataset": type(dm).__name__ if dm is not None else None,
+            "shots": getattr(dm, "shots", None),
+            "seed": getattr(dm, "seed", None),
+            "clip_model": model.hparams.get("clip_model"),
+            "pretrained": model.hparams.get("pretrained"),
+            "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "metrics": metrics,
+        }
+        path = Path(trainer.log_dir) / RESULTS_FILE
+        write_json(path, result)
+        print(f"stori: test results written to {path}")
+
+
+def _version_number(path: Path) -> int:
+    m = re.match(r"version_(\d+)$", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package."""
+    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(value: str) -> str:
+    """An existing path unchanged; else a shipped config name (``dtd_16shot`` or ``dtd_16shot.yaml``)."""
+    if Path(value).expanduser().exists():
+        return value
+    name = Path(value).name
+    for candidate in (name, f"{name}.yaml"):
+        if (CONFIG_DIR / candidate).is_file():
+            path = str(CONFIG_DIR / candidate)
+            print(f"stori: using the shipped config {path}", file=sys.stderr)
+            return path
+    raise SystemExit(
+        f"stori: config {value!r} not found, neither as a file nor among the shipped configs "
+        f"({', '.join(shipped_configs()) or 'none'})"
+    )
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    return out
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _check_names(argv: list[str]) -> None:
+    """Unknown ``--model`` / ``--data`` names → the list of valid ones (before jsonargparse's message)."""
+    import stori_pl.data
+    import stori_pl.models
+
+    known = {
+        "--model": [n for n in stori_pl.models.__all__ if n not in ("ClipClassifier", "load_exported_classifier")],
+        "--data": [n for n in stori_pl.data.__all__ if n not in ("FewShotDataModule", "PromptSet", "FeatureDataset")]
+        + ["ToyShapes"],
+    }
+    for flag, names in known.items():
+        value = _option(argv, flag)
+        if value and "." not in value and value not in names and not value.startswith(("{", "[")):
+            raise SystemExit(f"stori: unknown {flag[2:]} {value!r}; choose one of: {', '.join(names)}")
+
+
+def _model_from_checkpoint(argv: list[str]) -> list[str]:
+    """``stori predict --ckpt_path X`` without ``--model``/``--config``: take the model class from the checkpoint."""
+    ckpt = _option(argv, "--ckpt_path")
+    if not ckpt or not Path(ckpt).is_file() or _option(argv, "--model") or _option(argv, "--config") or _option(argv, "-c"):
+        return argv
+    info = torch.load(ckpt, map_location="cpu", weights_only=True).get("stori") or {}
+    if not info.get("model"):
+        return argv
+    extra = [f"--model={info['model']}", f"--model.clip_model={info['clip_model']}",
+             f"--model.pretrained={info['pretrained']}"]
+    return argv[:1] + extra + argv[1:]
+
+
+def run_lightning_cli(argv: list[str]) -> int:
+    """Run ``stori <fit|validate|test|predict> ...``; returns the exit status."""
+    argv = _resolve_config_args(argv)
+    _check_names(argv)
+    argv = _model_from_checkpoint(argv)
+    with warnings.catch_warnings():
+        # we pass args explicitly (sys.argv stays intact: DDP's launcher re-runs it on the other ranks)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        try:
+            StoriCLI(args=argv)
+        except FloatingPointError as err:
+            print(f"stori: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs"]

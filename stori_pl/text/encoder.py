@@ -1,0 +1,300 @@
+"""SToRI's weighted text encoder (pure torch, no Lightning).
+
+From block ``k`` on, self-attention becomes ``a[m, n] = w_n exp(q_m·k_n) / Σ_j w_j exp(q_m·k_j)``
+(SToRI Eq. 4), i.e. ``log w_n`` is added to the attention logits of key column ``n``. We implement it
+as an additive key bias on the attention mask that open_clip's blocks already take:
+``causal[None] + log_w[:, None, :]`` — no monkeypatching, no copied blocks. All-zero log-weights give
+exactly ``encode_text``.
+
+Training only re-runs what the weights can change (:class:`PreparedPrompts`): blocks before ``k``
+once, the sequence cut after the last EOT (causal mask), and optionally chunks with gradient caching
+so that 10,000 prompts need the memory of one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from stori_pl.text.clip import TextTower, text_tower
+
+
+class WeightedTextEncoder:
+    """Encode token sequences with per-token weights (SToRI).
+
+    Args:
+        clip_model: A (frozen) open_clip ``CLIP`` or ``CustomTextCLIP``.
+        start_block: First reweighted block, 1-indexed (paper: 7 of 12).
+
+    Example:
+        >>> enc = WeightedTextEncoder(model, start_block=7)
+        >>> emb = enc(tokens, log_weights)            # [B, D], unnormalized like encode_text
+        >>> prep = enc.prepare(tokens)                # training fast path
+        >>> emb = prep.encode(log_weights, chunk_size=512)
+    """
+
+    def __init__(self, clip_model: nn.Module, start_block: int = 7) -> None:
+        self.model = clip_model
+        self.tower: TextTower = text_tower(clip_model)
+        self.n_layers = len(self.tower.blocks)
+        if not isinstance(start_block, int) or not 1 <= start_block <= self.n_layers:
+            raise ValueError(
+                f"start_block must be an int in 1..{self.n_layers} (1-indexed block of {self.tower.name}), "
+                f"got {start_block!r}"
+            )
+        self.start_block = start_block
+        self.context_length = self.tower.positional_embedding.shape[0]
+
+    # ----------------------------------------------------------------------------------- helpers
+    def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, L] -> [B]`` index of each row's EOT token."""
+        if self.tower.pool_type == "eos":
+            return (tokens == self.tower.eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def token_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, L] -> [B, L]`` bool, True on the real tokens x_1..x_N between SOS and EOT."""
+        pos = torch.arange(tokens.shape[1], device=tokens.device)  # [L]
+        return (pos[None] >= 1) & (pos[None] < self.eot_positions(tokens)[:, None])
+
+    def _check(self, tokens: torch.Tensor, log_weights: torch.Tensor | None) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.ndim != 2:
+            raise TypeError(f"tokens must be a LongTensor [B, L] from the tokenizer, got {_describe(tokens)}")
+        if tokens.shape[1] > self.context_length:
+            raise ValueError(f"tokens have {tokens.shape[1]} positions; {self.tower.name}'s context is {self.context_length}")
+        if log_weights is None:
+            return
+        if not isinstance(log_weights, torch.Tensor) or not log_weights.is_floating_point():
+            raise TypeError(f"log_weights must be a float tensor [B, L], got {_describe(log_weights)}")
+        if log_weights.shape[0] != tokens.shape[0] or log_weights.shape[1] < tokens.shape[1]:
+            raise ValueError(
+                f"log_weights {tuple(log_weights.shape)} do not match tokens {tuple(tokens.shape)} "
+                "(one log-weight per token position)"
+            )
+        bad = torch.isnan(log_weights) | (log_weights == float("inf"))
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"log_weights contain NaN or +inf (first at prompt {row}, token {col})")
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = self.tower
+        x = t.token_embedding(tokens).to(t.cast_dtype)  # [B, L, W]
+        return x + t.positional_embedding[: tokens.shape[1]].to(t.cast_dtype)
+
+    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module], mask: torch.Tensor) -> torch.Tensor:
+        """Run ``blocks`` on batch-first ``x`` [B, L, W] with additive ``mask`` [L, L] or [B*H, L, L]."""
+        if not self.tower.batch_first:
+            x = x.transpose(0, 1)  # [L, B, W]
+        for block in blocks:
+            x = block(x, attn_mask=mask)
+        return x if self.tower.batch_first else x.transpose(0, 1)
+
+    def _weighted_mask(self, key_bias: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` key biases -> ``[B*H, L, L]`` additive mask (causal + log w_n on column n)."""
+        n = key_bias.shape[1]
+        causal = self.tower.causal_mask[:n, :n].to(key_bias)  # [L, L]
+        mask = causal[None] + key_bias[:, None, :]  # [B, L(query), L(key)]
+        return mask.repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, L, L], batch-major like MHA
+
+    def _suffix(self, x: torch.Tensor, tokens: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
+        """Blocks ``start_block..n`` + pooling + projection: ``[B, L, W] -> [B, D]``."""
+        n = x.shape[1]
+        eot = self.eot_positions(tokens)  # [B]
+        if log_weights is None:
+            key_bias, mask = None, self.tower.causal_mask[:n, :n]  # plain causal mask: bitwise encode_text
+        else:
+            key_bias = torch.where(self.token_mask(tokens), log_weights[:, :n], 0.0)  # [B, L]
+            mask = self._weighted_mask(key_bias)  # [B*H, L, L]
+        blocks = self.tower.blocks[self.start_block - 1 :]
+        x = self._run_blocks(x, blocks[:-1], mask)
+        pooled = self._last_block_at_eot(blocks[-1], x, eot, key_bias, mask)  # [B, W]
+        return self.tower.project(self.tower.ln_final(pooled))  # [B, D]
+
+    def _last_block_at_eot(
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        eot: torch.Tensor,
+        key_bias: torch.Tensor | None,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The last block, evaluated only where it matters: the EOT query row. ``[B, L, W] -> [B, W]``.
+
+        Keys and values still come from every position; queries, attention output and MLP run for one
+        row instead of L (the other rows never reach the embedding). Uses the block's own modules; blocks
+        without a separate key/value input run in full with ``mask`` ([L, L] or [B*H, L, L]).
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        if not (self.tower.batch_first and hasattr(block, "attention") and not hasattr(block, "ln_1_kv")):
+            return self._run_blocks(x, [block], mask)[rows, eot]
+        causal = self.tower.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)
+        row_mask = causal[eot] if key_bias is None else causal[eot] + key_bias  # [B, L(key)]
+        row_mask = row_mask[:, None, :].repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, 1, L]
+        q = x[rows, eot][:, None]  # [B, 1, W]
+        kv = block.ln_1(x)  # [B, L, W]
+        y = q + block.ls_1(block.attention(q_x=block.ln_1(q), k_x=kv, v_x=kv, attn_mask=row_mask))
+        y = y + block.ls_2(block.mlp(block.ln_2(y)))  # [B, 1, W]
+        return y[:, 0]
+
+    def _prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Blocks ``1..start_block-1``: ``[B, L] -> [B, L, W]`` hidden states."""
+        n = tokens.shape[1]
+        return self._run_blocks(self._embed(tokens), self.tower.blocks[: self.start_block - 1], self.tower.causal_mask[:n, :n])
+
+    # ---------------------------------------------------------------------------------- public API
+    def __call__(
+        self, tokens: torch.Tensor, log_weights: torch.Tensor | None = None, bucket_size: int = 64
+    ) -> torch.Tensor:
+        """Encode ``tokens`` [B, L] with per-token ``log_weights`` [B, L] -> unnormalized ``[B, D]``.
+
+        Log-weights at SOS, EOT and padding are ignored; ``-inf`` masks a token out (weight 0).
+        Prompts run in buckets of ``bucket_size`` of similar length, each cut after its last EOT
+        (exact under the causal mask; only speed and memory change).
+        """
+        self._check(tokens, log_weights)
+        tokens = tokens.to(self.tower.positional_embedding.device)
+        if log_weights is not None:
+            log_weights = log_weights.to(tokens.device, torch.float32)
+
+        def encode(index: torch.Tensor) -> torch.Tensor:
+            n = int(self.eot_positions(tokens[index]).max()) + 1
+            t = tokens[index, :n]  # [C, n]
+            return self._suffix(self._prefix(t), t, None if log_weights is None else log_weights[index, :n])
+
+        return _in_buckets(encode, self.eot_positions(tokens), bucket_size)
+
+    def prepare(self, tokens: torch.Tensor, bucket_size: int = 64) -> PreparedPrompts:
+        """Fix a prompt set for training: run blocks before ``start_block`` once, in length buckets."""
+        self._check(tokens, None)
+        return PreparedPrompts(self, tokens, bucket_size)
+
+    def encode_prompts(
+        self, texts: Sequence[str], tokenizer: Callable | None = None, normalize: bool = True
+    ) -> torch.Tensor:
+        """Encode prompts written in the weight syntax, e.g. ``"a photo of a (red:1.5) car"``.
+
+        Args:
+            texts: Prompts; ``(phrase:w)`` weights a phrase (see :func:`stori_pl.parse_weighted_prompt`).
+            tokenizer: open_clip tokenizer (default: the model's own).
+            normalize: L2-normalize the embeddings.
+
+        Returns:
+            ``[B, D]`` embeddings.
+        """
+        from stori_pl.text.syntax import tokenize_weighted
+
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer(getattr(self.model, "stori_model_name", "ViT-B-32"))
+        tokens, log_weights = tokenize_weighted(list(texts), tokenizer)  # [B, L], [B, L]
+        with torch.no_grad():
+            emb = self(tokens, log_weights)
+        return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+class PreparedPrompts(nn.Module):
+    """A fixed prompt set with blocks before ``start_block`` run once (the training fast path).
+
+    Prompts are sorted by length into buckets of ``bucket_size``; each bucket's prefix hidden states
+    are cut after its own last EOT, so the cache and every later step scale with the real prompt
+    lengths, not the 77-token context. Buffers are not saved in state dicts.
+
+    Attributes:
+        tokens: ``[P, L']`` tokens cut after the longest prompt's EOT (``L' = length``).
+        mask: ``[P, L']`` bool, the trainable positions (real tokens between SOS and EOT).
+        eot: ``[P]`` EOT positions.
+    """
+
+    def __init__(self, encoder: WeightedTextEncoder, tokens: torch.Tensor, bucket_size: int = 64) -> None:
+        super().__init__()
+        self.__dict__["encoder"] = encoder  # not a submodule: CLIP belongs to its owner
+        tokens = tokens.to(encoder.tower.positional_embedding.device)
+        eot = encoder.eot_positions(tokens)  # [P]
+        self.length = int(eot.max()) + 1
+        self.register_buffer("tokens", tokens[:, : self.length], persistent=False)  # [P, L']
+        self.register_buffer("eot", eot, persistent=False)
+        self.register_buffer("mask", encoder.token_mask(self.tokens), persistent=False)
+        self.n_buckets = 0
+        for index in torch.argsort(eot, stable=True).split(bucket_size):
+            n = int(eot[index].max()) + 1
+            with torch.no_grad():
+                hidden = encoder._prefix(self.tokens[index, :n])  # [C, n, W]
+            self.register_buffer(f"index_{self.n_buckets}", index, persistent=False)
+            self.register_buffer(f"hidden_{self.n_buckets}", hidden, persistent=False)
+            self.n_buckets += 1
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def chunks(self, chunk_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(index [C], hidden [C, n, W])`` pieces: the buckets, split further to ``chunk_size``."""
+        out = []
+        for i in range(self.n_buckets):
+            index, hidden = getattr(self, f"index_{i}"), getattr(self, f"hidden_{i}")
+            size = chunk_size or len(index)
+            out += list(zip(index.split(size), hidden.split(size)))
+        return out
+
+    def encode(self, log_weights: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Embeddings ``[P, D]`` (unnormalized) for log-weights ``[P, L]`` or ``[P, L']``.
+
+        Differentiable w.r.t. ``log_weights``. With ``chunk_size``, the forward pass keeps no graph and
+        the backward pass re-runs one chunk at a time (gradient caching): the memory of one chunk,
+        the same values and gradients.
+        """
+        self.encoder._check(self.tokens, log_weights)
+        lw = log_weights[:, : self.length].to(self.eot.device, torch.float32)  # [P, L']
+        chunks = self.chunks(chunk_size)
+        if chunk_size is None or not lw.requires_grad:
+            return _gather([self._encode_chunk(index, hidden, lw[index]) for index, hidden in chunks], chunks)
+        return _ChunkedSuffix.apply(lw, self, chunks)
+
+    def _encode_chunk(self, index: torch.Tensor, hidden: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+        n = hidden.shape[1]
+        return self.encoder._suffix(hidden, self.tokens[index, :n], log_weights[:, :n])  # [C, D]
+
+
+class _ChunkedSuffix(torch.autograd.Function):
+    """Gradient caching: forward without graph, backward re-runs one chunk at a time."""
+
+    @staticmethod
+    def forward(ctx, lw: torch.Tensor, prep: PreparedPrompts, chunks: list) -> torch.Tensor:
+        ctx.prep, ctx.chunks = prep, chunks
+        ctx.save_for_backward(lw)
+        with torch.no_grad():
+            return _gather([prep._encode_chunk(index, hidden, lw[index]) for index, hidden in chunks], chunks)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (lw,) = ctx.saved_tensors
+        grad = torch.zeros_like(lw)  # [P, L']
+        for index, hidden in ctx.chunks:
+            with torch.enable_grad():
+                part = lw[index].detach().requires_grad_(True)  # [C, L']
+                emb = ctx.prep._encode_chunk(index, hidden, part)  # [C, D]
+                (grad[index],) = torch.autograd.grad(emb, part, grad_out[index])
+        return grad, None, None
+
+
+def _gather(parts: list[torch.Tensor], chunks: list) -> torch.Tensor:
+    """Concatenate per-chunk outputs and put rows back in prompt order."""
+    order = torch.cat([index for index, _ in chunks])  # [P]
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def _in_buckets(encode: Callable[[torch.Tensor], torch.Tensor], eot: torch.Tensor, size: int) -> torch.Tensor:
+    """Run ``encode(index)`` over buckets of ``size`` prompts sorted by EOT position; rows in input order."""
+    if len(eot) <= size:
+        return encode(torch.arange(len(eot), device=eot.device))
+    order = torch.argsort(eot)  # [P]
+    out = torch.cat([encode(index) for index in order.split(size)])  # [P, D] in sorted order
+    return out[torch.argsort(order)]
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of dtype {x.dtype} and shape {tuple(x.shape)}"
+    return type(x).__name__

@@ -1,0 +1,265 @@
+"""Toy-world benchmarks in the standard on-disk formats, and the ``ToyShapes`` few-shot datamodule.
+
+- **ToyShapes** (few-shot classification, CoOp layout): 12 classes named by (pattern, color, shape), e.g.
+  "striped red circle" vs "dotted red circle"; ``toy_shapes/images/<class>/<split>_<i>.png``,
+  ``toy_shapes/split_zhou_ToyShapes.json`` (``{"train"|"val"|"test": [[impath, label, classname]]}``) and
+  ``toy_shapes/cupl_toy_shapes.json`` (CuPL-style sentences per class). Size and background vary freely
+  within a class; the CuPL sentences still mention them, like LLM descriptions full of details that do not
+  discriminate — SToRI learns to down-weight those words.
+- **Toy attributes** (preference retrieval, read by ``stori retrieval-eval --dataset csv``):
+  ``toy_attributes/images/*.png`` + ``toy_attributes/attributes.csv`` (column ``image`` and one 0/1 column per
+  attribute value, e.g. ``red``, ``striped``, ``circle``, ``white_background``); :data:`TOY_RETRIEVAL_TASKS`
+  are the attribute triples (8 balanced categories each, like the paper's CelebA pools).
+
+Both are generated deterministically (from a seed) by :func:`write_toy_shapes` / :func:`write_toy_attributes`,
+and automatically by ``ToyShapes`` when absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stori_pl.data.base import FewShotDataModule
+from stori_pl.retrieval.attributes import AttributeTask, load_attribute_csv
+from stori_pl.toy.world import (
+    ATTRIBUTES,
+    HELDOUT,
+    IMAGE_SIZE,
+    ToyObject,
+    render,
+    sample_object,
+)
+from stori_pl.utils import atomic_write, write_json
+
+__all__ = ["ToyShapes", "TOY_CLASSES", "TOY_START_BLOCK", "TOY_RETRIEVAL_START_BLOCK", "TOY_RETRIEVAL_TASKS",
+           "write_toy_shapes", "write_toy_attributes", "load_toy_attributes", "toy_retrieval_tasks", "toy_cupl",
+           "ATTRIBUTES", "HELDOUT", "IMAGE_SIZE", "ToyObject", "render", "sample_object"]
+
+SPLIT_FILE = "split_zhou_ToyShapes.json"
+# First reweighted block for the toy CLIP (8 text blocks). Few-shot training uses the second half, like the
+# paper (block 7 of 12). Fixed weights such as 1.5 act more strongly from earlier blocks: the toy's captions are
+# bags of attributes, which its text tower gathers into the EOT token early (README, "The toy world", has numbers).
+TOY_START_BLOCK = 5
+TOY_RETRIEVAL_START_BLOCK = 2
+RETRIEVAL_PER_CATEGORY = 40  # images per attribute combination in the retrieval pools
+CUPL_FILE = "cupl_toy_shapes.json"
+# (pattern, color, shape): every class shares two of its three words with three other classes
+TOY_CLASSES: list[tuple[str, str, str]] = [
+    (p, c, s) for s in ("circle", "square") for c in ("red", "blue", "green") for p in ("striped", "dotted")
+]
+# (attribute, value) triples + prompt template ({0}, {1}, {2} = the values' phrases) for retrieval
+TOY_RETRIEVAL_TASKS: list[dict] = [
+    {"attributes": ["red", "striped", "circle"], "prompt": "a photo of a {0} {1} {2}."},
+    {"attributes": ["blue", "dotted", "square"], "prompt": "a photo of a {0} {1} {2}."},
+    {"attributes": ["green", "plain", "triangle"], "prompt": "a photo of a {1} {0} {2}."},
+    {"attributes": ["yellow", "striped", "star"], "prompt": "a photo of a {0} {2} with {1}."},
+    {"attributes": ["purple", "dotted", "circle"], "prompt": "a picture of a {2} that is {0} and {1}."},
+    {"attributes": ["orange", "large", "square"], "prompt": "a photo of a {1} {0} {2}."},
+    {"attributes": ["red", "small", "triangle"], "prompt": "a photo of a {1} {0} {2}."},
+    {"attributes": ["blue", "star", "white_background"], "prompt": "a photo of a {0} {1} on a {2} background."},
+    {"attributes": ["green", "circle", "black_background"], "prompt": "a photo of a {0} {1} on a {2} background."},
+    {"attributes": ["striped", "square", "gray_background"], "prompt": "a photo of a {0} {1} on a {2} background."},
+]
+_PHRASE = {"striped": "stripes"}  # phrase of a value where a template uses it as a noun ("with {1}")
+
+
+def classname(pattern: str, color: str, shape: str) -> str:
+    """``"striped red circle"``."""
+    return f"{pattern} {color} {shape}"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(_png(array))
+
+
+# ----------------------------------------------------------------------------- few-shot classification
+def toy_cupl(seed: int = 0, per_class: int = 8) -> dict[str, list[str]]:
+    """CuPL-style sentences per class: the class's words plus details that do not discriminate.
+
+    Each class gets a "favourite" size and background that its sentences mention most of the time (LLM
+    descriptions hallucinate typical looks), unseen filler words, and sentences that omit one of the class's
+    own attributes, so zero-shot classification with all sentences is imperfect.
+    """
+    rng = random.Random(seed)
+    fillers = ("simple", "geometric", "flat", "bright", "neat", "clean")
+    templates = (
+        "a {size} {color} {pattern} {shape} on a {bg} background.",
+        "a {filler} {color} {shape} with {pattern_pp} against a {bg} background.",
+        "a photo of a {size} {pattern} {color} {shape}.",
+        "a {shape} that is {color} and {pattern}, {size} and {filler}.",
+        "a {color} {shape} on a {bg} background, {filler} and {size}.",
+        "a {size} {pattern} {shape} in front of a {bg} background.",
+        "there is a {filler} {size} {color} {pattern} {shape}.",
+        "a drawing of a {color} {pattern} {shape} on a {bg} background.",
+    )
+    pp = {"striped": "stripes", "dotted": "dots", "plain": "no pattern"}
+    out = {}
+    for pattern, color, shape in TOY_CLASSES:
+        fav_size, fav_bg = rng.choice(ATTRIBUTES["size"]), rng.choice(ATTRIBUTES["background"])
+        sentences = []
+        for i in range(per_class):
+            size = fav_size if rng.random() < 0.8 else rng.choice(ATTRIBUTES["size"])
+            bg = fav_bg if rng.random() < 0.8 else rng.choice(ATTRIBUTES["background"])
+            sentences.append(templates[i % len(templates)].format(
+                size=size, bg=bg, color=color, pattern=pattern, shape=shape, pattern_pp=pp[pattern],
+                filler=rng.choice(fillers)))
+        out[classname(pattern, color, shape)] = sentences
+    return out
+
+
+def write_toy_shapes(root: str | Path, seed: int = 0, n_train: int = 32, n_val: int = 8, n_test: int = 40) -> Path:
+    """Write the ToyShapes benchmark under ``root/toy_shapes`` (CoOp layout); returns that folder.
+
+    Images of a class fix its (pattern, color, shape); size, background, position etc. are random. The split
+    file is written last, so a folder with a split file is complete.
+    """
+    folder = Path(root).expanduser() / "toy_shapes"
+    rng = random.Random(seed)
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label, (pattern, color, shape) in enumerate(TOY_CLASSES):
+        name = classname(pattern, color, shape)
+        for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+            for i in range(n):
+                obj = sample_object(rng, heldout=None, pattern=pattern, color=color, shape=shape)
+                impath = f"{name.replace(' ', '_')}/{part}_{i:03d}.png"
+                _write_png(folder / "images" / impath, render(obj, rng))
+                split[part].append([impath, label, name])
+    write_json(folder / CUPL_FILE, toy_cupl(seed))
+    write_json(folder / SPLIT_FILE, split, indent=None)
+    return folder
+
+
+class ToyShapes(FewShotDataModule):
+    """The toy world's few-shot benchmark (12 classes); generated under ``root/toy_shapes`` when absent.
+
+    Defaults use the shipped tiny CLIP (``stori-toy``, ``pretrained="builtin"``) and the generated CuPL file.
+    Arguments as :class:`stori_pl.data.base.FewShotDataModule`.
+    """
+
+    folder = "toy_shapes"
+    image_dir = "images"
+    split_file = SPLIT_FILE
+    split_source = "generated by stori_pl.toy.data.write_toy_shapes"
+    templates = ("a photo of a {}.",)
+
+    def __init__(self, root: str = "data", clip_model: str = "stori-toy", pretrained: str | None = "builtin",
+                 shots: int = 16, num_workers: int = 0, **kwargs):
+        super().__init__(root, clip_model=clip_model, pretrained=pretrained, shots=shots,
+                         num_workers=num_workers, **kwargs)
+
+    def dataset_dir(self) -> Path:
+        return self.root / self.folder
+
+    def generate(self) -> Path:
+        """Write the benchmark if its split file is absent; returns the dataset folder."""
+        d = self.dataset_dir()
+        if not (d / SPLIT_FILE).is_file():
+            print(f"ToyShapes: generating the toy benchmark under {d} (one-off, a few seconds)")
+            write_toy_shapes(self.root)
+        return d
+
+    def load_split(self, dataset_dir: Path) -> dict:
+        self.generate()
+        return super().load_split(dataset_dir)
+
+    def _cupl_prompts(self) -> list[list[str]]:
+        if self.cupl is None:
+            self.cupl = str(self.generate() / CUPL_FILE)
+        return super()._cupl_prompts()
+
+
+# ----------------------------------------------------------------------------- attribute retrieval
+def attribute_columns() -> list[str]:
+    """CSV columns: every value of every attribute (backgrounds as ``<value>_background``)."""
+    return [f"{v}_background" if k == "background" else v for k, vals in ATTRIBUTES.items() for v in vals]
+
+
+def _column_of(name: str) -> tuple[str, str]:
+    for key, values in ATTRIBUTES.items():
+        value = name.removesuffix("_background") if key == "background" else name
+        if value in values and (key != "background" or name.endswith("_background")):
+            return key, value
+    raise ValueError(f"unknown toy attribute column {name!r}; columns: {attribute_columns()}")
+
+
+def retrieval_task_phrases(task: dict) -> list[str]:
+    """Words of a task's attributes as they appear in its prompt."""
+    words = [_column_of(a)[1] for a in task["attributes"]]
+    return [_PHRASE.get(w, w) if "with {" + str(i) + "}" in task["prompt"] else w for i, w in enumerate(words)]
+
+
+def write_toy_attributes(root: str | Path, per_category: int = RETRIEVAL_PER_CATEGORY, seed: int = 0,
+                         tasks: list[dict] | None = None) -> Path:
+    """Write ``root/toy_attributes`` (images + ``attributes.csv``) for the retrieval tasks; returns the folder.
+
+    For each task, ``per_category`` images of each of its 8 categories: an attribute is "absent" with a
+    random other value of the same kind; everything else is random. Labels cover every column.
+    """
+    folder = Path(root).expanduser() / "toy_attributes"
+    rng = random.Random(seed)
+    cols = attribute_columns()
+    rows = []
+    for t, task in enumerate(tasks or TOY_RETRIEVAL_TASKS):
+        keys = [_column_of(a) for a in task["attributes"]]
+        for present in itertools.product((True, False), repeat=len(keys)):
+            for i in range(per_category):
+                fixed = {k: v if p else rng.choice([x for x in ATTRIBUTES[k] if x != v]) for (k, v), p in zip(keys, present)}
+                obj = sample_object(rng, heldout=None, **fixed)
+                rel = f"images/t{t}_{''.join('1' if p else '0' for p in present)}_{i:03d}.png"
+                _write_png(folder / rel, render(obj, rng))
+                rows.append([rel] + [int(_column_of(c)[1] == getattr(obj, _column_of(c)[0])) for c in cols])
+    with atomic_write(folder / "attributes.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image"] + cols)
+        w.writerows(rows)
+    write_json(folder / "tasks.json", [{**t, "phrases": retrieval_task_phrases(t)} for t in (tasks or TOY_RETRIEVAL_TASKS)])
+    return folder
+
+
+def load_toy_attributes(root: str | Path):
+    """``root/toy_attributes`` as an :class:`~stori_pl.retrieval.attributes.AttributeDataset` (generated if absent)."""
+    root = Path(root).expanduser()
+    folder = root if (root / "attributes.csv").is_file() else root / "toy_attributes"
+    if not (folder / "attributes.csv").is_file():
+        folder = write_toy_attributes(root)
+    return load_attribute_csv(folder)
+
+
+def toy_retrieval_tasks() -> list:
+    """:data:`TOY_RETRIEVAL_TASKS` as :class:`stori_pl.retrieval.attributes.AttributeTask` objects."""
+    return [AttributeTask(list(t["attributes"]), t["prompt"], retrieval_task_phrases(t)) for t in TOY_RETRIEVAL_TASKS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stori_pl.toy.data [ROOT]``: write both toy benchmarks under ROOT (default ``data``)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m stori_pl.toy.data [ROOT]   (writes ROOT/toy_shapes and ROOT/toy_attributes)")
+        return 0
+    root = Path(args[0] if args else "data")
+    for name, write in (("toy_shapes", write_toy_shapes), ("toy_attributes", write_toy_attributes)):
+        marker = root / name / (SPLIT_FILE if name == "toy_shapes" else "attributes.csv")
+        print(f"{marker.parent}: {'exists' if marker.is_file() else 'written'}")
+        if not marker.is_file():
+            write(root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
