@@ -53,8 +53,8 @@ def naive_encode(enc, tokens: torch.Tensor, log_weights: torch.Tensor) -> torch.
     """The straightforward SToRI forward: every block, all 77 positions, full last block."""
     tower = enc.tower
     key_bias = torch.where(enc.token_mask(tokens), log_weights, 0.0)
-    x = enc._run_blocks(enc._embed(tokens), tower.blocks[: enc.start_block - 1], tower.causal_mask)
-    x = enc._run_blocks(x, tower.blocks[enc.start_block - 1 :], enc._weighted_mask(key_bias))
+    x = enc.run_blocks(enc.embed_tokens(tokens), tower.blocks[: enc.start_block - 1], tower.causal_mask)
+    x = enc.run_blocks(x, tower.blocks[enc.start_block - 1 :], enc.weighted_mask(key_bias))
     x = tower.ln_final(x)  # [B, L, W]
     return tower.project(x[torch.arange(len(x)), enc.eot_positions(tokens)])
 

@@ -78,12 +78,20 @@ class WeightedTextEncoder:
             row, col = (int(i) for i in bad.nonzero()[0])
             raise ValueError(f"log_weights contain NaN or +inf (first at prompt {row}, token {col})")
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        t = self.tower
-        x = t.token_embedding(tokens).to(t.cast_dtype)  # [B, L, W]
-        return x + t.positional_embedding[: tokens.shape[1]].to(t.cast_dtype)
+    # ------------------------------------------------------------------------- building blocks (public)
+    def embed_tokens(self, tokens: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Token + positional embeddings ``[B, L] -> [B, L, W]``.
 
-    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module], mask: torch.Tensor) -> torch.Tensor:
+        Args:
+            tokens: Token ids ``[B, L]``.
+            token_embeddings: Optional ``[B, L, W]`` used instead of the lookup of ``tokens`` (soft prompts
+                such as CoOp's context vectors); positional embeddings are still added.
+        """
+        t = self.tower
+        x = t.token_embedding(tokens) if token_embeddings is None else token_embeddings
+        return x.to(t.cast_dtype) + t.positional_embedding[: tokens.shape[1]].to(t.cast_dtype)
+
+    def run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module], mask: torch.Tensor) -> torch.Tensor:
         """Run ``blocks`` on batch-first ``x`` [B, L, W] with additive ``mask`` [L, L] or [B*H, L, L]."""
         if not self.tower.batch_first:
             x = x.transpose(0, 1)  # [L, B, W]
@@ -91,24 +99,30 @@ class WeightedTextEncoder:
             x = block(x, attn_mask=mask)
         return x if self.tower.batch_first else x.transpose(0, 1)
 
-    def _weighted_mask(self, key_bias: torch.Tensor) -> torch.Tensor:
+    def weighted_mask(self, key_bias: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` key biases -> ``[B*H, L, L]`` additive mask (causal + log w_n on column n)."""
         n = key_bias.shape[1]
         causal = self.tower.causal_mask[:n, :n].to(key_bias)  # [L, L]
         mask = causal[None] + key_bias[:, None, :]  # [B, L(query), L(key)]
         return mask.repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, L, L], batch-major like MHA
 
-    def _suffix(self, x: torch.Tensor, tokens: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
-        """Blocks ``start_block..n`` + pooling + projection: ``[B, L, W] -> [B, D]``."""
+    def suffix(self, x: torch.Tensor, tokens: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
+        """Blocks ``start_block..n`` with SToRI's key bias, EOT pooling and projection: ``[B, L, W] -> [B, D]``.
+
+        Args:
+            x: Hidden states after :meth:`prefix`, ``[B, L, W]``.
+            tokens: The token ids ``[B, L]`` (for EOT positions and which tokens are real).
+            log_weights: ``[B, >=L]`` log-weights (only real tokens count) or None for the plain causal mask.
+        """
         n = x.shape[1]
         eot = self.eot_positions(tokens)  # [B]
         if log_weights is None:
             key_bias, mask = None, self.tower.causal_mask[:n, :n]  # plain causal mask: bitwise encode_text
         else:
             key_bias = torch.where(self.token_mask(tokens), log_weights[:, :n], 0.0)  # [B, L]
-            mask = self._weighted_mask(key_bias)  # [B*H, L, L]
+            mask = self.weighted_mask(key_bias)  # [B*H, L, L]
         blocks = self.tower.blocks[self.start_block - 1 :]
-        x = self._run_blocks(x, blocks[:-1], mask)
+        x = self.run_blocks(x, blocks[:-1], mask)
         pooled = self._last_block_at_eot(blocks[-1], x, eot, key_bias, mask)  # [B, W]
         return self.tower.project(self.tower.ln_final(pooled))  # [B, D]
 
@@ -128,7 +142,7 @@ class WeightedTextEncoder:
         """
         rows = torch.arange(x.shape[0], device=x.device)
         if not (self.tower.batch_first and hasattr(block, "attention") and not hasattr(block, "ln_1_kv")):
-            return self._run_blocks(x, [block], mask)[rows, eot]
+            return self.run_blocks(x, [block], mask)[rows, eot]
         causal = self.tower.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)
         row_mask = causal[eot] if key_bias is None else causal[eot] + key_bias  # [B, L(key)]
         row_mask = row_mask[:, None, :].repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, 1, L]
@@ -138,10 +152,16 @@ class WeightedTextEncoder:
         y = y + block.ls_2(block.mlp(block.ln_2(y)))  # [B, 1, W]
         return y[:, 0]
 
-    def _prefix(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Blocks ``1..start_block-1``: ``[B, L] -> [B, L, W]`` hidden states."""
+    def prefix(self, tokens: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks ``1..start_block-1`` (which no weight affects): ``[B, L] -> [B, L, W]`` hidden states.
+
+        Args:
+            tokens: Token ids ``[B, L]`` (``L`` may be cut after the last EOT).
+            token_embeddings: Optional soft token embeddings ``[B, L, W]`` (see :meth:`embed_tokens`).
+        """
         n = tokens.shape[1]
-        return self._run_blocks(self._embed(tokens), self.tower.blocks[: self.start_block - 1], self.tower.causal_mask[:n, :n])
+        x = self.embed_tokens(tokens, token_embeddings)
+        return self.run_blocks(x, self.tower.blocks[: self.start_block - 1], self.tower.causal_mask[:n, :n])
 
     # ---------------------------------------------------------------------------------- public API
     def __call__(
@@ -161,7 +181,7 @@ class WeightedTextEncoder:
         def encode(index: torch.Tensor) -> torch.Tensor:
             n = int(self.eot_positions(tokens[index]).max()) + 1
             t = tokens[index, :n]  # [C, n]
-            return self._suffix(self._prefix(t), t, None if log_weights is None else log_weights[index, :n])
+            return self.suffix(self.prefix(t), t, None if log_weights is None else log_weights[index, :n])
 
         return _in_buckets(encode, self.eot_positions(tokens), bucket_size)
 
@@ -221,7 +241,7 @@ class PreparedPrompts(nn.Module):
         for index in torch.argsort(eot, stable=True).split(bucket_size):
             n = int(eot[index].max()) + 1
             with torch.no_grad():
-                hidden = encoder._prefix(self.tokens[index, :n])  # [C, n, W]
+                hidden = encoder.prefix(self.tokens[index, :n])  # [C, n, W]
             self.register_buffer(f"index_{self.n_buckets}", index, persistent=False)
             self.register_buffer(f"hidden_{self.n_buckets}", hidden, persistent=False)
             self.n_buckets += 1
@@ -254,7 +274,7 @@ class PreparedPrompts(nn.Module):
 
     def _encode_chunk(self, index: torch.Tensor, hidden: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
         n = hidden.shape[1]
-        return self.encoder._suffix(hidden, self.tokens[index, :n], log_weights[:, :n])  # [C, D]
+        return self.encoder.suffix(hidden, self.tokens[index, :n], log_weights[:, :n])  # [C, D]
 
 
 class _ChunkedSuffix(torch.autograd.Function):

@@ -46,11 +46,11 @@ def prompt_weighting_encode(
     """
     device = encoder.tower.positional_embedding.device
     tokens, empty_tokens = tokens.to(device), empty_tokens[:, : tokens.shape[1]].to(device)
-    h = encoder._prefix(tokens)  # [B, L, W]
-    e = encoder._prefix(empty_tokens)  # [1, L, W]
+    h = encoder.prefix(tokens)  # [B, L, W]
+    e = encoder.prefix(empty_tokens)  # [1, L, W]
     w = torch.where(encoder.token_mask(tokens), log_weights.to(device).float().exp(), 1.0)  # [B, L]
     h = e + w[..., None].to(h.dtype) * (h - e)  # [B, L, W]
-    return encoder._suffix(h, tokens, None)  # [B, D]
+    return encoder.suffix(h, tokens, None)  # [B, D]
 
 
 def encode_weighted(
