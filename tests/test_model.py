@@ -190,7 +190,7 @@ def test_taskres_trains_residual_only_and_zero_shot_refuses_fit(tmp_path, tiny_c
     model = TaskRes(**TINY, lr=0.05)
     trainer(tmp_path, max_epochs=2).fit(model, datamodule=dm)
     assert list(model.state_dict()) == ["residual"] and model.residual.abs().sum() > 0
-    assert model.method_name == "TaskRes"
+    assert model.method_name == "TaskRes (Base)"
     zero = ZeroShotCLIP(**TINY, use_cupl_prompts=False)
     out = trainer(tmp_path).test(zero, datamodule=dm, verbose=False)
     assert 0 <= out[0]["test/acc"] <= 1 and zero.method_name == "Zero-shot CLIP"

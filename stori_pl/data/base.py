@@ -260,6 +260,17 @@ class FewShotDataModule(L.LightningDataModule):
             labels = torch.tensor([entries[k][1] for k in kept], dtype=torch.long)  # [N]
             self._data[part] = FeatureDataset(feats, labels, random_view=part == "train")
 
+    def split_features(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """All cached features and labels of one part (``"train"``, ``"val"``, ``"test"``).
+
+        Returns:
+            ``(features, labels)``: features ``[N, D]`` L2-normalized, or ``[N, 1 + V, D]`` for the train part
+            with ``augment_views = V`` (view 0 is the plain eval transform); labels ``[N]`` long.
+        """
+        if part not in self._data:
+            self._features_for((part,))
+        return self._data[part].features, self._data[part].labels
+
     @property
     def feature_dim(self) -> int:
         if not self._data:

@@ -331,8 +331,11 @@ def _first_difference(a: list[str], b: list[str]) -> str:
     return f"{len(a)} vs {len(b)} classes"
 
 
-def encode_texts(clip: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalized ``encode_text`` of plain prompts, in batches, without grad: ``[N, D]`` float32."""
+def encode_texts(
+    clip: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256, normalize: bool = True
+) -> torch.Tensor:
+    """``encode_text`` of plain prompts (L2-normalized unless ``normalize=False``), in batches, without grad:
+    ``[N, D]`` float32."""
     from stori_pl.text.clip import tokenize
 
     device = next(clip.parameters()).device
@@ -340,5 +343,6 @@ def encode_texts(clip: nn.Module, tokenizer, texts: Sequence[str], batch_size: i
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             tokens = tokenize(texts[i : i + batch_size], tokenizer).to(device)  # [b, L]
-            out.append(F.normalize(clip.encode_text(tokens).float(), dim=-1))
+            emb = clip.encode_text(tokens).float()
+            out.append(F.normalize(emb, dim=-1) if normalize else emb)
     return torch.cat(out)

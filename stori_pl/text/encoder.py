@@ -165,13 +165,18 @@ class WeightedTextEncoder:
 
     # ---------------------------------------------------------------------------------- public API
     def __call__(
-        self, tokens: torch.Tensor, log_weights: torch.Tensor | None = None, bucket_size: int = 64
+        self,
+        tokens: torch.Tensor,
+        log_weights: torch.Tensor | None = None,
+        bucket_size: int = 64,
+        token_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Encode ``tokens`` [B, L] with per-token ``log_weights`` [B, L] -> unnormalized ``[B, D]``.
 
         Log-weights at SOS, EOT and padding are ignored; ``-inf`` masks a token out (weight 0).
         Prompts run in buckets of ``bucket_size`` of similar length, each cut after its last EOT
-        (exact under the causal mask; only speed and memory change).
+        (exact under the causal mask; only speed and memory change). ``token_embeddings`` ``[B, L, W]``
+        replaces the token lookup (soft prompts: CoOp's context vectors), differentiably.
         """
         self._check(tokens, log_weights)
         tokens = tokens.to(self.tower.positional_embedding.device)
@@ -181,7 +186,8 @@ class WeightedTextEncoder:
         def encode(index: torch.Tensor) -> torch.Tensor:
             n = int(self.eot_positions(tokens[index]).max()) + 1
             t = tokens[index, :n]  # [C, n]
-            return self.suffix(self.prefix(t), t, None if log_weights is None else log_weights[index, :n])
+            soft = None if token_embeddings is None else token_embeddings[index.to(token_embeddings.device), :n]
+            return self.suffix(self.prefix(t, soft), t, None if log_weights is None else log_weights[index, :n])
 
         return _in_buckets(encode, self.eot_positions(tokens), bucket_size)
 
