@@ -148,7 +148,7 @@ class FewShotDataModule(L.LightningDataModule):
         """``root/<folder>`` (or ``root`` itself when it already is the dataset folder)."""
         if not self.root.is_dir() and not self.download:
             raise FileNotFoundError(f"data root not found: {self.root}. Set `root` to the folder holding "
-                                    f"{self.folder or 'the dataset'}/ (layout: README, 'Datasets'), or download: true.")
+                                    f"{self.folder or 'the dataset'}/ (layout: docs/datasets.md), or download: true.")
         inner = self.root / self.folder
         if not inner.is_dir() and self._looks_like_dataset(self.root):
             return self.root
@@ -172,7 +172,7 @@ class FewShotDataModule(L.LightningDataModule):
     def download_images(self, dataset_dir: Path) -> None:
         """Fetch the raw images into ``dataset_dir/<image_dir>`` (subclasses with a downloader override)."""
         raise RuntimeError(f"{type(self).__name__} cannot download its images automatically; put them in "
-                           f"{dataset_dir / self.image_dir} (see README, 'Datasets').")
+                           f"{dataset_dir / self.image_dir} (see docs/datasets.md).")
 
     def _tv_download(self, dataset_dir: Path, tv_class: str, inner: str, **kwargs) -> None:
         """Run a torchvision downloader into ``dataset_dir/_download`` and move ``inner`` into place."""

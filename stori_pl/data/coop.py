@@ -172,7 +172,7 @@ def check_images(image_dir: Path, entries: list[Entry], what: str) -> None:
         first = "\n  ".join(str(p) for p in missing[:5])
         raise FileNotFoundError(
             f"{len(missing)} of {len(entries)} {what} images listed in the split are missing under "
-            f"{image_dir}, e.g.:\n  {first}\nCheck `root` and the dataset layout (README, 'Datasets'), "
+            f"{image_dir}, e.g.:\n  {first}\nCheck `root` and the dataset layout (docs/datasets.md), "
             "or set download: true."
         )
 
