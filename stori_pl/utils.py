@@ -68,8 +68,12 @@ def _mkstemp(path: Path, suffix: str) -> tuple[int, str]:
 
 def default_file_mode() -> int:
     """Mode a plain ``open(path, "w")`` would give a new file: ``0o666`` less the process umask."""
-    umask = os.umask(0)  # the only portable way to read the umask is to set it and put it back
-    os.umask(umask)
+    try:  # Linux: read it without changing it (no window where other threads see umask 0)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)  # elsewhere the only way to read it is to set it and put it back
+        os.umask(umask)
     return 0o666 & ~umask
 
 
