@@ -201,7 +201,8 @@ def test_fault_missing_image_skipped_by_datamodule(tmp_path, tiny_clip, monkeypa
         return DTD(root=str(fake.root), clip_model="stori-tiny", pretrained=None, shots=2, cupl=str(fake.cupl),
                    num_workers=0, batch_size=4, **kw)
 
-    with pytest.raises(FileNotFoundError, match=rf"(?s)1 of {len(split['test'])} test images .*{gone.name}.*skip_bad_images"):
+    missing_error = rf"(?s)1 of {len(split['test'])} test images .*{gone.name}.*skip_bad_images"
+    with pytest.raises(FileNotFoundError, match=missing_error):
         dm().setup("test")
     skipping = dm(skip_bad_images=True)
     with pytest.warns(UserWarning, match=rf"cannot read 1 image.*{gone.name}; skipped"):

@@ -352,7 +352,8 @@ def encode_plain_prompts(clip: nn.Module, tokenizer, texts: Sequence[str], batch
 
     Args:
         clip: open_clip model.
-        tokenizer: Its tokenizer (prompts cut to the context are warned about, see :func:`~stori_pl.text.clip.tokenize`).
+        tokenizer: Its tokenizer (prompts cut to the context are warned about, see
+            :func:`~stori_pl.text.clip.tokenize`).
         texts: ``N`` prompts.
         batch_size: Prompts per ``encode_text`` call.
 

@@ -143,7 +143,8 @@ def lr_at(cfg: ToyTrainConfig, step: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
 
 
-def contrastive_loss(model, images: torch.Tensor, tokens: torch.Tensor, match: torch.Tensor, bf16: bool) -> torch.Tensor:
+def contrastive_loss(model, images: torch.Tensor, tokens: torch.Tensor, match: torch.Tensor,
+                     bf16: bool) -> torch.Tensor:
     """Multi-positive CLIP loss: every caption an image satisfies is a positive (no false negatives).
 
     Args:
