@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stori_pl.models.base import ClipClassifier, class_mean, encode_texts
+from stori_pl.models.base import ClipClassifier, class_mean, encode_plain_prompts
 
 
 def _prompt_list(prompt_set, use_base: bool, use_cupl: bool) -> tuple[list[str], list[int]]:
@@ -27,7 +27,7 @@ def _prompt_list(prompt_set, use_base: bool, use_cupl: bool) -> tuple[list[str],
 def text_classifier(model: ClipClassifier, use_base: bool, use_cupl: bool) -> torch.Tensor:
     """Zero-shot class embeddings ``[C, D]``: normalize(mean(normalize(encode_text(prompt))))."""
     texts, classes = _prompt_list(model.prompt_set, use_base, use_cupl)
-    emb = encode_texts(model.clip, model.tokenizer, texts)  # [P, D]
+    emb = encode_plain_prompts(model.clip, model.tokenizer, texts)  # [P, D]
     index = torch.tensor(classes, dtype=torch.long, device=emb.device)
     return class_mean(emb, index, model.num_classes)
 
@@ -52,9 +52,7 @@ class ZeroShotCLIP(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:
@@ -104,9 +102,7 @@ class TaskRes(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:
