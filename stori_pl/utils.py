@@ -40,13 +40,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` for writers that take a file name (safetensors, savefig)."""
+    """Yield a temporary path next to ``path`` for writers that take a file name (safetensors, savefig).
+
+    The writer may replace the temporary file (safetensors' ``save_file`` creates it anew with mode 0600);
+    the usual permissions (``0o666 & ~umask``) are restored before the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _mkstemp(path, path.suffix or ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -57,10 +62,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def _mkstemp(path: Path, suffix: str) -> tuple[int, str]:
     """A temp file next to ``path`` with the usual permissions (mkstemp alone gives 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, default_file_mode())
     return fd, tmp
+
+
+def default_file_mode() -> int:
+    """Mode a plain ``open(path, "w")`` would give a new file: ``0o666`` less the process umask."""
+    try:  # Linux: read it without changing it (no window where other threads see umask 0)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)  # elsewhere the only way to read it is to set it and put it back
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

@@ -25,3 +25,28 @@ def tiny_clip():
 
     torch.manual_seed(0)
     return load_clip("stori-tiny", pretrained=None)
+
+
+class EncodeCounter:
+    """Counts image batches sent through a CLIP image encoder (``calls``) and the images in them (``images``)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.images = 0
+
+
+@pytest.fixture
+def encode_counter(monkeypatch) -> EncodeCounter:
+    """Wraps ``stori_pl.data.features.encode_batch`` (used by the feature cache and ``stori cache``) to count
+    encoder calls in this process; a cache hit adds none."""
+    import stori_pl.data.features as features
+
+    counter, original = EncodeCounter(), features.encode_batch
+
+    def counting(model, images, device):
+        counter.calls += 1
+        counter.images += images.shape[0]
+        return original(model, images, device)
+
+    monkeypatch.setattr(features, "encode_batch", counting)
+    return counter

@@ -15,11 +15,25 @@ pytestmark = pytest.mark.slow
 
 
 class RankProbe(L.Callback):
-    """Each rank writes what it saw to ``$STORI_PROBE_DIR/rank<r>.json`` (used only by this test)."""
+    """Each rank writes what it saw to ``$STORI_PROBE_DIR/rank<r>.json`` (used only by this test).
+
+    The CLI builds it in every DDP process before ``prepare_data``; it then wraps the feature cache's
+    ``encode_batch`` in its process to count the image batches that process encoded.
+    """
 
     def __init__(self) -> None:
+        import stori_pl.data.features as features
+
         self.val_acc: list[float] = []
         self.val_seen = 0
+        self.encode_calls = 0
+        original = features.encode_batch
+
+        def counting(model, images, device):
+            self.encode_calls += 1
+            return original(model, images, device)
+
+        features.encode_batch = counting  # this subprocess only: it exits after the run
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self.val_seen = 0
@@ -33,15 +47,13 @@ class RankProbe(L.Callback):
             self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
 
     def on_fit_end(self, trainer, pl_module):
-        import stori_pl.data.features
-
         out = Path(os.environ["STORI_PROBE_DIR"]) / f"rank{trainer.global_rank}.json"
         out.write_text(json.dumps({
             "world_size": trainer.world_size,
             "log_weights": pl_module.log_weights.detach().cpu().tolist(),
             "val_acc": self.val_acc,
             "val_seen": self.val_seen,  # in the last validation epoch
-            "encode_calls": stori_pl.data.features.ENCODE_CALLS,
+            "encode_calls": self.encode_calls,
         }))
 
 

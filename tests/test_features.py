@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import stat
 import warnings
 
 import pytest
 import torch
-from fakedata import make_image
+from fakedata import make_fake, make_image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import stori_pl.data.features as F
@@ -27,15 +31,14 @@ def feats(paths, cache, **kw):
     return F.image_features(paths, "stori-tiny", None, cache_dir=cache, batch_size=2, progress=False, **kw)
 
 
-def test_encode_once_then_reuse(images, tmp_path, tiny_clip):
+def test_encode_once_then_reuse(images, tmp_path, tiny_clip, encode_counter):
     cache = tmp_path / "cache"
-    before = F.ENCODE_CALLS
     a, kept = feats(images, cache)
-    assert F.ENCODE_CALLS == before + 3  # 5 images, batches of 2
+    assert encode_counter.calls == 3 and encode_counter.images == 5  # 5 images, batches of 2
     assert a.shape == (5, 32) and a.dtype == torch.float32 and kept == list(range(5))
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(5))
     b, _ = feats(images, cache)
-    assert F.ENCODE_CALLS == before + 3
+    assert encode_counter.calls == 3
     torch.testing.assert_close(a, b)
     files = list((cache / "features").iterdir())
     assert len(files) == 1 and files[0].suffix == ".safetensors"  # no temp files
@@ -49,22 +52,22 @@ def test_encode_once_then_reuse(images, tmp_path, tiny_clip):
     torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-4)
 
 
-def test_changed_image_or_order_is_a_new_key(images, tmp_path, tiny_clip):
+def test_changed_image_or_order_is_a_new_key(images, tmp_path, tiny_clip, encode_counter):
     cache = tmp_path / "cache"
     feats(images, cache)
-    calls = F.ENCODE_CALLS
+    calls = encode_counter.calls
     make_image(images[0], (0, 0, 0), seed=99, size=9)  # new content, size and mtime
     os.utime(images[0], ns=(1, 1))
     feats(images, cache)
-    assert F.ENCODE_CALLS > calls
-    calls = F.ENCODE_CALLS
+    assert encode_counter.calls > calls
+    calls = encode_counter.calls
     rev, _ = feats(images[::-1], cache)
-    assert F.ENCODE_CALLS > calls
+    assert encode_counter.calls > calls
     fwd, _ = feats(images, cache)
     torch.testing.assert_close(rev.flip(0), fwd)
 
 
-def test_invalid_cache_is_recomputed(images, tmp_path, tiny_clip):
+def test_invalid_cache_is_recomputed(images, tmp_path, tiny_clip, encode_counter):
     cache = tmp_path / "cache"
     good, _ = feats(images, cache)
     (path,) = (cache / "features").iterdir()
@@ -79,17 +82,17 @@ def test_invalid_cache_is_recomputed(images, tmp_path, tiny_clip):
     ]
     for corrupt in bad_files:
         corrupt()
-        calls = F.ENCODE_CALLS
+        calls = encode_counter.calls
         with pytest.warns(UserWarning, match="invalid.*re-encoding"):
             again, _ = feats(images, cache)
-        assert F.ENCODE_CALLS > calls
+        assert encode_counter.calls > calls
         torch.testing.assert_close(again, good)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         feats(images, cache)  # repaired
 
 
-def test_bad_image_named_or_skipped(images, tmp_path, tiny_clip):
+def test_bad_image_named_or_skipped(images, tmp_path, tiny_clip, encode_counter):
     cache = tmp_path / "cache"
     images[3].write_bytes(b"\x89PNG broken")
     with pytest.raises(F.BadImageError, match=r"im3\.png.*skip_bad_images"):
@@ -98,8 +101,8 @@ def test_bad_image_named_or_skipped(images, tmp_path, tiny_clip):
     with pytest.warns(UserWarning, match=r"1 image.*im3\.png.*skipped"):
         f, kept = feats(images, cache, skip_bad_images=True)
     assert kept == [0, 1, 2, 4] and f.shape == (4, 32)
-    calls = F.ENCODE_CALLS
-    assert feats(images, cache, skip_bad_images=True)[1] == kept and F.ENCODE_CALLS == calls
+    calls = encode_counter.calls
+    assert feats(images, cache, skip_bad_images=True)[1] == kept and encode_counter.calls == calls
     with pytest.warns(UserWarning, match="skipped when it was written"), pytest.raises(F.BadImageError):
         feats(images, cache)  # a cache missing images does not satisfy skip_bad_images=False
 
@@ -127,3 +130,87 @@ def test_image_folder_dataset(images, tmp_path, tiny_clip):
         F.ImageFolderDataset(tmp_path / "cache" / "features")
     with pytest.raises(FileNotFoundError, match="not found"):
         F.ImageFolderDataset(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ fault injection (cited in docs/reliability.md)
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_fault_cache_file_keeps_normal_permissions(images, tmp_path, tiny_clip, umask):
+    # safetensors' save_file creates its file with mode 0600; the cache file must get what a plain open() gives
+    old = os.umask(umask)
+    try:
+        feats(images, tmp_path / "cache")
+    finally:
+        os.umask(old)
+    (path,) = (tmp_path / "cache" / "features").iterdir()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_fault_wrong_values_in_well_formed_cache_are_detected(images, tmp_path, tiny_clip, encode_counter):
+    cache = tmp_path / "cache"
+    good, _ = feats(images, cache)
+    (path,) = (cache / "features").iterdir()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
+    # same metadata (key, count, checksum), same shapes and dtypes, finite values: only the checksum tells
+    wrong = good.clone()
+    wrong[2, 7] += 1e-3
+    for tensors, problem in [({"features": wrong, "kept": torch.arange(5)}, "checksum mismatch"),
+                             ({"features": good.flip(0).contiguous(), "kept": torch.arange(5)}, "checksum mismatch")]:
+        save_file(tensors, str(path), metadata=meta)
+        calls = encode_counter.calls
+        with pytest.warns(UserWarning, match=rf"feature cache {re.escape(str(path))} .*{problem}.*re-encoding"):
+            again, _ = feats(images, cache)
+        assert encode_counter.calls > calls  # rebuilt, not used
+        torch.testing.assert_close(again, good)
+    # a file written without a checksum (stori-pl 0.1) is rebuilt too
+    save_file({"features": good, "kept": torch.arange(5)}, str(path),
+              metadata={k: v for k, v in meta.items() if k != "sha256"})
+    with pytest.warns(UserWarning, match="no checksum"):
+        feats(images, cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(feats(images, cache)[0], good)  # the rebuilt file verifies
+
+
+def test_fault_missing_image_named_or_skipped(images, tmp_path, tiny_clip):
+    cache = tmp_path / "cache"
+    images[3].unlink()
+    with pytest.raises(F.BadImageError, match=r"cannot read 1 image.*im3\.png.*skip_bad_images"):
+        feats(images, cache)
+    images[1].write_bytes(b"\x89PNG broken")  # an unreadable one too: one warning names both
+    with pytest.warns(UserWarning, match=r"cannot read 2 image\(s\).*im1\.png, .*im3\.png; skipped"):
+        f, kept = feats(images, cache, skip_bad_images=True)
+    assert kept == [0, 2, 4] and f.shape == (3, 32)
+    make_image(images[3], (1, 2, 3), seed=3)  # the file comes back: a new key, encoded
+    with pytest.warns(UserWarning, match=r"cannot read 1 image.*im1\.png; skipped"):
+        f, kept = feats(images, cache, skip_bad_images=True)
+    assert kept == [0, 2, 3, 4]
+
+
+def test_fault_missing_image_skipped_by_datamodule(tmp_path, tiny_clip, monkeypatch):
+    from stori_pl.data import DTD
+
+    monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
+    fake = make_fake("dtd", tmp_path / "data")
+    split = json.loads((fake.dataset_dir / "split_zhou_DescribableTextures.json").read_text())
+    gone = fake.dataset_dir / "images" / split["test"][0][0]
+    gone.unlink()
+
+    def dm(**kw):
+        return DTD(root=str(fake.root), clip_model="stori-tiny", pretrained=None, shots=2, cupl=str(fake.cupl),
+                   num_workers=0, batch_size=4, **kw)
+
+    missing_error = rf"(?s)1 of {len(split['test'])} test images .*{gone.name}.*skip_bad_images"
+    with pytest.raises(FileNotFoundError, match=missing_error):
+        dm().setup("test")
+    skipping = dm(skip_bad_images=True)
+    with pytest.warns(UserWarning, match=rf"cannot read 1 image.*{gone.name}; skipped"):
+        skipping.setup("test")
+    assert len(skipping.test_dataloader().dataset) == len(split["test"]) - 1
+    n = len(split["test"])
+    for entry in split["test"]:  # every image gone: `root` is wrong, one error even with skip_bad_images
+        (fake.dataset_dir / "images" / entry[0]).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=rf"(?s){n} of {n} test images .*missing.*Check `root`") as e:
+        dm(skip_bad_images=True).setup("test")
+    assert "skip_bad_images" not in str(e.value)  # already on: not suggested

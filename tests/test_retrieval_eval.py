@@ -17,7 +17,7 @@ from stori_pl.retrieval.attributes import (
 )
 from stori_pl.retrieval.runner import (
     AttributeTask,
-    format_table,
+    format_report_table,
     run_preference_retrieval,
     task_prompt,
 )
@@ -144,7 +144,7 @@ def test_runner_report_and_figures(tmp_path, tiny_clip, monkeypatch):
     assert len(auc["categories"]) == 8 and torch.tensor(auc["auc"]["stori"]).shape == (3, 8)
     assert json.loads((tmp_path / "out" / "report.json").read_text())["summary"] == report["summary"]
     assert len(report["figures"]) == 6 and all((tmp_path / "out" / f).is_file() for f in report["figures"])
-    table = format_table(report)
+    table = format_report_table(report)
     assert "| stori | Δw=1.5 |" in table and "± " in table
 
 

@@ -88,7 +88,7 @@ class FewShotDataModule(L.LightningDataModule):
         batch_size: Batch size of the feature dataloaders.
         num_workers: DataLoader workers decoding images while encoding features.
         download: Fetch missing images (torchvision) and the split file.
-        skip_bad_images: Skip unreadable images with a warning instead of failing.
+        skip_bad_images: Skip unreadable or missing images with a warning instead of failing.
         augment_views: Extra augmented views per training image (a random view per step); 0 = off.
         templates: Override the dataset's base templates.
     """
@@ -148,7 +148,7 @@ class FewShotDataModule(L.LightningDataModule):
         """``root/<folder>`` (or ``root`` itself when it already is the dataset folder)."""
         if not self.root.is_dir() and not self.download:
             raise FileNotFoundError(f"data root not found: {self.root}. Set `root` to the folder holding "
-                                    f"{self.folder or 'the dataset'}/ (layout: README, 'Datasets'), or download: true.")
+                                    f"{self.folder or 'the dataset'}/ (layout: docs/datasets.md), or download: true.")
         inner = self.root / self.folder
         if not inner.is_dir() and self._looks_like_dataset(self.root):
             return self.root
@@ -172,7 +172,7 @@ class FewShotDataModule(L.LightningDataModule):
     def download_images(self, dataset_dir: Path) -> None:
         """Fetch the raw images into ``dataset_dir/<image_dir>`` (subclasses with a downloader override)."""
         raise RuntimeError(f"{type(self).__name__} cannot download its images automatically; put them in "
-                           f"{dataset_dir / self.image_dir} (see README, 'Datasets').")
+                           f"{dataset_dir / self.image_dir} (see docs/datasets.md).")
 
     def _tv_download(self, dataset_dir: Path, tv_class: str, inner: str, **kwargs) -> None:
         """Run a torchvision downloader into ``dataset_dir/_download`` and move ``inner`` into place."""
@@ -189,10 +189,15 @@ class FewShotDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download (when asked) and encode every split once into the feature cache (rank 0 only)."""
         if self.download:
-            self._download()
+            self.download_dataset()
         self._features_for(("train", "val", "test"))
 
-    def _download(self) -> None:
+    def download_dataset(self) -> None:
+        """Fetch what is missing of the dataset: the split file (and ``extra_files``), then the images.
+
+        Called by :meth:`prepare_data` when ``download`` is true (and by ``stori cache``). Files already
+        present are kept; a failed download raises an error saying what to get and where to save it.
+        """
         d = self.dataset_dir()
         d.mkdir(parents=True, exist_ok=True)
         files = dict(self.extra_files)
@@ -242,10 +247,16 @@ class FewShotDataModule(L.LightningDataModule):
         return self.dataset_dir() / self.image_dir
 
     def image_lists(self, parts=("train", "val", "test")) -> dict[str, tuple[list[Path], int]]:
-        """Per part: the image paths (checked to exist) and the number of augmented views to encode."""
+        """Per part: the image paths and the number of augmented views to encode.
+
+        Missing images raise one error naming them; with ``skip_bad_images`` they are passed on and skipped
+        with a warning like unreadable ones (unless all of a part's images are missing: then ``root`` is wrong).
+        """
         subsets, out = self.subsets(), {}
         for part in parts:
-            coop.check_images(self.image_root(), subsets[part], part)
+            entries = subsets[part]
+            if not self.skip_bad_images or len(coop.missing_images(self.image_root(), entries)) == len(entries):
+                coop.check_images(self.image_root(), entries, part, suggest_skip=not self.skip_bad_images)
             views = self.augment_views if part == "train" else 0
             out[part] = ([self.image_root() / e[0] for e in subsets[part]], views)
         return out
@@ -327,7 +338,7 @@ class FewShotDataModule(L.LightningDataModule):
         model.to("cuda" if torch.cuda.is_available() else original)
         try:
             out = cupl.top_prompts(prompts, feats, data.labels, self.prompts_per_class,
-                                   lambda t: cupl.encode_texts(t, model, tokenizer))
+                                   lambda t: cupl.sentence_features(t, model, tokenizer))
         finally:
             model.to(original)
         write_json(path, out)

@@ -165,15 +165,23 @@ def missing_images(image_dir: Path, entries: list[Entry]) -> list[Path]:
     return [p for p in (image_dir / e[0] for e in entries) if not p.is_file()]
 
 
-def check_images(image_dir: Path, entries: list[Entry], what: str) -> None:
-    """One error naming the count and the first few missing images."""
+def check_images(image_dir: Path, entries: list[Entry], what: str, suggest_skip: bool = True) -> None:
+    """One error naming the count and the first few missing images.
+
+    Args:
+        image_dir: Folder the split's image paths are relative to.
+        entries: Split entries ``[impath, label, classname]``.
+        what: The part, for the message (``"train"``, ...).
+        suggest_skip: Mention ``skip_bad_images`` as a way out (not when it is already on).
+    """
     missing = missing_images(image_dir, entries)
     if missing:
         first = "\n  ".join(str(p) for p in missing[:5])
+        skip = ", or set skip_bad_images: true to skip missing images with a warning" if suggest_skip else ""
         raise FileNotFoundError(
             f"{len(missing)} of {len(entries)} {what} images listed in the split are missing under "
-            f"{image_dir}, e.g.:\n  {first}\nCheck `root` and the dataset layout (README, 'Datasets'), "
-            "or set download: true."
+            f"{image_dir}, e.g.:\n  {first}\nCheck `root` and the dataset layout (docs/datasets.md), "
+            f"or set download: true{skip}."
         )
 
 

@@ -117,8 +117,18 @@ def match_cupl(
 
 
 @torch.no_grad()
-def encode_texts(texts: Sequence[str], model, tokenizer, batch_size: int = 256) -> torch.Tensor:
-    """Normalized CLIP text features [N, D] (on the model's device, returned on CPU)."""
+def sentence_features(texts: Sequence[str], model, tokenizer, batch_size: int = 256) -> torch.Tensor:
+    """Normalized CLIP text features of CuPL sentences, for ranking them (:func:`top_prompts`).
+
+    Args:
+        texts: ``N`` sentences.
+        model: open_clip model (encodes on its device).
+        tokenizer: Its tokenizer.
+        batch_size: Sentences per ``encode_text`` call.
+
+    Returns:
+        ``[N, D]`` float32 on the CPU (``[0]`` for no sentences).
+    """
     device = next(model.parameters()).device
     chunks = []
     for s in range(0, len(texts), batch_size):

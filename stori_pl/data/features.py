@@ -1,18 +1,16 @@
-"""On-disk cache of CLIP image features: encode every image once, reuse it in every later run.
+"""CLIP image features, encoded once and reused from an on-disk cache in every later run.
 
-A cache file ``<cache_root>/features/<key>.safetensors`` holds ``features`` ([N, D] or [N, 1+V, D] float32,
-L2-normalized) and ``kept`` ([N] int64, indices of the readable input images). The key hashes the model
-fingerprint, the preprocess transform, the number of augmented views and every path with its size and
-mtime, so a changed image or model makes a new key. Files are written atomically and validated on load;
-an invalid file is re-encoded. Pure torch (no Lightning): ``stori cache`` runs the same encoding under a
-Lightning Trainer for multi-GPU work (see :mod:`stori_pl.cli.cache`).
+:func:`image_features` looks the paths up in the cache (:mod:`stori_pl.data.feature_cache`: key, file,
+checksum, validation) and encodes only on a miss; unreadable or missing images raise :class:`BadImageError`
+naming them, or are skipped with a warning (``skip_bad_images``). Files are written atomically (mode
+``0o666 & ~umask``); an invalid cache file is reported in a warning naming it and re-encoded. Pure torch
+(no Lightning): ``stori cache`` runs the same encoding under a Lightning Trainer for multi-GPU work (see
+:mod:`stori_pl.cli.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -21,19 +19,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from stori_pl.utils import atomic_path, cache_root, content_hash
+from stori_pl.data.feature_cache import (
+    FORMAT_VERSION,
+    cache_file,
+    cache_problems,
+    feature_key,
+    load_cached,
+    save_cached,
+    tensor_checksum,
+)
+
+__all__ = [
+    "FORMAT_VERSION", "IMAGE_EXTENSIONS", "BadImageError", "ImageFolderDataset", "ImagePathDataset",
+    "augment_transform", "autocast_for", "bad_image_error", "cache_file", "cache_problems", "collate_images",
+    "encode_batch", "encode_paths", "feature_key", "image_features", "list_images", "load_cached", "save_cached",
+    "tensor_checksum", "warn_skipped_images",
+]
 
 log = logging.getLogger(__name__)
 
-ENCODE_CALLS = 0
-"""Number of image batches sent through an image encoder by this process (tests assert cache hits add 0)."""
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FORMAT_VERSION = "1"
 
 
 class BadImageError(RuntimeError):
@@ -131,81 +138,6 @@ class ImageFolderDataset:
         return feats, [self.paths[i] for i in kept]
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def feature_key(paths: Sequence[str | Path], clip_model: str, pretrained: str | None, preprocess, views=0,
-                model: torch.nn.Module | None = None) -> str:
-    """Content hash naming a cache file (model, preprocess, views, each path with size and mtime)."""
-    from stori_pl.text.clip import model_fingerprint
-
-    fingerprint = model_fingerprint(clip_model, pretrained)
-    if pretrained is None and model is not None:  # random init: the weights themselves identify it
-        fingerprint += "|" + _weights_digest(model.visual)
-    files = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
-        except OSError:
-            files.append((os.path.abspath(p), -1, -1))
-    return content_hash(FORMAT_VERSION, fingerprint, repr(preprocess), int(views), files, length=24)
-
-
-def cache_file(key: str, cache_dir: str | Path | None = None) -> Path:
-    """Path of the cache file for ``key``."""
-    return cache_root(cache_dir) / "features" / f"{key}.safetensors"
-
-
-def load_cached(
-    path: Path, key: str, n_paths: int, require_all: bool = False
-) -> tuple[torch.Tensor, list[int]] | None:
-    """Load and validate a cache file; None (with a warning when the file exists but is bad) to recompute.
-
-    ``require_all``: a file that skipped images (written with ``skip_bad_images``) does not count.
-    """
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            feats, kept = f.get_tensor("features"), f.get_tensor("kept")
-        problems = []
-        if meta.get("key") != key or meta.get("format") != FORMAT_VERSION:
-            problems.append("key/format mismatch")
-        if int(meta.get("count", -1)) != n_paths:
-            problems.append(f"count {meta.get('count')} != {n_paths}")
-        if feats.dtype != torch.float32 or feats.ndim not in (2, 3) or feats.shape[0] != kept.numel():
-            problems.append(f"bad shape {tuple(feats.shape)} for {kept.numel()} kept images")
-        elif kept.numel() and (kept.min() < 0 or kept.max() >= n_paths or not bool((kept.diff() > 0).all())):
-            problems.append("kept indices out of range or unsorted")
-        elif not torch.isfinite(feats).all():
-            problems.append("non-finite values")
-        elif require_all and kept.numel() != n_paths:
-            problems.append(f"{n_paths - kept.numel()} image(s) were skipped when it was written")
-    except Exception as e:  # noqa: BLE001 - unreadable file = stale
-        problems = [f"unreadable ({e})"]
-    if problems:
-        warnings.warn(f"feature cache {path} is invalid ({'; '.join(problems)}); re-encoding", stacklevel=3)
-        return None
-    return feats, kept.tolist()
-
-
-def save_cached(
-    path: Path, key: str, feats: torch.Tensor, kept: Sequence[int], n_paths: int, info: str = ""
-) -> None:
-    """Write a cache file atomically."""
-    meta = {"key": key, "format": FORMAT_VERSION, "count": str(n_paths), "info": info}
-    with atomic_path(path) as tmp:
-        save_file({"features": feats.contiguous(), "kept": torch.tensor(list(kept), dtype=torch.long)},
-                  str(tmp), metadata=meta)
-
-
 def autocast_for(device: torch.device):
     """bf16 (or fp16) autocast on CUDA, nothing elsewhere."""
     if device.type != "cuda":
@@ -216,9 +148,7 @@ def autocast_for(device: torch.device):
 
 @torch.no_grad()
 def encode_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """[B, 3, H, W] or [B, V, 3, H, W] -> L2-normalized float32 [B, D] or [B, V, D]."""
-    global ENCODE_CALLS
-    ENCODE_CALLS += 1
+    """[B, 3, H, W] or [B, V, 3, H, W] -> L2-normalized float32 [B, D] or [B, V, D] (on the CPU)."""
     shape = images.shape
     flat = images.reshape(-1, *shape[-3:]).to(device, non_blocking=True)  # [B*V, 3, H, W]
     with autocast_for(device):
@@ -227,12 +157,76 @@ def encode_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.dev
     return feats.reshape(*shape[:-3], feats.shape[-1])
 
 
-def _bad_image_error(paths: Sequence[str], bad: Sequence[int]) -> BadImageError:
+def bad_image_error(paths: Sequence[str], bad: Sequence[int]) -> BadImageError:
+    """The error for unreadable or missing images: names the first five and says how to go on.
+
+    Args:
+        paths: All input paths.
+        bad: Indices into ``paths`` of the images that could not be read (decoding failed or no such file).
+    """
     first = ", ".join(str(paths[i]) for i in bad[:5])
     return BadImageError(
-        f"cannot read {len(bad)} image(s): {first}{' ...' if len(bad) > 5 else ''}. "
+        f"cannot read {len(bad)} image(s) (missing or not a readable image): {first}"
+        f"{' ...' if len(bad) > 5 else ''}. "
         "Replace or delete the file(s), or set skip_bad_images: true to skip them with a warning."
     )
+
+
+def warn_skipped_images(paths: Sequence[str], bad: Sequence[int], stacklevel: int = 2) -> None:
+    """Warn that the images ``paths[i] for i in bad`` were skipped (``skip_bad_images``); names the first five."""
+    first = ", ".join(str(paths[i]) for i in bad[:5])
+    warnings.warn(f"cannot read {len(bad)} image(s) (missing or not a readable image): {first}"
+                  f"{' ...' if len(bad) > 5 else ''}; skipped", stacklevel=stacklevel + 1)
+
+
+def encode_paths(
+    model: torch.nn.Module,
+    preprocess: Callable,
+    paths: Sequence[str],
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    skip_bad_images: bool = False,
+    views: int = 0,
+    progress: bool = True,
+    desc: str = "encoding",
+) -> tuple[list[torch.Tensor], list[int], list[int]]:
+    """Encode images with ``model`` on ``device`` (no cache); the model is moved back afterwards.
+
+    Args:
+        model: open_clip model (``encode_image``).
+        preprocess: Its eval transform.
+        paths: Image files.
+        device: Where to encode.
+        batch_size, num_workers, views, progress: As for :func:`image_features`.
+        skip_bad_images: Collect unreadable or missing images instead of raising :class:`BadImageError`.
+        desc: Progress-bar label.
+
+    Returns:
+        ``(chunks, kept, bad)``: feature chunks (``[b, D]`` or ``[b, 1+V, D]``, concatenating to the ``kept``
+        images in order) and the indices of the images that were read / could not be read.
+    """
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(ImagePathDataset(paths, preprocess, views), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_images, pin_memory=device.type == "cuda")
+    original = next(model.parameters()).device
+    model.to(device)
+    chunks, kept, bad = [], [], []
+    try:
+        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for images, idx, bad_idx in loader:
+                if bad_idx and not skip_bad_images:
+                    raise bad_image_error(paths, bad_idx)
+                bad.extend(bad_idx)
+                if images is not None:
+                    chunks.append(encode_batch(model, images, device))
+                    kept.extend(idx.tolist())
+                bar.update(len(idx) + len(bad_idx))
+    finally:
+        model.to(original)
+    return chunks, kept, bad
 
 
 def image_features(
@@ -258,7 +252,8 @@ def image_features(
         batch_size: Images per encoder call.
         num_workers: DataLoader workers decoding images.
         device: Where to encode (default: CUDA when available); fp16/bf16 autocast on CUDA only.
-        skip_bad_images: Skip unreadable images with a warning instead of raising :class:`BadImageError`.
+        skip_bad_images: Skip unreadable or missing images with a warning instead of raising
+            :class:`BadImageError`.
         views: Extra augmented views per image (then features are [N, 1+views, D]).
         progress: Show a progress bar while encoding.
 
@@ -278,29 +273,12 @@ def image_features(
     if cached is not None:
         return cached
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loader = DataLoader(ImagePathDataset(paths, preprocess, views), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_images, pin_memory=device.type == "cuda")
-    original = next(model.parameters()).device
-    model.to(device)
-    chunks, kept, bad = [], [], []
-    try:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(paths), desc=f"encoding {len(paths)} images ({clip_model})", unit="img",
-                   disable=not progress, leave=False)
-        for images, idx, bad_idx in loader:
-            if bad_idx and not skip_bad_images:
-                raise _bad_image_error(paths, bad_idx)
-            bad.extend(bad_idx)
-            if images is not None:
-                chunks.append(encode_batch(model, images, device))
-                kept.extend(idx.tolist())
-            bar.update(len(idx) + len(bad_idx))
-        bar.close()
-    finally:
-        model.to(original)
+    chunks, kept, bad = encode_paths(
+        model, preprocess, paths, device=device, batch_size=batch_size, num_workers=num_workers,
+        skip_bad_images=skip_bad_images, views=views, progress=progress,
+        desc=f"encoding {len(paths)} images ({clip_model})")
     if bad:
-        warnings.warn(str(_bad_image_error(paths, bad)).split(". Replace")[0] + "; skipped", stacklevel=2)
+        warn_skipped_images(paths, bad, stacklevel=2)
     if not chunks:
         raise BadImageError(f"none of the {len(paths)} images could be read (first: {paths[:3]})")
     feats = torch.cat(chunks)  # [N', D] or [N', 1+V, D]

@@ -73,4 +73,4 @@ class ImageNet(FewShotDataModule):
         raise RuntimeError(
             "ImageNet cannot be downloaded automatically (registration needed). Get ILSVRC2012 train and val "
             f"from https://image-net.org, extract them to {dataset_dir / 'images/train'} and "
-            f"{dataset_dir / 'images/val'} with one folder per wnid (see README, 'Datasets').")
+            f"{dataset_dir / 'images/val'} with one folder per wnid (see docs/datasets.md).")

@@ -14,6 +14,7 @@ tag, prompts) — enough for ``load_from_checkpoint`` without any data.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ class ClipClassifier(L.LightningModule):
 
     Subclasses take ``clip_model``, ``pretrained`` and ``prompts`` (``PromptSet.to_dict()`` or None:
     then the datamodule's ``prompt_set()`` at the first fit/test, or the checkpoint's), call
-    ``save_hyperparameters(ignore=["prompts"])`` and ``self.build(prompts)`` when prompts are given.
+    ``super().__init__()`` first and end their ``__init__`` with ``self._finish_init(prompts)``.
     """
 
     # names of the attributes holding the trained state (what the checkpoint stores)
@@ -52,6 +53,20 @@ class ClipClassifier(L.LightningModule):
         super().__init__()
         self.prompt_set = None  # PromptSet once built
         self._class_cache: tuple[Any, torch.Tensor] | None = None
+
+    def _finish_init(self, prompts: Any) -> None:
+        """The shared end of every subclass ``__init__`` (call it there, as its last line).
+
+        Saves the caller's init arguments as hyperparameters, all but ``prompts`` (the checkpoint keeps them
+        in its ``"stori"`` entry instead), and builds the classifier when ``prompts`` are given.
+        """
+        frame = inspect.currentframe().f_back  # the subclass __init__, whose arguments are the hparams
+        try:
+            self.save_hyperparameters(ignore=["prompts"], frame=frame)
+        finally:
+            del frame
+        if prompts is not None:
+            self.build(prompts)
 
     @property
     def method_name(self) -> str:
@@ -169,8 +184,9 @@ class ClipClassifier(L.LightningModule):
         """Current class embeddings ``[C, D]`` (L2-normalized), differentiable where trained."""
         raise NotImplementedError
 
-    def _eval_class_embeddings(self) -> torch.Tensor:
-        """Class embeddings without grad, recomputed only after the trained tensors change."""
+    def eval_class_embeddings(self) -> torch.Tensor:
+        """Class embeddings ``[C, D]`` (L2-normalized) without grad, recomputed only after the trained tensors
+        change (inference, export); do not modify the returned tensor in place."""
         key = (self.device, tuple(p._version for p in self.parameters()), tuple(p.data_ptr() for p in self.parameters()))
         if self._class_cache is None or self._class_cache[0] != key:
             with torch.no_grad():
@@ -185,14 +201,14 @@ class ClipClassifier(L.LightningModule):
     def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[N, C]`` for image features ``[N, D]``."""
         if class_embeddings is None:
-            class_embeddings = self.class_embeddings() if torch.is_grad_enabled() else self._eval_class_embeddings()
+            class_embeddings = self.class_embeddings() if torch.is_grad_enabled() else self.eval_class_embeddings()
         features = F.normalize(features.to(class_embeddings), dim=-1)  # [N, D]
         return self.logit_scale * features @ class_embeddings.T  # [N, C]
 
     def classify_features(self, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[N, C]`` for image features ``[N, D]`` (normalized or not)."""
         with torch.no_grad():
-            return self(features.to(self.device), self._eval_class_embeddings()).softmax(dim=-1)
+            return self(features.to(self.device), self.eval_class_embeddings()).softmax(dim=-1)
 
     def encode_images(self, images: Any, batch_size: int = 64) -> torch.Tensor:
         """L2-normalized CLIP image features ``[N, D]`` of PIL images or a preprocessed batch ``[N, 3, H, W]``."""
@@ -331,11 +347,22 @@ def _first_difference(a: list[str], b: list[str]) -> str:
     return f"{len(a)} vs {len(b)} classes"
 
 
-def encode_texts(
+def encode_plain_prompts(
     clip: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256, normalize: bool = True
 ) -> torch.Tensor:
-    """``encode_text`` of plain prompts (L2-normalized unless ``normalize=False``), in batches, without grad:
-    ``[N, D]`` float32."""
+    """``encode_text`` of plain (unweighted) prompts, L2-normalized unless ``normalize=False``, in batches, without grad.
+
+    Args:
+        clip: open_clip model.
+        tokenizer: Its tokenizer (prompts cut to the context are warned about, see
+            :func:`~stori_pl.text.clip.tokenize`).
+        texts: ``N`` prompts.
+        batch_size: Prompts per ``encode_text`` call.
+        normalize: L2-normalize each embedding (False: the raw text-encoder outputs, as TaskRes averages them).
+
+    Returns:
+        ``[N, D]`` float32 on the CLIP's device.
+    """
     from stori_pl.text.clip import tokenize
 
     device = next(clip.parameters()).device

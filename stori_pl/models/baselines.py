@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stori_pl.models.base import ClipClassifier, class_mean, encode_texts
+from stori_pl.models.base import ClipClassifier, class_mean, encode_plain_prompts
 from stori_pl.models.schedules import dassl_scheduler
 
 
@@ -28,7 +28,7 @@ def prompt_list(prompt_set, use_base: bool, use_cupl: bool) -> tuple[list[str], 
 def text_classifier(model: ClipClassifier, use_base: bool, use_cupl: bool) -> torch.Tensor:
     """Zero-shot class embeddings ``[C, D]``: normalize(mean(normalize(encode_text(prompt))))."""
     texts, classes = prompt_list(model.prompt_set, use_base, use_cupl)
-    emb = encode_texts(model.clip, model.tokenizer, texts)  # [P, D]
+    emb = encode_plain_prompts(model.clip, model.tokenizer, texts)  # [P, D]
     index = torch.tensor(classes, dtype=torch.long, device=emb.device)
     return class_mean(emb, index, model.num_classes)
 
@@ -53,9 +53,7 @@ class ZeroShotCLIP(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:
@@ -118,9 +116,7 @@ class TaskRes(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:
@@ -128,7 +124,7 @@ class TaskRes(ClipClassifier):
 
     def _build_classifier(self, prompt_set) -> None:
         texts, classes = prompt_list(prompt_set, self.hparams.use_base_prompts, self.hparams.use_cupl_prompts)
-        raw = encode_texts(self.clip, self.tokenizer, texts, normalize=False)  # [P, D] unnormalized
+        raw = encode_plain_prompts(self.clip, self.tokenizer, texts, normalize=False)  # [P, D] unnormalized
         index = torch.tensor(classes, dtype=torch.long, device=raw.device)
         summed = raw.new_zeros(len(prompt_set.classnames), raw.shape[1]).index_add(0, index, raw)  # [C, D]
         counts = torch.bincount(index, minlength=len(prompt_set.classnames)).clamp(min=1)

@@ -63,9 +63,7 @@ class CoOp(ClipClassifier):
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:

@@ -33,7 +33,7 @@ def export_classifier(model, path: str | Path) -> None:
     from stori_pl import __version__
 
     tensors = {
-        "class_embeddings": model._eval_class_embeddings().float().cpu().contiguous(),  # [C, D]
+        "class_embeddings": model.eval_class_embeddings().float().cpu().contiguous(),  # [C, D]
         "logit_scale": model.logit_scale.float().cpu().reshape(()),
     }
     meta = {

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stori_pl.models.base import ClipClassifier, class_mean, encode_texts
+from stori_pl.models.base import ClipClassifier, class_mean, encode_plain_prompts
 
 
 class StoriClassifier(ClipClassifier):
@@ -49,9 +49,7 @@ class StoriClassifier(ClipClassifier):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:
@@ -76,7 +74,7 @@ class StoriClassifier(ClipClassifier):
         self.__dict__.update(_encoder=encoder, _prepared=prepared, _cupl_tokens=tokens.cpu())
         self.log_weights = nn.Parameter(torch.zeros(len(cupl), prepared.length, device=self.device))  # [P, L']
         self.register_buffer("weight_mask", prepared.mask.clone(), persistent=False)  # [P, L'] real tokens
-        base_emb = encode_texts(self.clip, self.tokenizer, [t for _, t in base]) if base else None  # [B, D]
+        base_emb = encode_plain_prompts(self.clip, self.tokenizer, [t for _, t in base]) if base else None  # [B, D]
         self.register_buffer("base_embeddings", base_emb, persistent=False)
         index = torch.tensor([c for c, _ in cupl + base], dtype=torch.long, device=self.device)
         self.register_buffer("prompt_class", index, persistent=False)  # [P + B] class of each prompt

@@ -93,9 +93,7 @@ class TipAdapter(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["prompts"])
-        if prompts is not None:
-            self.build(prompts)
+        self._finish_init(prompts)
 
     @property
     def method_name(self) -> str:

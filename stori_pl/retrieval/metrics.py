@@ -31,6 +31,7 @@ __all__ = [
     "plot_ratio_curves",
     "plot_auc_vs_weight",
     "save_figure",
+    "close_figure",
     "log_figure",
 ]
 
@@ -105,6 +106,11 @@ def _plt():
     return plt
 
 
+def close_figure(fig) -> None:
+    """Close a figure made by this module's plots (frees pyplot's reference to it)."""
+    _plt().close(fig)
+
+
 def plot_ratio_curves(curves: Mapping[str, torch.Tensor], names: Sequence[str], title: str = ""):
     """Figure-4-like plot: one panel per setting (e.g. ``{"w=0.5": [C, N], "plain": ..., "w=1.5": ...}``),
     one line per category (ratio retrieved vs rank n).
@@ -163,7 +169,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    _plt().close(fig)
+    close_figure(fig)
 
 
 def log_figure(logger, tag: str, fig, step: int = 0) -> None:

@@ -15,16 +15,18 @@ and wordings are ours, so pass your own ``tasks`` to reproduce a particular tabl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from stori_pl.retrieval import metrics as R
 from stori_pl.retrieval.attributes import AttributeDataset, AttributeTask, build_pool
 from stori_pl.text.syntax import escape_prompt
+from stori_pl.utils import write_json
 
-__all__ = ["AttributeTask", "DEFAULT_TASKS", "task_prompt", "run_preference_retrieval", "format_table"]
+__all__ = ["AttributeTask", "DEFAULT_TASKS", "task_prompt", "run_preference_retrieval", "format_report_table"]
 
 
 DEFAULT_TASKS: dict[str, list[AttributeTask]] = {
@@ -61,24 +63,39 @@ def _mean_std(values: Sequence[float]) -> list[float]:
     return [float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0]
 
 
+@dataclass
+class _Scorer:
+    """Scores a task's image pool against weighted prompts with one CLIP text encoder."""
+
+    encoder: Any  # WeightedTextEncoder
+    tokenizer: Any
+    features: torch.Tensor  # [M, D] pool image features
+
+    def __call__(self, texts: Sequence[str], method: str) -> torch.Tensor:
+        """Cosine scores ``[M, S]`` of the pool against ``S`` prompts in the weight syntax."""
+        from stori_pl.text.prompt_weighting import encode_weighted
+
+        return self.features @ encode_weighted(self.encoder, list(texts), self.tokenizer, method).T.cpu()
+
+
+@dataclass
+class _Protocol:
+    """What is measured for each (task, attribute) and where its figures go."""
+
+    weights: Sequence[float]
+    top_k: Sequence[int]
+    methods: Sequence[str]
+    sweep: Sequence[float] | None
+    out: Path | None
+    logger: Any
+
+
 def run_preference_retrieval(
-    dataset: AttributeDataset,
-    tasks: Sequence[AttributeTask],
-    clip_model: str,
-    pretrained: str | None,
-    *,
-    start_block: int = 7,
-    per_category: int | None = 100,
-    seed: int = 0,
-    weights: Sequence[float] = (0.5, 1.5),
-    top_k: Sequence[int] = (10,),
-    methods: Sequence[str] = ("stori",),
-    sweep: Sequence[float] | None = None,
-    out_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    batch_size: int = 64,
-    logger=None,
+    dataset: AttributeDataset, tasks: Sequence[AttributeTask], clip_model: str, pretrained: str | None, *,
+    start_block: int = 7, per_category: int | None = 100, seed: int = 0, weights: Sequence[float] = (0.5, 1.5),
+    top_k: Sequence[int] = (10,), methods: Sequence[str] = ("stori",), sweep: Sequence[float] | None = None,
+    out_dir: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "cpu",
+    batch_size: int = 64, logger=None,
 ) -> dict:
     """Run the Table-3 evaluation (and, with ``sweep``, the Figure-5 AUC sweep).
 
@@ -106,70 +123,136 @@ def run_preference_retrieval(
     from stori_pl.data.features import image_features
     from stori_pl.text.clip import load_clip
     from stori_pl.text.encoder import WeightedTextEncoder
-    from stori_pl.text.prompt_weighting import METHODS, encode_weighted
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)}")
-    for task in tasks:  # validate everything before any encoding
-        [dataset.index(a) for a in task.attributes], task_prompt(task)
+    _validate(dataset, tasks, methods)
     model, _, tokenizer = load_clip(clip_model, pretrained, device=device)
-    enc = WeightedTextEncoder(model, start_block=start_block)
-    out = Path(out_dir) if out_dir is not None else None
+    encoder = WeightedTextEncoder(model, start_block=start_block)
+    protocol = _Protocol(weights, top_k, methods, sweep, Path(out_dir) if out_dir is not None else None, logger)
     rows, auc_report, figures = [], [], []
-    settings = [1.0] + [float(w) for w in weights]
     for t, task in enumerate(tasks):
         pool, cats = build_pool(dataset, task.attributes, per_category, seed)
         feats, kept = image_features([dataset.paths[i] for i in pool], clip_model, pretrained, cache_dir=cache_dir,
                                      batch_size=batch_size, device=device, skip_bad_images=True, progress=False)
-        pool, cats = [pool[i] for i in kept], cats[kept]
-        names = R.category_names(task.attributes)
-        for a, attr in enumerate(task.attributes):
-            labels = dataset.labels[pool, dataset.index(attr)]  # [M] bool
-            curves = {}
-            for method in methods:
-                texts = [task_prompt(task, None if w == 1.0 else a, w) for w in settings]
-                scores = feats @ encode_weighted(enc, texts, tokenizer, method).T.cpu()  # [M, S]
-                for s, w in enumerate(settings):
-                    row = {"task": t, "attribute": attr, "method": method, "weight": w, "prompt": texts[s],
-                           "AP": R.average_precision(scores[:, s], labels)}
-                    row.update({f"P@{k}": R.precision_at_k(scores[:, s], labels, k) for k in top_k})
-                    rows.append(row)
-                    if method == methods[0]:
-                        curves["plain" if w == 1.0 else f"w={w:g}"] = R.category_ratio_curves(scores[:, s], cats, len(names))
-            if sweep:
-                aucs = {}
-                for method in methods:
-                    texts = [task_prompt(task, a, w) for w in sweep]
-                    scores = feats @ encode_weighted(enc, texts, tokenizer, method).T.cpu()  # [M, W]
-                    aucs[method] = torch.stack([R.curve_auc(R.category_ratio_curves(scores[:, j], cats, len(names)))
-                                                for j in range(len(sweep))])  # [W, C]
-                auc_report.append({"task": t, "attribute": attr, "weights": list(sweep), "categories": names,
-                                   "auc": {m: v.tolist() for m, v in aucs.items()}})
-            if out is not None or logger is not None:
-                title = f"{task_prompt(task)}  — target: {attr}"
-                figs = [(f"ratio_t{t}_{attr}", R.plot_ratio_curves(dict(sorted(curves.items())), names, title))]
-                if sweep:
-                    figs.append((f"auc_t{t}_{attr}", R.plot_auc_vs_weight(sweep, aucs, names, title)))
-                for tag, fig in figs:
-                    tag = "".join(c if c.isalnum() or c in "_-=." else "_" for c in tag)
-                    if logger is not None:
-                        R.log_figure(logger, f"retrieval/{tag}", fig)
-                    if out is not None:
-                        R.save_figure(fig, out / f"{tag}.png")
-                        figures.append(f"{tag}.png")
-                    else:
-                        R._plt().close(fig)
-    report = {"config": {"clip_model": clip_model, "pretrained": pretrained, "dataset": dataset.name,
-                         "start_block": start_block, "per_category": per_category, "seed": seed,
-                         "weights": list(weights), "top_k": list(top_k), "methods": list(methods),
-                         "tasks": [asdict(t) for t in tasks]},
-              "rows": rows, "summary": _summarize(rows, methods, weights, top_k), "auc": auc_report, "figures": figures}
-    if out is not None:
-        from stori_pl.utils import write_json
-
-        write_json(out / "report.json", report)
+        scorer = _Scorer(encoder, tokenizer, feats)
+        task_rows, task_aucs, task_figures = _evaluate_task(protocol, scorer, dataset, t, task,
+                                                            [pool[i] for i in kept], cats[kept])
+        rows += task_rows
+        auc_report += task_aucs
+        figures += task_figures
+    config = {"clip_model": clip_model, "pretrained": pretrained, "dataset": dataset.name, "start_block": start_block,
+              "per_category": per_category, "seed": seed, "weights": list(weights), "top_k": list(top_k),
+              "methods": list(methods), "tasks": [asdict(t) for t in tasks]}
+    report = {"config": config, "rows": rows, "summary": _summarize(rows, methods, weights, top_k), "auc": auc_report,
+              "figures": figures}
+    if protocol.out is not None:
+        write_json(protocol.out / "report.json", report)
     return report
+
+
+def _evaluate_task(protocol: _Protocol, scorer: _Scorer, dataset: AttributeDataset, t: int, task: AttributeTask,
+                   pool: list[int], cats: torch.Tensor) -> tuple[list[dict], list[dict], list[str]]:
+    """Task ``t`` on its encoded pool: each attribute in turn is the target.
+
+    Args:
+        pool: ``M`` dataset indices of the readable pool images (the rows of ``scorer.features``).
+        cats: ``[M]`` category id of each.
+
+    Returns:
+        ``(rows, auc entries, PNG file names)`` as in the report of :func:`run_preference_retrieval`.
+    """
+    rows, auc_report, figures = [], [], []
+    for a, attr in enumerate(task.attributes):
+        labels = dataset.labels[pool, dataset.index(attr)]  # [M] bool
+        target = {"task": t, "attribute": attr}
+        new_rows, curves = _score_attribute(scorer, task, a, labels, cats, protocol.weights, protocol.top_k,
+                                            protocol.methods)
+        rows += [{**target, **row} for row in new_rows]
+        aucs = _sweep_aucs(scorer, task, a, cats, protocol.sweep, protocol.methods) if protocol.sweep else None
+        if aucs is not None:
+            auc_report.append({**target, "weights": list(protocol.sweep),
+                               "categories": R.category_names(task.attributes),
+                               "auc": {m: v.tolist() for m, v in aucs.items()}})
+        if protocol.out is not None or protocol.logger is not None:
+            figures += _attribute_figures(t, task, attr, curves, protocol.sweep, aucs, protocol.out, protocol.logger)
+    return rows, auc_report, figures
+
+
+def _validate(dataset: AttributeDataset, tasks: Sequence[AttributeTask], methods: Sequence[str]) -> None:
+    """Check the methods, every task's attributes and prompt template before any encoding."""
+    from stori_pl.text.prompt_weighting import METHODS
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)}")
+    for task in tasks:
+        for attr in task.attributes:
+            dataset.index(attr)
+        task_prompt(task)
+
+
+def _score_attribute(scorer: _Scorer, task: AttributeTask, a: int, labels: torch.Tensor, cats: torch.Tensor,
+                     weights: Sequence[float], top_k: Sequence[int], methods: Sequence[str]):
+    """Rank the pool with the plain prompt and with attribute ``a`` weighted by each of ``weights``.
+
+    Args:
+        labels: ``[M]`` bool, the pool images that have the attribute.
+        cats: ``[M]`` category id of each pool image.
+
+    Returns:
+        ``(rows, curves)``: one row per (method, weight) with the prompt, AP and P@k; ratio curves
+        ``[C, M]`` of the first method per setting (``"plain"``, ``"w=0.5"``, ...).
+    """
+    settings = [1.0] + [float(w) for w in weights]
+    n_cats = 2 ** len(task.attributes)
+    rows, curves = [], {}
+    for method in methods:
+        texts = [task_prompt(task, None if w == 1.0 else a, w) for w in settings]
+        scores = scorer(texts, method)  # [M, S]
+        for s, w in enumerate(settings):
+            row = {"method": method, "weight": w, "prompt": texts[s], "AP": R.average_precision(scores[:, s], labels)}
+            row.update({f"P@{k}": R.precision_at_k(scores[:, s], labels, k) for k in top_k})
+            rows.append(row)
+            if method == methods[0]:
+                curves["plain" if w == 1.0 else f"w={w:g}"] = R.category_ratio_curves(scores[:, s], cats, n_cats)
+    return rows, curves
+
+
+def _sweep_aucs(scorer: _Scorer, task: AttributeTask, a: int, cats: torch.Tensor, sweep: Sequence[float],
+                methods: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per method, the AUC ``[W, C]`` of each category's ratio curve with attribute ``a`` weighted by each of
+    the ``W`` weights of ``sweep`` (Figure 5)."""
+    n_cats = 2 ** len(task.attributes)
+    aucs = {}
+    for method in methods:
+        scores = scorer([task_prompt(task, a, w) for w in sweep], method)  # [M, W]
+        aucs[method] = torch.stack([R.curve_auc(R.category_ratio_curves(scores[:, j], cats, n_cats))
+                                    for j in range(len(sweep))])  # [W, C]
+    return aucs
+
+
+def _attribute_figures(t: int, task: AttributeTask, attr: str, curves: dict, sweep, aucs, out: Path | None,
+                       logger) -> list[str]:
+    """Plot the ratio curves (and the AUC sweep), log them and/or save them as PNGs in ``out``.
+
+    Returns:
+        The PNG file names written (relative to ``out``).
+    """
+    names = R.category_names(task.attributes)
+    title = f"{task_prompt(task)}  — target: {attr}"
+    figs = [(f"ratio_t{t}_{attr}", R.plot_ratio_curves(dict(sorted(curves.items())), names, title))]
+    if aucs is not None:
+        figs.append((f"auc_t{t}_{attr}", R.plot_auc_vs_weight(sweep, aucs, names, title)))
+    written = []
+    for tag, fig in figs:
+        tag = "".join(c if c.isalnum() or c in "_-=." else "_" for c in tag)
+        if logger is not None:
+            R.log_figure(logger, f"retrieval/{tag}", fig)
+        if out is not None:
+            R.save_figure(fig, out / f"{tag}.png")
+            written.append(f"{tag}.png")
+        else:
+            R.close_figure(fig)
+    return written
 
 
 def _summarize(rows: list[dict], methods, weights, top_k) -> dict:
@@ -187,7 +270,7 @@ def _summarize(rows: list[dict], methods, weights, top_k) -> dict:
     return summary
 
 
-def format_table(report: dict) -> str:
+def format_report_table(report: dict) -> str:
     """Markdown table like the paper's Table 3 (mean ± std over tasks × attributes, in %)."""
     summary = report["summary"]
     metrics = list(next(iter(next(iter(summary.values())).values())))

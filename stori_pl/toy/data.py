@@ -45,7 +45,7 @@ __all__ = ["ToyShapes", "TOY_CLASSES", "TOY_START_BLOCK", "TOY_RETRIEVAL_START_B
 SPLIT_FILE = "split_zhou_ToyShapes.json"
 # First reweighted block for the toy CLIP (8 text blocks). Few-shot training uses the second half, like the
 # paper (block 7 of 12). Fixed weights such as 1.5 act more strongly from earlier blocks: the toy's captions are
-# bags of attributes, which its text tower gathers into the EOT token early (README, "The toy world", has numbers).
+# bags of attributes, which its text tower gathers into the EOT token early (docs/toy_world.md has numbers).
 TOY_START_BLOCK = 5
 TOY_RETRIEVAL_START_BLOCK = 2
 RETRIEVAL_PER_CATEGORY = 40  # images per attribute combination in the retrieval pools

@@ -135,6 +135,53 @@ def save_weights(model: torch.nn.Module, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def lr_at(cfg: ToyTrainConfig, step: int) -> float:
+    """Learning rate of ``step``: linear warmup to ``cfg.lr`` over ``cfg.warmup`` steps, then cosine to 0."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+
+
+def contrastive_loss(model, images: torch.Tensor, tokens: torch.Tensor, match: torch.Tensor,
+                     bf16: bool) -> torch.Tensor:
+    """Multi-positive CLIP loss: every caption an image satisfies is a positive (no false negatives).
+
+    Args:
+        model: open_clip model.
+        images: ``[B, 3, H, W]`` normalized images.
+        tokens: ``[B, L]`` caption tokens.
+        match: ``[B, B]`` float, 1 where image ``i`` fits caption ``j``.
+        bf16: CPU autocast to bfloat16 for the encoders.
+
+    Returns:
+        Scalar loss (mean of the image→text and text→image terms).
+    """
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        img = F.normalize(model.encode_image(images).float(), dim=-1)  # [B, D]
+        txt = F.normalize(encode_text_trimmed(model, tokens).float(), dim=-1)  # [B, D]
+    logits = model.logit_scale.exp() * img @ txt.T  # [B, B]
+    loss_i = -(F.log_softmax(logits, 1) * match / match.sum(1, keepdim=True)).sum(1).mean()
+    loss_t = -(F.log_softmax(logits, 0) * match / match.sum(0, keepdim=True)).sum(0).mean()
+    return (loss_i + loss_t) / 2
+
+
+def train_step(model, tokenizer, opt: torch.optim.Optimizer, rng: random.Random, cfg: ToyTrainConfig,
+               step: int) -> float:
+    """One optimizer step on a fresh batch drawn from ``rng``; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    images, captions, objs, mentions = toy.sample_batch(rng, cfg.batch_size, heldout=False)
+    match = torch.from_numpy(toy.consistent(objs, objs, mentions)).float()  # [B, B] image i fits caption j
+    loss = contrastive_loss(model, to_tensor(images), tokenizer(captions), match, cfg.bf16)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
 def train(cfg: ToyTrainConfig, out: str | Path, log=print) -> dict:
     """Pre-train `stori-toy` and write ``<out>.safetensors`` + ``<out>.json``.
 
@@ -151,55 +198,40 @@ def train(cfg: ToyTrainConfig, out: str | Path, log=print) -> dict:
     register_config()
     out = Path(out)
     weights_path, meta_path = out.with_suffix(".safetensors"), out.with_suffix(".json")
+    partial_path = weights_path.with_suffix(".partial.safetensors")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(MODEL_NAME)  # random init (the warning is expected)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
-
     rng = random.Random(cfg.seed)
     eval_x, eval_objs = heldout_eval_set(cfg.eval_images)
     history: list[dict] = []
     start = time.time()
     for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        images, captions, objs, mentions = toy.sample_batch(rng, cfg.batch_size, heldout=False)
-        x, tokens = to_tensor(images), tokenizer(captions)  # [B, 3, H, W], [B, L]
-        match = torch.from_numpy(toy.consistent(objs, objs, mentions)).float()  # [B, B] image i fits caption j
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            img = F.normalize(model.encode_image(x).float(), dim=-1)  # [B, D]
-            txt = F.normalize(encode_text_trimmed(model, tokens).float(), dim=-1)  # [B, D]
-        logits = model.logit_scale.exp() * img @ txt.T  # [B, B]
-        # multi-positive contrastive loss: every caption an image satisfies is a positive (no false negatives)
-        loss_i = -(F.log_softmax(logits, 1) * match / match.sum(1, keepdim=True)).sum(1).mean()
-        loss_t = -(F.log_softmax(logits, 0) * match / match.sum(0, keepdim=True)).sum(0).mean()
-        loss = (loss_i + loss_t) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = train_step(model, tokenizer, opt, rng, cfg, step)
         if step % 10 == 0:
-            log(f"step {step}/{cfg.steps} loss {loss.item():.4f} lr {lr_at(step):.2e} "
+            log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {lr_at(cfg, step):.2e} "
                 f"scale {model.logit_scale.exp().item():.1f} elapsed {time.time() - start:.0f}s")
         last = step == cfg.steps - 1
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
             acc = zero_shot_accuracy(model, tokenizer, eval_x, eval_objs)
             history.append({"step": step + 1, "elapsed_s": round(time.time() - start, 1), "zero_shot": acc})
             log(f"eval step {step + 1}: {json.dumps(acc)}")
-            save_weights(model, weights_path.with_suffix(".partial.safetensors") if not last else weights_path)
+            save_weights(model, weights_path if last else partial_path)
     wall = time.time() - start
-    sha = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    weights_path.with_suffix(".partial.safetensors").unlink(missing_ok=True)
-    meta = {
+    partial_path.unlink(missing_ok=True)
+    meta = provenance(cfg, wall, history, hashlib.sha256(weights_path.read_bytes()).hexdigest())
+    write_json(meta_path, meta)
+    return meta
+
+
+def provenance(cfg: ToyTrainConfig, wall: float, history: list[dict], sha: str) -> dict:
+    """The JSON written next to the weights: command, settings, wall time, held-out accuracies, versions."""
+    import open_clip
+
+    return {
         "model": MODEL_NAME,
         "command": "stori toy-pretrain " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["toy-pretrain"] else sys.argv[1:]),
         "config": asdict(cfg),
@@ -213,5 +245,3 @@ def train(cfg: ToyTrainConfig, out: str | Path, log=print) -> dict:
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
-    write_json(meta_path, meta)
-    return meta

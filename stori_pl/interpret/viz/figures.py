@@ -17,6 +17,10 @@ from stori_pl.interpret.viz.words import SPAN, Prompt, intensities, rgba, wrap_w
 _LINE_H = 1.55  # line height, in em
 
 
+Row = tuple[str, list[tuple[int, int, float]]]
+"""One printed line: its text and its shaded cells ``(column, length, shade)``."""
+
+
 def plot_word_weights(
     class_name: str,
     prompts: Sequence[Prompt],
@@ -43,28 +47,38 @@ def plot_word_weights(
     Returns:
         ``list[matplotlib.figure.Figure]`` (at least one; a class without prompts gives a page saying so).
     """
-    from matplotlib.collections import PolyCollection
-    from matplotlib.figure import Figure
-
     shades = intensities(prompts, signed)
     num_w = len(str(max(len(prompts), 1))) + 2  # "12. "
-    blocks = []  # per prompt: list of (text line, [(col, len, shade)])
-    for k, (p, sh) in enumerate(zip(prompts, shades)):
-        words = [w for w, _ in p]
-        rows = []
-        for j, line in enumerate(wrap_words(words, width, num_w)):
-            chars = [" "] * width
-            label = f"{k + 1}." if j == 0 else ""
-            chars[: len(label)] = label
-            cells = []
-            for col, i in line:
-                end = min(col + len(words[i]), width)
-                chars[col:end] = words[i][: end - col]
-                cells.append((col, end - col, sh[i]))
-            rows.append(("".join(chars).rstrip(), cells))
-        blocks.append(rows)
+    blocks = [_prompt_rows(k, [w for w, _ in p], sh, width, num_w) for k, (p, sh) in enumerate(zip(prompts, shades))]
+    pages = _paginate(blocks, lines_per_page)
+    figs = []
+    for n, page in enumerate(pages):
+        title = class_name + (f" — {subtitle}" if subtitle else "")
+        if len(pages) > 1:
+            title += f"  (page {n + 1}/{len(pages)})"
+        figs.append(_draw_page(page, title, _legend(signed), width, fontsize, dpi))
+    return figs
 
-    pages: list[list[list]] = [[]]
+
+def _prompt_rows(k: int, words: list[str], shades: Sequence[float], width: int, num_w: int) -> list[Row]:
+    """Prompt number ``k`` wrapped to ``width`` characters (numbered ``"k+1."`` on its first line)."""
+    rows = []
+    for j, line in enumerate(wrap_words(words, width, num_w)):
+        chars = [" "] * width
+        label = f"{k + 1}." if j == 0 else ""
+        chars[: len(label)] = label
+        cells = []
+        for col, i in line:
+            end = min(col + len(words[i]), width)
+            chars[col:end] = words[i][: end - col]
+            cells.append((col, end - col, shades[i]))
+        rows.append(("".join(chars).rstrip(), cells))
+    return rows
+
+
+def _paginate(blocks: list[list[Row]], lines_per_page: int) -> list[list[list[Row]]]:
+    """Group prompts (blocks of rows, one blank line after each) into pages; a prompt is never split."""
+    pages: list[list[list[Row]]] = [[]]
     used = 0
     for rows in blocks:
         if pages[-1] and used + len(rows) + 1 > lines_per_page:
@@ -72,45 +86,49 @@ def plot_word_weights(
             used = 0
         pages[-1].append(rows)
         used += len(rows) + 1
+    return pages
 
+
+def _legend(signed: bool) -> str:
+    """The line under the title explaining the shading."""
     if signed:
-        legend = "red: pushes towards the class, blue: away (shade = value / max |value|)"
-    else:
-        legend = (f"darker = higher weight; mid red = the prompt's average weight, full red = {SPAN:g}x average "
-                  "or more (log scale; weights sum to 1 within each prompt)")
+        return "red: pushes towards the class, blue: away (shade = value / max |value|)"
+    return (f"darker = higher weight; mid red = the prompt's average weight, full red = {SPAN:g}x average "
+            "or more (log scale; weights sum to 1 within each prompt)")
+
+
+def _draw_page(page: list[list[Row]], title: str, legend: str, width: int, fontsize: float, dpi: int):
+    """One figure: title, legend, then each prompt's rows with a shaded box behind every weighted word."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
     char_w, line_h = _char_px(fontsize, dpi) / dpi, _LINE_H * fontsize / 72  # inches
     margin = 2
-    figs = []
-    for n, page in enumerate(pages):
-        n_lines = sum(len(r) + 1 for r in page) + 3 if page else 4
-        fig = Figure(figsize=((width + 2 * margin) * char_w, (n_lines + 1) * line_h), dpi=dpi)
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.set_xlim(-margin, width + margin)
-        ax.set_ylim(n_lines + 1, 0)
-        ax.axis("off")
-        title = class_name + (f" — {subtitle}" if subtitle else "")
-        if len(pages) > 1:
-            title += f"  (page {n + 1}/{len(pages)})"
-        ax.text(0, 1.0, title, fontsize=fontsize * 1.3, fontweight="bold", va="center", family="DejaVu Sans")
-        ax.text(0, 2.2, legend, fontsize=fontsize * 0.85, color="0.35", va="center", family="DejaVu Sans")
-        verts, colors = [], []
-        y = 3.5
-        if not page:
-            ax.text(0, y + 0.5, "(no trainable prompts)", fontsize=fontsize, va="center", family="DejaVu Sans Mono")
-        for rows in page:
-            for text, cells in rows:
-                for col, length, shade in cells:
-                    if abs(shade) > 0.01:
-                        x0, x1 = col - 0.15, col + length + 0.15
-                        verts.append([(x0, y + 0.08), (x1, y + 0.08), (x1, y + 0.92), (x0, y + 0.92)])
-                        colors.append(rgba(shade))
-                ax.text(0, y + 0.5, text, fontsize=fontsize, va="center_baseline", family="DejaVu Sans Mono")
-                y += 1
+    n_lines = sum(len(r) + 1 for r in page) + 3 if page else 4
+    fig = Figure(figsize=((width + 2 * margin) * char_w, (n_lines + 1) * line_h), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(-margin, width + margin)
+    ax.set_ylim(n_lines + 1, 0)
+    ax.axis("off")
+    ax.text(0, 1.0, title, fontsize=fontsize * 1.3, fontweight="bold", va="center", family="DejaVu Sans")
+    ax.text(0, 2.2, legend, fontsize=fontsize * 0.85, color="0.35", va="center", family="DejaVu Sans")
+    verts, colors = [], []
+    y = 3.5
+    if not page:
+        ax.text(0, y + 0.5, "(no trainable prompts)", fontsize=fontsize, va="center", family="DejaVu Sans Mono")
+    for rows in page:
+        for text, cells in rows:
+            for col, length, shade in cells:
+                if abs(shade) > 0.01:
+                    x0, x1 = col - 0.15, col + length + 0.15
+                    verts.append([(x0, y + 0.08), (x1, y + 0.08), (x1, y + 0.92), (x0, y + 0.92)])
+                    colors.append(rgba(shade))
+            ax.text(0, y + 0.5, text, fontsize=fontsize, va="center_baseline", family="DejaVu Sans Mono")
             y += 1
-        if verts:
-            ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors="none", zorder=0))
-        figs.append(fig)
-    return figs
+        y += 1
+    if verts:
+        ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors="none", zorder=0))
+    return fig
 
 
 @functools.lru_cache(maxsize=8)
