@@ -136,7 +136,7 @@ def test_toy_pretrain_smoke(tmp_path):
     from stori_pl.cli import toy_pretrain
 
     out = tmp_path / "toy"
-    rc = toy_pretrain.main(["--steps", "2", "--batch-size", "16", "--eval-images", "30", "--eval-every", "0",
+    rc = toy_pretrain.main(["--steps", "2", "--batch_size", "16", "--eval_images", "30", "--eval_every", "0",
                             "--warmup", "1", "--out", str(out)])
     assert rc == 0
     meta = json.loads(out.with_suffix(".json").read_text())
