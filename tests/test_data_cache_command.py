@@ -49,7 +49,7 @@ def test_cache_command_fills_the_cache(tmp_path, tiny_clip, encode_calls):
     assert not encode_calls  # everything came from the command's cache
     paths, _ = dm.image_lists(["val"])["val"]
     direct, _ = F.image_features(paths, "stori-tiny", None, cache_dir=tmp_path / "other", progress=False)
-    torch.testing.assert_close(dm._data["val"].features, direct)
+    torch.testing.assert_close(dm.val_dataloader().dataset.features, direct)
     encode_calls.clear()
     assert cache_cmd.main(argv) == 0 and not encode_calls  # nothing left to encode
 

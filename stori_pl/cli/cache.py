@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -99,7 +98,7 @@ def _merge(shards: Path, target: Path, key: str, paths: list[str], skip_bad_imag
     if bad and not skip_bad_images:
         raise F.bad_image_error(paths, bad)
     if bad:
-        warnings.warn(str(F.bad_image_error(paths, bad)).split(". Replace")[0] + "; skipped", stacklevel=2)
+        F.warn_skipped_images(paths, bad)
     by_index = {}
     for p in parts:  # distributed samplers pad with repeats: keep one feature per index
         if "features" in p:
@@ -192,7 +191,7 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
     cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     dm = cls(**init_args)
     if init_args.get("download"):
-        dm.download()
+        dm.download_dataset()
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
     workers = dm.num_workers if num_workers is None else num_workers

@@ -48,7 +48,7 @@ def embed(prompt: str, model: str = "ViT-B-32", pretrained: str | None = "openai
     tokens, log_w = tokenize_weighted([prompt], tokenizer)  # [1, L], [1, L]
     enc = WeightedTextEncoder(clip, start_block=start_block)
     emb = encode_weighted(enc, [prompt], tokenizer, method=method)[0].cpu()  # [D]
-    print(format_table(word_table(tokens[0], log_w[0], tokenizer)))
+    print(format_word_table(word_table(tokens[0], log_w[0], tokenizer)))
     print(f"\nembedding: {emb.numel()} dims, L2-normalized ({model}, start block {start_block}, {method})")
     if out is not None:
         meta = {"prompt": prompt, "model": model, "pretrained": str(pretrained), "start_block": str(start_block),
@@ -117,7 +117,7 @@ def display_width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
 
 
-def format_table(rows: list[tuple[str, str, str]]) -> str:
+def format_word_table(rows: list[tuple[str, str, str]]) -> str:
     """Plain-text table of :func:`word_table` rows, aligned in a terminal."""
     head = ("word", "weight", "tokens")
     width = [max(display_width(r[i]) for r in [head, *rows]) for i in range(3)]

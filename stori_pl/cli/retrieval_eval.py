@@ -66,7 +66,7 @@ def retrieval_eval(root: Path, dataset: str = "celeba", model: str = "ViT-L-14",
         KeyError: An attribute name that the dataset does not have (the message lists close names).
     """
     from stori_pl.retrieval.attributes import load_attributes
-    from stori_pl.retrieval.runner import format_table, run_preference_retrieval
+    from stori_pl.retrieval.runner import format_report_table, run_preference_retrieval
     from stori_pl.toy.data import load_toy_attributes
 
     tasks = default_tasks(dataset) if tasks is None else tasks
@@ -78,7 +78,7 @@ def retrieval_eval(root: Path, dataset: str = "celeba", model: str = "ViT-L-14",
             ds, tasks, model, pretrained, start_block=start_block, per_category=per_category, seed=seed,
             weights=weights, top_k=top_k, methods=methods, sweep=sweep, out_dir=out_dir, cache_dir=cache_dir,
             device=device, batch_size=batch_size, logger=logger)
-    table = format_table(report)
+    table = format_report_table(report)
     print(table)
     if out_dir is not None:
         write_text(out_dir / "table.md", table + "\n")
