@@ -40,11 +40,19 @@ def _embedding(model, text: str, word: int, log_w: float) -> torch.Tensor:
 
 
 def test_shape_matches_word_weights(model):
-    result = model.attribute(torch.randn(model.clip.visual.output_dim), 0)
+    torch.manual_seed(0)
+    feature = torch.randn(model.clip.visual.output_dim)
+    result = model.attribute(feature, 0)
     weights = model.word_weights()["dog"]
     assert result.class_name == "dog" and len(result.prompts) == 2
     assert [[w for w, _ in p] for p in result.prompts] == [[w for w, _ in p] for p in weights]
-    assert all(isinstance(a, float) for p in result.prompts for _, a in p)
+    values = torch.tensor([a for p in result.prompts for _, a in p])
+    assert values.isfinite().all() and values.abs().max() > 1e-3
+    # d logit / d log-weight with logit = scale · <normalize(f), W_c>: odd in f, blind to f's length
+    flipped = torch.tensor([a for p in attribute(model, -feature, 0).prompts for _, a in p])
+    scaled = torch.tensor([a for p in attribute(model, 3 * feature, 0).prompts for _, a in p])
+    torch.testing.assert_close(flipped, -values)
+    torch.testing.assert_close(scaled, values)
 
 
 @pytest.mark.parametrize("word", [1, 4])  # "fluffy", "floppy"
@@ -99,7 +107,9 @@ def test_image_inputs_errors_and_rendering(model, tmp_path):
     from_path = attribute(model, str(path), 1)
     from_pil = attribute(model, Image.open(path), 1)
     assert from_path.prompts == from_pil.prompts and len(from_path.prompts) == 1
-    assert attribute(model, torch.randn(1, model.clip.visual.output_dim), 2).prompts  # [1, D] features
+    feature = torch.randn(1, model.clip.visual.output_dim)
+    as_row = attribute(model, feature, 2).prompts  # [1, D] features
+    assert as_row and as_row == attribute(model, feature[0], 2).prompts
     only_base = attribute(model, str(path), 3)  # no CuPL prompts: nothing to attribute
     assert only_base.prompts == [] and only_base.class_name == "tree"
     with pytest.raises(ValueError, match="class_index must be an int in 0..3"):
@@ -111,4 +121,12 @@ def test_image_inputs_errors_and_rendering(model, tmp_path):
     figs = attribution_figures(from_path)
     assert "cat" in figs[0].axes[0].texts[0].get_text()
     pos, neg = from_path.top_words(3)
-    assert all(a > 0 for _, a in pos) and all(a < 0 for _, a in neg)
+    assert pos and neg and all(a > 0 for _, a in pos) and all(a < 0 for _, a in neg)
+    assert [a for _, a in pos] == sorted((a for _, a in pos), reverse=True) and len(pos) <= 3
+    # over several prompts a word's attributions add up ("a" starts both of the dog's CuPL prompts)
+    dog = attribute(model, str(path), 0)
+    pos, neg = dog.top_words(100)
+    total = dict(pos + neg)
+    assert dog.prompts[0][0][0] == dog.prompts[1][0][0] == "a"
+    assert total["a"] == pytest.approx(dog.prompts[0][0][1] + dog.prompts[1][0][1])
+    assert set(total) == {w for p in dog.prompts for w, a in p if a != 0}

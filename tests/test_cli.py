@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from fakedata import make_fake
 
 from stori_pl.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model.clip_model", "stori-tiny", "--model.pretrained", "null"]
 QUIET = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
@@ -131,10 +135,11 @@ def test_zero_shot_baseline_and_report(fitted, env, capsys):
 
 def test_bad_names_and_missing_data(env, monkeypatch, capsys):
     fake, _ = env
-    with pytest.raises(SystemExit, match="unknown model 'Stori'.*StoriClassifier, ZeroShotCLIP, TaskRes"):
-        main(["fit", "--model", "Stori", "--data", "DTD"])
-    with pytest.raises(SystemExit, match="unknown data 'dtd'.*DTD"):
-        main(["fit", "--model", "StoriClassifier", "--data", "dtd"])
+    assert main(["fit", "--model", "Stori", "--data", "DTD"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stori fit: error: unknown model 'Stori'") and "StoriClassifier, ZeroShotCLIP, TaskRes" in err
+    assert main(["fit", "--model", "StoriClassifier", "--data", "dtd"]) == 2
+    assert "stori fit: error: unknown data 'dtd'" in capsys.readouterr().err
 
     import stori_pl.text.clip
 
@@ -143,8 +148,73 @@ def test_bad_names_and_missing_data(env, monkeypatch, capsys):
 
     monkeypatch.setattr(stori_pl.text.clip, "load_clip", no_model)
     argv = ["fit", "--model", "StoriClassifier", *TINY, "--data", "DTD", "--data.root", "/nonexistent/data", *QUIET]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "stori fit: error: data root not found: /nonexistent/data" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError, match="/nonexistent/data"):  # --traceback: the exception itself
+        main([*argv, "--traceback"])
+    monkeypatch.setenv("STORI_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="/nonexistent/data"):
         main(argv)
+
+
+def run_stori(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python -m stori_pl.cli ARGS`` in a fresh process, with this checkout first on the path."""
+    environ = {k: v for k, v in os.environ.items() if k != "STORI_DEBUG"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(REPO), environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "stori_pl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**environ, **env}, timeout=900)
+
+
+def error_lines(stderr: str, command: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(f"stori {command}: error: ")]
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_line_with_status_2(env, tmp_path):
+    """A user error (utility command and `stori fit`) ends with one line naming it, exit 2, no traceback;
+    --traceback / STORI_DEBUG=1 show the traceback (exit 1)."""
+    fake, work = env
+    missing = tmp_path / "no_such_run"
+    r = run_stori("report", str(missing), cwd=work)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert error_lines(r.stderr, "report") == [f"stori report: error: {missing}: no such run folder or results file"]
+    r = run_stori("report", "--traceback", str(missing), cwd=work)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr
+
+    r = run_stori("fit", "--config", "dtd_2shot.yaml", *TINY, "--data.root", "/nonexistent/data",
+                  "--data.cupl", str(fake.cupl), *QUIET, cwd=work)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = error_lines(r.stderr, "fit")
+    assert "data root not found: /nonexistent/data" in line
+
+
+def test_bugs_keep_their_traceback(monkeypatch, capsys):
+    """Not a user error: the exception propagates (the console script prints its traceback, exit 1)."""
+    import stori_pl.cli.report as report_cmd
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(report_cmd, "find_results", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["report", "runs"])
+
+    def lookup(*args, **kwargs):
+        return {}["shots"]  # a bare KeyError from a dict lookup is a bug, not a message
+
+    monkeypatch.setattr(report_cmd, "find_results", lookup)
+    with pytest.raises(KeyError):
+        main(["report", "runs"])
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_command_and_usage(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "stori: error: unknown command 'frobnicate'" in capsys.readouterr().err
+    assert main([]) == 0 and main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "fit " in out and "retrieval-eval " in out and "--traceback" in out
 
 
 def test_report_mean_std_over_seeds(tmp_path, capsys):
@@ -167,3 +237,4 @@ def test_report_mean_std_over_seeds(tmp_path, capsys):
     row = list(csv.DictReader(open(tmp_path / "t.csv")))[1]
     assert (row["DTD_mean"], row["DTD_std"], row["DTD_n"], row["avg"]) == ("72.0000", "2.0000", "3", "76.0000")
     assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err == f"stori report: error: {tmp_path / 'nothing'}: no such run folder or results file\n"

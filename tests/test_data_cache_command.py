@@ -12,7 +12,21 @@ from stori_pl.cli import cache as cache_cmd
 from stori_pl.data import DTD
 
 
-def test_cache_command_fills_the_cache(tmp_path, tiny_clip):
+@pytest.fixture
+def encode_calls(monkeypatch):
+    """Counts image-encoder batches (a spy on stori_pl.data.features.encode_batch)."""
+    calls = []
+    real = F.encode_batch
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "encode_batch", spy)
+    return calls
+
+
+def test_cache_command_fills_the_cache(tmp_path, tiny_clip, encode_calls):
     fake = make_fake("dtd", tmp_path / "data")
     cfg = {"model": {"class_path": "stori_pl.models.StoriClassifier",
                      "init_args": {"clip_model": "stori-tiny", "pretrained": None}},
@@ -21,32 +35,40 @@ def test_cache_command_fills_the_cache(tmp_path, tiny_clip):
                                   "cache_dir": str(tmp_path / "cache")}}}
     path = tmp_path / "dtd.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    argv = ["--config", str(path), "--accelerator", "cpu", "--devices", "1", "--batch-size", "4",
+    argv = ["--config", str(path), "--accelerator", "cpu", "--devices", "1", "--batch_size", "4",
             "--data.root", str(fake.root)]
-    calls = F.ENCODE_CALLS
     assert cache_cmd.main(argv) == 0
-    assert F.ENCODE_CALLS > calls
+    assert encode_calls
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3
     assert not list((tmp_path / "cache" / "features").glob(".shards-*"))
-    calls = F.ENCODE_CALLS
+    encode_calls.clear()
     dm = DTD(root=str(fake.root), clip_model="stori-tiny", pretrained=None, shots=2, cupl=str(fake.cupl),
              num_workers=0, cache_dir=str(tmp_path / "cache"))
     dm.prepare_data()
     dm.setup("fit")
-    assert F.ENCODE_CALLS == calls  # everything came from the command's cache
+    assert not encode_calls  # everything came from the command's cache
     paths, _ = dm.image_lists(["val"])["val"]
     direct, _ = F.image_features(paths, "stori-tiny", None, cache_dir=tmp_path / "other", progress=False)
-    torch.testing.assert_close(dm._data["val"].features, direct)
-    calls = F.ENCODE_CALLS
-    assert cache_cmd.main(argv) == 0 and F.ENCODE_CALLS == calls  # nothing left to encode
+    torch.testing.assert_close(dm.val_dataloader().dataset.features, direct)
+    encode_calls.clear()
+    assert cache_cmd.main(argv) == 0 and not encode_calls  # nothing left to encode
 
 
-def test_cache_command_config_errors(tmp_path):
+def test_cache_command_config_errors(tmp_path, capsys):
+    from stori_pl.cli import main
+
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": {"init_args": {"clip_model": "stori-tiny"}}}))
     with pytest.raises(ValueError, match="data.class_path"):
         cache_cmd.main(["--config", str(path)])
     with pytest.raises(ValueError, match="unknown option --trainer.devices"):
         cache_cmd.main(["--config", str(path), "--trainer.devices", "2"])
+    assert main(["cache", "--config", str(path), "--trainer.devices=2"]) == 2
+    assert capsys.readouterr().err.startswith("stori cache: error: unknown option --trainer.devices (use --data.")
+    assert main(["cache", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "stori cache: error: config" in capsys.readouterr().err  # neither a file nor a shipped config
+    rest, overrides = cache_cmd.split_overrides(["-c", "a.yaml", "--data.root=/d", "--devices", "2", "--model.pretrained",
+                                                 "openai"])
+    assert rest == ["-c", "a.yaml", "--devices", "2"] and overrides == {"data.root": "/d", "model.pretrained": "openai"}
     cls, args = cache_cmd.load_config([str(path)], {"data.class_path": "DTD", "data.shots": "4"})
     assert cls is DTD and args == {"shots": 4, "clip_model": "stori-tiny"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,23 @@ from PIL import Image
 
 from stori_pl.cli import main
 
-TINY = ["--model", "stori-tiny", "--pretrained", "null", "--start-block", "2"]
+TINY = ["--model", "stori-tiny", "--pretrained", "null", "--start_block", "2"]
+
+
+@pytest.fixture
+def encode_calls(monkeypatch):
+    """Counts image-encoder batches (a spy on stori_pl.data.features.encode_batch)."""
+    import stori_pl.data.features as F
+
+    calls = []
+    real = F.encode_batch
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "encode_batch", spy)
+    return calls
 
 
 @pytest.fixture
@@ -50,18 +67,35 @@ def test_embed_prints_words_and_saves(tmp_path, tiny_clip, capsys):
     assert np.allclose(emb, ref.numpy(), atol=1e-5)
 
 
+def test_embed_shows_emoji_and_non_ascii_tokens_as_text(tiny_clip, capsys):
+    """BPE pieces are decoded from bytes: no 'ðŁĺ' in the token column; a split character is shown once."""
+    from stori_pl.cli.embed import token_pieces
+
+    assert main(["embed", "a (red:1.5) 🚗 next to a café 日本語", *TINY]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["🚗"][0] == "1" and rows["🚗"][1].startswith("🚗")
+    assert rows["café"][1] == "café"
+    assert re.sub(r"\[\d+ tokens\]| ", "", " ".join(rows["日本語"][1:])) == "日本語"  # a split character: once
+    assert not any("ð" in cell or "Ã" in cell for row in rows.values() for cell in row)
+    _, _, tok = tiny_clip
+    ids = tok.encode("🫠")  # three byte-level BPE tokens for one 4-byte character
+    assert len(ids) > 1 and token_pieces(ids, tok) == [f"🫠[{len(ids)} tokens]"]
+    assert token_pieces(tok.encode("red car"), tok) == ["red", "car"]
+
+
 def test_embed_errors(tmp_path, capsys):
     assert main(["embed", "a (red car", *TINY]) == 2
-    assert "column 3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("stori embed: error: ") and "column 3" in err and "Traceback" not in err
     assert main(["embed", "a car", *TINY, "--out", str(tmp_path / "x.pkl")]) == 2
     assert ".npy or .safetensors" in capsys.readouterr().err
+    assert main(["embed", "a car", "--model", "ViT-B-3", "--pretrained", "null"]) == 2
+    assert "unknown CLIP model 'ViT-B-3'" in capsys.readouterr().err
 
 
-def test_retrieve_ranks_caches_and_writes(images, tmp_path, tiny_clip, capsys):
-    import stori_pl.data.features as F
-
-    args = ["retrieve", "--images", str(images), "--prompt", "a (green:2) square", "--prompt", "a red square",
-            *TINY, "--top-k", "3", "--out", str(tmp_path / "rank.csv"), "--sheet", str(tmp_path / "top.png")]
+def test_retrieve_ranks_caches_and_writes(images, tmp_path, tiny_clip, capsys, encode_calls):
+    args = ["retrieve", "--images", str(images), "--prompts+", "a (green:2) square", "--prompts+", "a red square",
+            *TINY, "--top_k", "3", "--out", str(tmp_path / "rank.csv"), "--sheet", str(tmp_path / "top.png")]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "skipped 1 unreadable image(s)" in captured.err and "broken.jpg" in captured.err
@@ -73,11 +107,12 @@ def test_retrieve_ranks_caches_and_writes(images, tmp_path, tiny_clip, capsys):
     png = (tmp_path / "top.png").read_bytes()
     assert png[:4] == b"\x89PNG"
 
-    calls = F.ENCODE_CALLS  # second query over the same folder: features from the cache only
+    assert encode_calls  # the first query encoded the folder
+    encode_calls.clear()  # second query over the same folder: features from the cache only
     json_out = tmp_path / "rank.json"
-    assert main(["retrieve", "--images", str(images), "--prompt", "a blue (square:0.5)", *TINY,
-                 "--top-k", "0", "--out", str(json_out)]) == 0
-    assert F.ENCODE_CALLS == calls
+    assert main(["retrieve", "--images", str(images), "--prompts", "[a blue (square:0.5)]", *TINY,
+                 "--top_k", "0", "--out", str(json_out)]) == 0
+    assert not encode_calls
     assert "broken.jpg" in capsys.readouterr().err  # still listed on a cache hit
     ranking = json.loads(json_out.read_text())["a blue (square:0.5)"]
     assert len(ranking) == 5 and ranking[0]["rank"] == 1 and any("sub" in r["path"] for r in ranking)
@@ -86,10 +121,10 @@ def test_retrieve_ranks_caches_and_writes(images, tmp_path, tiny_clip, capsys):
 def test_retrieve_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
-    assert main(["retrieve", "--images", str(tmp_path / "empty"), "--prompt", "x", *TINY]) == 2
+    assert main(["retrieve", "--images", str(tmp_path / "empty"), "--prompts+", "x", *TINY]) == 2
     assert "no images" in capsys.readouterr().err
-    assert main(["retrieve", "--images", str(tmp_path / "missing"), "--prompt", "x", *TINY]) == 2
+    assert main(["retrieve", "--images", str(tmp_path / "missing"), "--prompts+", "x", *TINY]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["retrieve", "--images", str(tmp_path), "--prompt", "(x:-1)", *TINY]) == 2
+    assert main(["retrieve", "--images", str(tmp_path), "--prompts+", "(x:-1)", *TINY]) == 2
     assert "≥ 0" in capsys.readouterr().err
-    assert main(["retrieve", "--images", str(tmp_path), "--prompt", "x", "--out", "r.txt", *TINY]) == 2
+    assert main(["retrieve", "--images", str(tmp_path), "--prompts+", "x", "--out", "r.txt", *TINY]) == 2

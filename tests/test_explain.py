@@ -55,7 +55,7 @@ def test_plain_output_all_classes(ckpt, capsys):
 def test_class_filter_color_and_html(ckpt, tmp_path, capsys):
     html = tmp_path / "w.html"
     png = tmp_path / "cat.png"
-    assert stori_main(["explain", str(ckpt), "--class", "cat", "--color", "always", "--html", str(html),
+    assert stori_main(["explain", str(ckpt), "--classes+", "cat", "--color", "always", "--html", str(html),
                        "--png", str(png), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "\x1b[1mcat\x1b[0m" in out and "dog" not in out.split("Most emphasized")[0].split("reweighted prompts")[1]
@@ -78,21 +78,29 @@ def test_image_attribution(ckpt, tmp_path, capsys):
     assert f"== {predicted}  (logit" in out  # the top class is explained
     assert out_png.exists()
     # an explicit class is explained instead of the top one
-    assert main([str(ckpt), "--image", str(photo), "--class", "car"]) == 0
+    assert main([str(ckpt), "--image", str(photo), "--classes", "[car]"]) == 0
     assert "== car  (logit" in capsys.readouterr().out
 
 
 def test_errors(ckpt, tmp_path, capsys):
-    assert main([str(ckpt), "--class", "Dgo"]) == 2
-    assert "unknown class 'Dgo' (did you mean: dog)" in capsys.readouterr().err
-    assert main([str(tmp_path / "missing.ckpt")]) == 2
-    assert "not found" in capsys.readouterr().err
+    def error(*argv: str) -> str:
+        assert stori_main(["explain", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("stori explain: error: ") and "Traceback" not in err
+        return err
+
+    assert "unknown class 'Dgo' (did you mean: dog)" in error(str(ckpt), "--classes+", "Dgo")
+    assert "not found" in error(str(tmp_path / "missing.ckpt"))
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {}}, bad)
-    assert main([str(bad)]) == 2
-    assert "needs a StoriClassifier checkpoint" in capsys.readouterr().err
-    assert main([str(ckpt), "--image", str(tmp_path / "nope.jpg")]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    assert "needs a StoriClassifier checkpoint" in error(str(bad))
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    assert f"not a readable stori-pl checkpoint (truncated or corrupt): {empty} (" in error(str(empty))
+    assert "cannot read image" in error(str(ckpt), "--image", str(tmp_path / "nope.jpg"))
+    assert "--top must be >= 1" in error(str(ckpt), "--top", "0")
+    with pytest.raises(ValueError, match="unknown class"):  # the command module itself raises; `stori` reports
+        main([str(ckpt), "--classes+", "Dgo"])
 
 
 @pytest.mark.slow

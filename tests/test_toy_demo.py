@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,13 @@ def test_demo_fit_prints_zero_shot_vs_stori(tmp_path, monkeypatch, capsys):
     assert "zero-shot (same prompts, all weights 1)" in out and "SToRI" in out
     assert (tmp_path / "data" / "toy_shapes" / "split_zhou_ToyShapes.json").is_file()
     results = list((tmp_path / "runs" / "demo").glob("version_*/test_results.json"))
-    assert results and json.loads(results[0].read_text())["metrics"]["test/acc"] > 0.3
+    assert results
+    acc = json.loads(results[0].read_text())["metrics"]["test/acc"]
+    # seeds 1 / 2 / 3 (seed_everything and data.seed), 3 epochs: zero-shot 86.2% each, SToRI 87.7 / 87.5 / 87.5%
+    # (+1.5 / +1.2 / +1.2 points, 6-7 of the 480 test images). The printed figures are the written ones.
+    zero, stori = map(float, re.search(r"weights 1\): ([\d.]+)%  →  SToRI: ([\d.]+)%", out).groups())
+    assert stori == pytest.approx(100 * acc, abs=0.05)
+    assert zero >= 82.0 and 100 * acc >= zero, (zero, acc)
 
 
 @needs_weights

@@ -1,13 +1,22 @@
 """The ``stori`` command: LightningCLI (fit/validate/test/predict) plus one module per utility command.
 
-Each utility module exposes ``main(argv: list[str]) -> int``; modules are imported lazily so that
-``stori --help`` stays fast.
+Each utility module exposes ``build_parser()`` (a jsonargparse parser) and ``main(argv) -> int``; modules are
+imported only when their command runs, and ``stori --help`` reads their one-line summaries (the first line of
+each module's docstring) from the source files, so it imports no command.
+
+User errors of every command (a missing file or folder, a bad value, an unknown name) end with one line
+``stori <command>: error: <message>`` on stderr and exit status 2; ``--traceback`` anywhere on the command
+line (or ``STORI_DEBUG=1``) shows the full Python traceback instead. Other exceptions are bugs and keep their
+traceback.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import os
 import sys
+from pathlib import Path
 
 UTILITY_COMMANDS = {
     "embed": "stori_pl.cli.embed",
@@ -19,23 +28,95 @@ UTILITY_COMMANDS = {
     "cache": "stori_pl.cli.cache",
     "toy-pretrain": "stori_pl.cli.toy_pretrain",
 }
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.lightning.cli) and their one-line summaries
+    "fit": "Train a classifier from a config (--config dtd_16shot.yaml), then test the checkpoint chosen on val.",
+    "validate": "Few-shot val accuracy of a model or checkpoint (--ckpt_path).",
+    "test": "Test accuracy of a model or checkpoint; writes test_results.json into the run folder.",
+    "predict": "Classify a folder of images (--data ImageFolder) into a CSV (--prediction_writer.output).",
+}
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+TRACEBACK_FLAG = "--traceback"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stori`` console script."""
+    """Entry point of the ``stori`` console script; returns the exit status.
+
+    Args:
+        argv: Command line without the program name (default: ``sys.argv[1:]``).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in UTILITY_COMMANDS:
-        module = importlib.import_module(UTILITY_COMMANDS[argv[0]])
-        return int(module.main(argv[1:]) or 0)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
+    debug = TRACEBACK_FLAG in argv or os.environ.get("STORI_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != TRACEBACK_FLAG]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command = argv[0]
+    if command not in UTILITY_COMMANDS and command not in LIGHTNING_COMMANDS:
+        print(usage(), file=sys.stderr)
+        print(f"\nstori: error: unknown command {command!r}", file=sys.stderr)
+        return 2
+    try:
+        return run_command(command, argv[1:])
+    except SystemExit as exit_:
+        if debug or not isinstance(exit_.code, str):
+            raise  # argparse's own exits (status 0 for --help, 2 with its message printed)
+        return report_error(command, exit_.code.removeprefix("stori: "))
+    except USER_ERRORS as err:
+        if debug or not is_user_error(err):
+            raise
+        return report_error(command, error_message(err))
+
+
+def run_command(command: str, args: list[str]) -> int:
+    """Run one ``stori`` command (no error handling; :func:`main` adds it)."""
+    if command in LIGHTNING_COMMANDS:
         from stori_pl.lightning.cli import run_lightning_cli
 
-        return int(run_lightning_cli(argv) or 0)
-    _print_usage()
-    return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return int(run_lightning_cli([command, *args]) or 0)
+    module = importlib.import_module(UTILITY_COMMANDS[command])
+    return int(module.main(args) or 0)
 
 
-def _print_usage() -> None:
-    names = ", ".join(list(LIGHTNING_COMMANDS) + list(UTILITY_COMMANDS))
-    print(f"usage: stori <command> [options]\n\ncommands: {names}\n\n`stori <command> --help` for details.")
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is meant for the user: one of :data:`USER_ERRORS`, and a KeyError only with a sentence.
+
+    A ``KeyError`` raised by a failed dict lookup carries just the key (a bug); ours carry a message.
+    """
+    if isinstance(err, KeyError):
+        return len(err.args) == 1 and isinstance(err.args[0], str) and " " in err.args[0].strip()
+    return isinstance(err, USER_ERRORS)
+
+
+def error_message(err: BaseException) -> str:
+    """The message of ``err`` without the quotes ``str(KeyError)`` adds."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err) or type(err).__name__
+
+
+def report_error(command: str, message: str) -> int:
+    """Print ``stori <command>: error: <message>`` to stderr; returns exit status 2."""
+    print(f"stori {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def command_summary(command: str) -> str:
+    """One-line summary of a command: the first docstring line of its module, read without importing it."""
+    if command in LIGHTNING_COMMANDS:
+        return LIGHTNING_COMMANDS[command]
+    path = Path(__file__).with_name(UTILITY_COMMANDS[command].rsplit(".", 1)[1] + ".py")
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return next((line.strip() for line in doc.splitlines() if line.strip()), "")
+
+
+def usage() -> str:
+    """The text of ``stori --help``: every command with its one-line summary."""
+    width = max(map(len, [*LIGHTNING_COMMANDS, *UTILITY_COMMANDS])) + 2
+    lines = ["usage: stori <command> [options]     (`stori <command> --help` shows a command's options)", "",
+             "Training and evaluation (LightningCLI: --config, --model, --data, --trainer.*):"]
+    lines += [f"  {name:<{width}}{command_summary(name)}" for name in LIGHTNING_COMMANDS]
+    lines += ["", "Utilities (each takes --config FILE with any of its options):"]
+    lines += [f"  {name:<{width}}{command_summary(name)}" for name in UTILITY_COMMANDS]
+    lines += ["", "Global option:",
+              f"  {TRACEBACK_FLAG:<{width}}Show the full Python traceback of an error (or set STORI_DEBUG=1)."]
+    return "\n".join(lines)

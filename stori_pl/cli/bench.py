@@ -1,4 +1,4 @@
-"""``stori bench``: speed and memory of the SToRI encoder, as ratios measured in one run.
+"""Speed and memory of the SToRI encoder's fast paths, as ratios measured in one run.
 
 (a) training step (forward + backward to the log-weights over all prompts): fast path vs naive
     (all blocks, 77 tokens);
@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from torch.utils.flop_counter import FlopCounterMode
+
+from stori_pl.cli.common import function_parser, run_function
 
 DTD_CUPL = Path(__file__).resolve().parents[3] / "shared/data/cupl/full_prompts/texture_prompts_full.json"
 
@@ -86,45 +87,81 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def _memory(n: int, args) -> dict:
-    payload = json.dumps({"model": args.model, "pretrained": args.pretrained, "prompts": args.prompts, "n": n,
-                          "start_block": args.start_block, "chunk_size": args.chunk_size, "threads": torch.get_num_threads()})
+def _memory(n: int, model: str, pretrained: str | None, prompts: str | None, start_block: int,
+            chunk_size: int) -> dict:
+    payload = json.dumps({"model": model, "pretrained": pretrained, "prompts": prompts, "n": n,
+                          "start_block": start_block, "chunk_size": chunk_size, "threads": torch.get_num_threads()})
     code = f"from stori_pl.cli.bench import _memory_child; import json; _memory_child(json.loads({payload!r}))"
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print a table of raw figures and ratios."""
+def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: int = 7, prompts: str | None = None,
+          n_prompts: int = 256, memory_prompts: tuple[int, int] = (1000, 10000), chunk_size: int = 256,
+          repeats: int = 3, skip_memory: bool = False, device: str | None = None) -> int:
+    """Measure (a)-(d) and print a table of raw figures and ratios.
+
+    Args:
+        model: open_clip architecture (random weights unless --pretrained; speed does not depend on them).
+        pretrained: open_clip tag or local checkpoint file (null: random weights).
+        start_block: First reweighted block (1-indexed).
+        prompts: CuPL JSON to take prompts from (default: the DTD CuPL file if present, else generated sentences).
+        n_prompts: Prompts for (a), (b) and (d).
+        memory_prompts: The small and the large prompt count of (c), e.g. '[1000, 10000]'.
+        chunk_size: Prompts per chunk of the gradient-caching step (c), and per encode_text call in (b).
+        repeats: Timed repeats (the best is reported) after one warm-up.
+        skip_memory: Skip (c) (two subprocesses).
+        device: Torch device (default: cuda when available, else cpu).
+
+    Returns:
+        Exit status 0.
+    """
     from stori_pl import WeightedTextEncoder, load_clip
 
-    p = ArgumentParser(prog="stori bench", description=__doc__)
-    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random init unless --pretrained)")
-    p.add_argument("--pretrained", type=str | None, default=None)
-    p.add_argument("--start_block", "--start-block", type=int, default=7)
-    p.add_argument("--prompts", type=str | None, default=None, help="CuPL JSON (default: DTD CuPL if present)")
-    p.add_argument("--n_prompts", "--n-prompts", type=int, default=256, help="prompts for (a), (b), (d)")
-    p.add_argument("--memory_prompts", "--memory-prompts", type=list[int], default=[1000, 10000])
-    p.add_argument("--chunk_size", "--chunk-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip_memory", "--skip-memory", type=bool, default=False)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    if args.device == "cpu":
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-
-    model, _, tok = load_clip(args.model, args.pretrained, device=args.device)
-    prompts, source = load_prompts(args.prompts, args.n_prompts)
-    tokens = tok(prompts).to(args.device)  # [P, 77]
-    enc = WeightedTextEncoder(model, args.start_block)
-    print(f"model {args.model} ({args.pretrained or 'random init'}), start block {args.start_block}/{enc.n_layers}, "
-          f"{len(prompts)} prompts from {source}, device {args.device}, torch threads {torch.get_num_threads()}")
-
+    clip, _, tok = load_clip(model, pretrained, device=device)
+    texts, source = load_prompts(prompts, n_prompts)
+    tokens = tok(texts).to(device)  # [P, 77]
+    enc = WeightedTextEncoder(clip, start_block)
+    print(f"model {model} ({pretrained or 'random init'}), start block {start_block}/{enc.n_layers}, "
+          f"{len(texts)} prompts from {source}, device {device}, torch threads {torch.get_num_threads()}")
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
     prep = enc.prepare(tokens)  # length buckets of the default size
-    t_prepare = time.perf_counter() - t0
-    lw = torch.zeros(tokens.shape, device=args.device, requires_grad=True)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    times = {"prepare": time.perf_counter() - t0, **time_encoders(enc, prep, tokens, chunk_size, repeats, sync)}
+    rows = speed_rows(times, flop_rates(prep, tokens, times["fast"], repeats, sync))
+    if not skip_memory:
+        small, large = (_memory(n, model, pretrained, prompts, start_block, chunk_size) for n in memory_prompts)
+        rows += memory_rows(memory_prompts, small, large)
+    print(format_rows(rows))
+    return 0
+
+
+def build_parser():
+    """Command-line options of ``stori bench`` (from :func:`bench`'s signature and docstring)."""
+    return function_parser(bench, "stori bench", __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori bench``; returns the exit status."""
+    return run_function(bench, build_parser(), argv)
+
+
+def time_encoders(enc, prep, tokens: torch.Tensor, chunk_size: int, repeats: int, sync) -> dict[str, float]:
+    """Best-of-``repeats`` seconds: ``naive`` / ``fast`` training steps, ``ours`` / ``ref`` inference.
+
+    Args:
+        enc: ``WeightedTextEncoder``.
+        prep: ``enc.prepare(tokens)`` (the fast path's prefix cache).
+        tokens: Token ids ``[P, 77]`` on the encoder's device.
+        chunk_size: Prompts per ``encode_text`` call (the reference of (b)).
+        repeats: Timed repeats after one warm-up.
+        sync: Device synchronization (``torch.cuda.synchronize`` or a no-op).
+    """
+    out = {}
+    lw = torch.zeros(tokens.shape, device=tokens.device, requires_grad=True)  # [P, 77]
 
     def step(fn):
         def run():
@@ -133,44 +170,59 @@ def main(argv: list[str] | None = None) -> int:
             sync()
         return run
 
-    t_naive = _timeit(step(lambda w: naive_encode(enc, tokens, w)), args.repeats)
-    t_fast = _timeit(step(lambda w: prep.encode(w)), args.repeats)
+    out["naive"] = _timeit(step(lambda w: naive_encode(enc, tokens, w)), repeats)
+    out["fast"] = _timeit(step(lambda w: prep.encode(w)), repeats)
     with torch.no_grad():
         def ours():
             enc(tokens, lw.detach())
             sync()
 
         def ref():
-            for i in range(0, len(tokens), args.chunk_size):
-                model.encode_text(tokens[i : i + args.chunk_size])
+            for i in range(0, len(tokens), chunk_size):
+                enc.model.encode_text(tokens[i : i + chunk_size])
             sync()
 
-        t_ours, t_ref = _timeit(ours, args.repeats), _timeit(ref, args.repeats)
+        out["ours"], out["ref"] = _timeit(ours, repeats), _timeit(ref, repeats)
+    return out
 
+
+def flop_rates(prep, tokens: torch.Tensor, t_fast: float, repeats: int, sync) -> tuple[float, float]:
+    """(d): matmul FLOP/s of the fast training step (its FLOPs / ``t_fast``) and of a plain 2048³ GEMM."""
+    lw = torch.zeros(tokens.shape, device=tokens.device, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         _loss(prep.encode(lw)).backward()
-    flops = counter.get_total_flops()
-    a = torch.randn(2048, 2048, device=args.device)
-    t_gemm = _timeit(lambda: (a @ a, sync()), args.repeats)
-    gemm_flops = 2 * 2048**3 / t_gemm
+    a = torch.randn(2048, 2048, device=tokens.device)
+    t_gemm = _timeit(lambda: (a @ a, sync()), repeats)
+    return counter.get_total_flops() / t_fast, 2 * 2048**3 / t_gemm
 
-    rows = [
-        ("(a) train step, naive (all blocks, 77 tokens)", f"{t_naive:.3f} s", ""),
-        ("(a) train step, fast path (prefix cache, cut after EOT)", f"{t_fast:.3f} s", f"{t_naive / t_fast:.1f}x faster (target >= 8x)"),
-        ("    one-off prepare (blocks before k)", f"{t_prepare:.3f} s", ""),
-        ("(b) encode_text", f"{t_ref:.3f} s", ""),
-        ("(b) WeightedTextEncoder inference", f"{t_ours:.3f} s", f"{t_ours / t_ref:.2f}x the time (target <= 0.5x)"),
-        ("(d) fast train step, matmul FLOP/s", f"{flops / t_fast / 1e9:.1f} GFLOP/s", f"{flops / t_fast / gemm_flops:.0%} of GEMM"),
-        ("(d) plain 2048^3 GEMM", f"{gemm_flops / 1e9:.1f} GFLOP/s", ""),
+
+def speed_rows(t: dict[str, float], flops: tuple[float, float]) -> list[tuple[str, str, str]]:
+    """Table rows ``(figure, raw, ratio)`` of (a), (b), (d); every ratio is computed from the raw figures shown."""
+    step, gemm = flops
+    return [
+        ("(a) train step, naive (all blocks, 77 tokens)", f"{t['naive']:.4g} s", ""),
+        ("(a) train step, fast path (prefix cache, cut after EOT)", f"{t['fast']:.4g} s",
+         f"{t['naive'] / t['fast']:.2f}x faster (target >= 8x)"),
+        ("    one-off prepare (blocks before k)", f"{t['prepare']:.4g} s", ""),
+        ("(b) encode_text", f"{t['ref']:.4g} s", ""),
+        ("(b) WeightedTextEncoder inference", f"{t['ours']:.4g} s", f"{t['ours'] / t['ref']:.3f}x the time (target <= 0.5x)"),
+        ("(d) fast train step, matmul FLOP/s", f"{step / 1e9:.4g} GFLOP/s", f"{100 * step / gemm:.1f}% of GEMM"),
+        ("(d) plain 2048^3 GEMM", f"{gemm / 1e9:.4g} GFLOP/s", ""),
     ]
-    if not args.skip_memory:
-        small, large = (_memory(n, args) for n in args.memory_prompts)
-        rows += [
-            (f"(c) chunked step peak RSS, {args.memory_prompts[0]} prompts", f"{small['peak_mb']:.0f} MB", f"step adds {small['peak_mb'] - small['before_mb']:.0f} MB"),
-            (f"(c) chunked step peak RSS, {args.memory_prompts[1]} prompts", f"{large['peak_mb']:.0f} MB", f"step adds {large['peak_mb'] - large['before_mb']:.0f} MB"),
-            ("(c) ratio large / small (peak RSS)", "", f"{large['peak_mb'] / small['peak_mb']:.2f}x (target <= 2x)"),
-        ]
+
+
+def memory_rows(counts: tuple[int, int], small: dict, large: dict) -> list[tuple[str, str, str]]:
+    """Table rows of (c) from the two subprocesses' ``{"before_mb", "peak_mb"}``."""
+    return [
+        (f"(c) chunked step peak RSS, {counts[0]} prompts", f"{small['peak_mb']:.1f} MB",
+         f"step adds {small['peak_mb'] - small['before_mb']:.1f} MB"),
+        (f"(c) chunked step peak RSS, {counts[1]} prompts", f"{large['peak_mb']:.1f} MB",
+         f"step adds {large['peak_mb'] - large['before_mb']:.1f} MB"),
+        ("(c) ratio large / small (peak RSS)", "", f"{large['peak_mb'] / small['peak_mb']:.3f}x (target <= 2x)"),
+    ]
+
+
+def format_rows(rows: list[tuple[str, str, str]]) -> str:
+    """Aligned text table: figure, raw value (right-aligned), ratio."""
     width = max(len(r[0]) for r in rows)
-    for name, raw, ratio in rows:
-        print(f"{name:<{width}}  {raw:>16}  {ratio}")
-    return 0
+    return "\n".join(f"{name:<{width}}  {raw:>16}  {ratio}".rstrip() for name, raw, ratio in rows)

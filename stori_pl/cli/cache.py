@@ -1,17 +1,25 @@
-"""``stori cache --config x.yaml``: encode a benchmark's images into the feature cache under Lightning.
+"""Encode a training config's images into the feature cache ahead of `stori fit` (several GPUs share the work).
 
-Uses ``Trainer.predict`` so several GPUs split the work (``--devices 4``); each rank writes its share to a
-shard, rank 0 merges the shards into the same cache file ``stori fit`` reads (see :mod:`stori_pl.data.features`).
-Afterwards ``stori fit/test`` with the same config encodes no image.
+``--config`` is the training config that ``stori fit`` reads (a file or a shipped name such as
+``dtd_16shot``; repeatable, later files override earlier ones), and ``--data.<arg> VALUE`` /
+``--model.<arg> VALUE`` override it as they do for ``stori fit``. Its ``data`` section says which images,
+its ``model`` section which CLIP. Uses ``Trainer.predict`` so several GPUs split the work
+(``--devices 4``); each rank writes its share to a shard, rank 0 merges the shards into the same cache file
+``stori fit`` reads (see :mod:`stori_pl.data.features`). Afterwards ``stori fit/test`` with the same config
+encodes no image.
+
+Example::
+
+    stori cache --config dtd_16shot.yaml --data.root /path/to/data --devices 4
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import shutil
-import warnings
+import sys
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -20,7 +28,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from stori_pl.cli.common import command_parser, function_kwargs, parameter_help
 from stori_pl.data import features as F
+
+OVERRIDE_SECTIONS = ("data", "model")
 
 
 class ImageEncoder(L.LightningModule):
@@ -85,9 +96,9 @@ def _merge(shards: Path, target: Path, key: str, paths: list[str], skip_bad_imag
     shutil.rmtree(shards, ignore_errors=True)
     bad = sorted({int(i) for p in parts for i in p["bad"].tolist()})
     if bad and not skip_bad_images:
-        raise F._bad_image_error(paths, bad)
+        raise F.bad_image_error(paths, bad)
     if bad:
-        warnings.warn(str(F._bad_image_error(paths, bad)).split(". Replace")[0] + "; skipped", stacklevel=2)
+        F.warn_skipped_images(paths, bad)
     by_index = {}
     for p in parts:  # distributed samplers pad with repeats: keep one feature per index
         if "features" in p:
@@ -126,51 +137,86 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
     return cls, args
 
 
-def _overrides(rest: list[str]) -> dict[str, str]:
-    out, i = {}, 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-        elif i + 1 < len(rest):
-            key, value, i = arg[2:], rest[i + 1], i + 1
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Split ``--data.<arg> VALUE`` / ``--model.<arg>=VALUE`` overrides from the command's own options.
+
+    Returns:
+        ``(other arguments, {"data.root": "/data", ...})``.
+
+    Raises:
+        ValueError: A dotted option of another section (e.g. ``--trainer.devices``), or one without a value.
+    """
+    rest, out, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if not (arg.startswith("--") and "." in name):
+            rest.append(arg)
+        elif name.split(".", 1)[0] not in OVERRIDE_SECTIONS:
+            raise ValueError(f"unknown option --{name} (use --data.<arg> or --model.<arg>; "
+                             "--accelerator and --devices for the trainer)")
+        elif "=" in arg:
+            out[name] = arg.split("=", 1)[1]
+        elif i + 1 < len(argv):
+            out[name], i = argv[i + 1], i + 1
         else:
             raise ValueError(f"option {arg} needs a value")
-        out[key] = value
         i += 1
-    return out
+    return rest, out
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``stori cache``."""
-    parser = argparse.ArgumentParser(
-        prog="stori cache", description=__doc__.splitlines()[0],
-        epilog="Other options: --data.<arg> VALUE / --model.<arg> VALUE override the config (e.g. --data.root).")
-    parser.add_argument("--config", "-c", action="append", required=True,
-                        help="LightningCLI YAML, or a shipped config name such as dtd_16shot (repeatable)")
-    parser.add_argument("--parts", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--devices", default="auto", help="e.g. 4 to split the work over 4 GPUs")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=None, help="image decoding workers (default: data's)")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        from stori_pl.lightning.cli import resolve_config
-    except ImportError:  # pragma: no cover
-        resolve_config = str
-    cls, init_args = load_config([resolve_config(c) for c in args.config], _overrides(rest))
+# A list default (never mutated) rather than a tuple: jsonargparse's `--parts+ X` appends to a list default.
+def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["train", "val", "test"],  # noqa: B006
+          accelerator: str = "auto", devices: int | str = "auto", batch_size: int = 256, num_workers: int | None = None,
+          overrides: dict[str, str] | None = None) -> int:
+    """Encode the images of a training config's datamodule into the feature cache.
+
+    Args:
+        config: Training config(s) of `stori fit` (a YAML file or a shipped name such as dtd_16shot; repeatable).
+        parts: Splits to encode.
+        accelerator: Lightning accelerator (cpu, gpu, auto).
+        devices: Devices sharing the work, e.g. 4 GPUs, or auto.
+        batch_size: Images per encoder call.
+        num_workers: Image decoding workers (default: the config's data.num_workers).
+        overrides: ``{"data.root": "/data", "model.pretrained": "openai", ...}`` (values parsed as YAML).
+
+    Returns:
+        Exit status 0.
+
+    Raises:
+        ValueError: A config without data.class_path or an override of an unknown section.
+    """
+    from stori_pl.lightning.cli import resolve_config
+
+    cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     dm = cls(**init_args)
-    if dm.download:
-        dm._download()
-    trainer = L.Trainer(accelerator=args.accelerator, devices=int(args.devices) if args.devices.isdigit()
-                        else args.devices, logger=False, enable_checkpointing=False, enable_model_summary=False)
-    workers = dm.num_workers if args.num_workers is None else args.num_workers
-    for part, (paths, views) in dm.image_lists(args.parts).items():
+    if init_args.get("download"):
+        dm.download_dataset()
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    workers = dm.num_workers if num_workers is None else num_workers
+    for part, (paths, views) in dm.image_lists(parts).items():
         did = encode_with_trainer(paths, dm.clip_model, dm.pretrained, trainer, cache_dir=dm.cache_dir,
-                                  batch_size=args.batch_size, num_workers=workers,
+                                  batch_size=batch_size, num_workers=workers,
                                   skip_bad_images=dm.skip_bad_images, views=views)
         if trainer.global_rank == 0:
             print(f"{cls.__name__} {part}: {len(paths)} images {'encoded' if did else 'already cached'}")
     return 0
+
+
+def build_parser():
+    """Options of ``stori cache`` (from :func:`cache`'s signature and docstring); see :func:`main` for overrides."""
+    p = command_parser("stori cache", __doc__, config=False)
+    p.add_argument("--config", "-c", action="append", type=str, required=True, help=parameter_help(cache, "config"))
+    p.add_function_arguments(cache, skip={"config", "overrides"})
+    p.epilog = ("Overrides of the training config, as for `stori fit`: --data.<arg> VALUE / --model.<arg> VALUE\n"
+                "(e.g. --data.root /data --model.pretrained openai).")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori cache``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    cfg = parser.parse_args(rest)
+    return cache(**function_kwargs(parser, cfg, drop=()), overrides=overrides)

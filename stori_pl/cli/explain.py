@@ -1,110 +1,115 @@
-"""``stori explain CKPT``: read a trained SToRI classifier — word weights per class, and why one image
-got its label (word attributions).
+"""Show a trained SToRI classifier's word weights per class, and why one image got its label (attributions).
 
-Examples:
-    stori explain runs/stori/version_0/checkpoints/last.ckpt --class "banded" --class "striped"
+Examples::
+
+    stori explain runs/stori/version_0/checkpoints/last.ckpt --classes+ banded --classes+ striped
     stori explain last.ckpt --html weights.html --top 20
     stori explain last.ckpt --image photo.jpg --png attribution.png
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import sys
 from pathlib import Path
+from typing import Literal
 
-DEFAULT_SHOWN = 10  # classes printed without --class / --all
+from stori_pl.cli.common import function_parser, run_function
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="stori explain",
-        description="Show a trained SToRI checkpoint's word weights (and, with --image, word attributions).",
-    )
-    p.add_argument("ckpt", help="checkpoint of a StoriClassifier (e.g. runs/stori/version_0/checkpoints/last.ckpt)")
-    p.add_argument("--class", dest="classes", action="append", metavar="NAME", default=[],
-                   help="class to show (repeatable); default: all classes if at most "
-                        f"{DEFAULT_SHOWN}, else the {DEFAULT_SHOWN} whose weights moved most")
-    p.add_argument("--all", action="store_true", help="show every class")
-    p.add_argument("--top", type=int, default=10, help="words in the 'most emphasized' summaries (default 10)")
-    p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of all classes")
-    p.add_argument("--png", metavar="OUT.png", help="save the shown classes' figures (attribution with --image)")
-    p.add_argument("--image", metavar="PHOTO", help="classify this image and attribute its top class to words")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="ANSI colors (auto: only on a terminal and without NO_COLOR)")
-    p.add_argument("--pretrained", default=None,
-                   help="override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline")
-    return p
+DEFAULT_SHOWN = 10  # classes printed without --classes / --all_classes
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.top < 1:
-        return _error("--top must be >= 1")
-    try:
-        model = load_stori_checkpoint(args.ckpt, pretrained=args.pretrained)
-    except (FileNotFoundError, ValueError) as err:
-        return _error(str(err))
+def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = False, top: int = 10,
+            html: Path | None = None, png: Path | None = None, image: Path | None = None,
+            color: Literal["auto", "always", "never"] = "auto", pretrained: str | None = None) -> int:
+    """Print a StoriClassifier checkpoint's word weights (and, with --image, word attributions).
 
+    Args:
+        ckpt: Checkpoint of a StoriClassifier (e.g. runs/stori/version_0/checkpoints/last.ckpt).
+        classes: Classes to show, e.g. --classes+ banded --classes+ striped (default: all classes if at most
+            10, else the 10 whose weights moved most).
+        all_classes: Show every class.
+        top: Words in the 'most emphasized' summaries.
+        html: Write a self-contained HTML page of all classes to this file.
+        png: Save the shown classes' figures (the attribution figures with --image) to this PNG.
+        image: Classify this image and attribute its top class (or --classes) to words.
+        color: ANSI colors: auto (only on a terminal and without NO_COLOR), always or never.
+        pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
+
+    Returns:
+        Exit status 0.
+
+    Raises:
+        FileNotFoundError: No such checkpoint.
+        ValueError: Not a StoriClassifier checkpoint, an unknown class, an unreadable image, or top < 1.
+    """
     from stori_pl.interpret import viz
 
-    color = viz.use_color() if args.color == "auto" else args.color == "always"
+    if top < 1:
+        raise ValueError(f"--top must be >= 1 (got {top})")
+    model = load_stori_checkpoint(ckpt, pretrained=pretrained)
+    use_color = viz.use_color() if color == "auto" else color == "always"
     weights = model.word_weights()
-    try:
-        shown = _select(weights, args.classes, args.all)
-    except ValueError as err:
-        return _error(str(err))
+    shown = select_classes(weights, classes or [], all_classes)
     hp = model.hparams
     n_prompts = sum(len(p) for p in weights.values())
-    print(f"{args.ckpt}: {type(model).__name__} on CLIP {hp.clip_model} ({hp.pretrained}), "
+    print(f"{ckpt}: {type(model).__name__} on CLIP {hp.clip_model} ({hp.pretrained}), "
           f"{len(weights)} classes, {n_prompts} reweighted prompts")
-    if args.image:
-        return _explain_image(model, args, shown if args.classes else None, color)
+    if image is not None:
+        return explain_image(model, image, shown if classes else None, top, png, use_color)
+    print_weights(weights, shown, top, use_color)
+    if html is not None:
+        viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}",
+                       intro=f"{ckpt}: CLIP {hp.clip_model}, {len(weights)} classes")
+        print(f"\nwrote {html}")
+    if png is not None:
+        figs = [f for name in shown for f in viz.plot_word_weights(name, weights[name])]
+        for path in viz.save_pages_png(png, figs):
+            print(f"wrote {path}")
+    return 0
+
+
+def build_parser():
+    """Command-line options of ``stori explain`` (from :func:`explain`'s signature and docstring)."""
+    return function_parser(explain, "stori explain", __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori explain``; returns the exit status."""
+    return run_function(explain, build_parser(), argv)
+
+
+def print_weights(weights: dict, shown: list[str], top: int, color: bool) -> None:
+    """Terminal view of the ``shown`` classes' word weights and the most (de-)emphasized words overall."""
+    from stori_pl.interpret import viz
 
     print("Darker = higher weight (mid red = the prompt's average)" if color
           else "(xR) = R times the prompt's average weight (shown where R >= 1.5)")
     for name in shown:
         print()
         print(viz.render_terminal(name, weights[name], color=color))
-        up, down = viz.top_words({name: weights[name]}, min(args.top, 5))
-        print("  emphasized: " + _fmt(up) + "  |  de-emphasized: " + _fmt(down))
+        up, down = viz.top_words({name: weights[name]}, min(top, 5))
+        print("  emphasized: " + fmt_words(up) + "  |  de-emphasized: " + fmt_words(down))
     if len(shown) < len(weights):
-        print(f"\n(showing {len(shown)} of {len(weights)} classes; use --class NAME or --all)")
-    up, down = viz.top_words(weights, args.top, min_count=2)
+        print(f"\n(showing {len(shown)} of {len(weights)} classes; use --classes+ NAME or --all_classes true)")
+    up, down = viz.top_words(weights, top, min_count=2)
     if not up and not down:
-        up, down = viz.top_words(weights, args.top)
-    print(f"\nMost emphasized words across all classes (weight / prompt average, geometric mean):\n  {_fmt(up)}")
-    print(f"Most de-emphasized:\n  {_fmt(down)}")
-    if args.html:
-        viz.write_html(args.html, weights, title=f"SToRI word weights — {Path(args.ckpt).name}",
-                       intro=f"{args.ckpt}: CLIP {hp.clip_model}, {len(weights)} classes")
-        print(f"\nwrote {args.html}")
-    if args.png:
-        figs = [f for name in shown for f in viz.plot_word_weights(name, weights[name])]
-        for path in viz.save_pages_png(args.png, figs):
-            print(f"wrote {path}")
-    return 0
+        up, down = viz.top_words(weights, top)
+    print(f"\nMost emphasized words across all classes (weight / prompt average, geometric mean):\n  {fmt_words(up)}")
+    print(f"Most de-emphasized:\n  {fmt_words(down)}")
 
 
-def _explain_image(model, args, classes: list[str] | None, color: bool) -> int:
+def explain_image(model, image: Path, classes: list[str] | None, top: int, png: Path | None, color: bool) -> int:
+    """Top-5 classes of ``image`` and the word attributions of ``classes`` (default: the top class)."""
     from stori_pl.interpret import viz
-    from stori_pl.interpret.attribution import (
-        attribute,
-        attribution_figures,
-        image_features,
-    )
+    from stori_pl.interpret.attribution import attribute, attribution_figures, image_features
 
-    try:
-        feature = image_features(model, args.image)  # [D]
-    except ValueError as err:
-        return _error(str(err))
+    feature = image_features(model, image)  # [D]
     probs = model.classify_features(feature[None])[0]  # [C]
-    top = probs.topk(min(5, len(probs)))
-    print(f"\n{args.image}: predicted classes")
-    for p, i in zip(top.values.tolist(), top.indices.tolist()):
+    best = probs.topk(min(5, len(probs)))
+    print(f"\n{image}: predicted classes")
+    for p, i in zip(best.values.tolist(), best.indices.tolist()):
         print(f"  {p:7.2%}  {model.classnames[i]}")
-    targets = classes or [model.classnames[top.indices[0].item()]]
+    targets = classes or [model.classnames[best.indices[0].item()]]
     figs = []
     print("\nWord attributions: d(class logit) / d(word log-weight) at the trained weights "
           "(red/+: weighting the word more raises the class score for this image; blue/-: lowers it)")
@@ -112,15 +117,14 @@ def _explain_image(model, args, classes: list[str] | None, color: bool) -> int:
         result = attribute(model, feature, model.classnames.index(name))
         print()
         print(viz.render_terminal(f"{name}  (logit {result.logit:.2f})", result.prompts, color=color, signed=True))
-        pos, neg = result.top_words(args.top)
-        print("  towards: " + _fmt(pos, signed=True) + "  |  away: " + _fmt(neg, signed=True))
-        if args.png:
-            figs += attribution_figures(result, subtitle=f"why {Path(args.image).name} (logit {result.logit:.2f})")
-    if args.png:
-        for path in viz.save_pages_png(args.png, figs):
+        pos, neg = result.top_words(top)
+        print("  towards: " + fmt_words(pos, signed=True) + "  |  away: " + fmt_words(neg, signed=True))
+        if png is not None:
+            figs += attribution_figures(result, subtitle=f"why {Path(image).name} (logit {result.logit:.2f})")
+    if png is not None:
+        for path in viz.save_pages_png(png, figs):
             print(f"wrote {path}")
     return 0
-
 
 def load_stori_checkpoint(path: str, pretrained: str | None = None):
     """Load a :class:`~stori_pl.models.StoriClassifier` checkpoint on CPU, with clear errors otherwise."""
@@ -133,7 +137,8 @@ def load_stori_checkpoint(path: str, pretrained: str | None = None):
     try:
         info = torch.load(path, map_location="cpu", weights_only=True).get("stori") or {}
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise ValueError(f"not a readable stori-pl checkpoint (truncated or corrupt): {path} ({reason})") from err
     if info.get("model") != "StoriClassifier":
         raise ValueError(
             f"{path} holds a {info.get('model') or 'non-stori-pl'} model; `stori explain` needs a StoriClassifier "
@@ -143,7 +148,8 @@ def load_stori_checkpoint(path: str, pretrained: str | None = None):
     return StoriClassifier.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
 
 
-def _select(weights: dict, classes: list[str], show_all: bool) -> list[str]:
+def select_classes(weights: dict, classes: list[str], show_all: bool) -> list[str]:
+    """The classes to show: ``classes`` (checked, with close-name hints), all, or the 10 that moved most."""
     names = list(weights)
     if classes:
         missing = [c for c in classes if c not in weights]
@@ -163,12 +169,8 @@ def _select(weights: dict, classes: list[str], show_all: bool) -> list[str]:
     return sorted(names, key=lambda c: -moved[c])[:DEFAULT_SHOWN]
 
 
-def _fmt(items, signed: bool = False) -> str:
+def fmt_words(items, signed: bool = False) -> str:
+    """``word ×ratio`` (weights) or ``word +attribution`` (signed) pairs, comma-separated."""
     if signed:
         return ", ".join(f"{w} {a:+.3g}" for w, a in items) or "—"
     return ", ".join(f"{w} ×{s:.2f}" for w, s, _ in items) or "—"
-
-
-def _error(message: str) -> int:
-    print(f"stori explain: error: {message}", file=sys.stderr)
-    return 2

@@ -1,4 +1,4 @@
-"""`stori report RUN_DIRS...`: test accuracies of runs, over seeds, in the layout of SToRI's Table 2.
+"""Test accuracies of runs, mean ± std over seeds, in the layout of SToRI's Table 2 (Markdown, CSV).
 
 Every ``stori test`` (and ``stori fit``, which tests the selected checkpoint) writes
 ``test_results.json`` into its run folder; this command collects them (searching the given folders
@@ -12,15 +12,15 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import math
 import statistics
 import sys
 from collections import defaultdict
+from csv import writer as csv_writer
 from pathlib import Path
 
+from stori_pl.cli.common import command_parser, parameter_help, run_function
 from stori_pl.utils import atomic_write
 
 RESULTS_FILE = "test_results.json"
@@ -99,7 +99,7 @@ def write_csv(path: str, datasets: list[str], rows: list[dict]) -> None:
     """Same table with separate mean / std / number-of-seeds columns."""
     header = ["method", "shots"] + [f"{d}_{x}" for d in datasets for x in ("mean", "std", "n")] + ["avg"]
     with atomic_write(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+        w = csv_writer(f)
         w.writerow(header)
         for r in rows:
             vals = []
@@ -109,29 +109,46 @@ def write_csv(path: str, datasets: list[str], rows: list[dict]) -> None:
             w.writerow([r["method"], r["shots"], *vals, f"{r['avg']:.4f}"])
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="stori report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders (searched recursively) or test_results.json files")
-    parser.add_argument("--metric", default="test/acc", help="metric to tabulate (default: test/acc)")
-    parser.add_argument("--csv", help="also write the table as CSV to this file")
-    parser.add_argument("--markdown", help="also write the Markdown table to this file")
-    args = parser.parse_args(argv)
-    try:
-        files = find_results(args.runs)
-    except FileNotFoundError as err:
-        print(f"stori report: {err}", file=sys.stderr)
-        return 2
-    table = load_results(files, args.metric)
+def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, markdown: Path | None = None) -> int:
+    """Print the Table-2 summary of the test results found under ``runs``.
+
+    Args:
+        runs: Run folders (searched recursively for test_results.json) or test_results.json files.
+        metric: Metric to tabulate.
+        csv: Also write the table as CSV (mean, std, number of seeds per dataset) to this file.
+        markdown: Also write the Markdown table to this file.
+
+    Returns:
+        Exit status 0, or 1 when no result holds ``metric``.
+
+    Raises:
+        FileNotFoundError: A run folder or file that does not exist.
+    """
+    files = find_results(runs)
+    table = load_results(files, metric)
     if not table:
-        print(f"stori report: no {RESULTS_FILE} with {args.metric!r} under {', '.join(args.runs)} "
+        print(f"stori report: no {RESULTS_FILE} with {metric!r} under {', '.join(runs)} "
               "(run `stori fit` or `stori test` first)", file=sys.stderr)
         return 1
     datasets, rows = summarize(table)
     text = to_markdown(datasets, rows)
     print(text, end="")
-    if args.markdown:
-        with atomic_write(args.markdown, "w", encoding="utf-8") as f:
+    if markdown is not None:
+        with atomic_write(markdown, "w", encoding="utf-8") as f:
             f.write(text)
-    if args.csv:
-        write_csv(args.csv, datasets, rows)
+    if csv is not None:
+        write_csv(csv, datasets, rows)
     return 0
+
+
+def build_parser():
+    """Command-line options of ``stori report`` (from :func:`report`'s signature and docstring)."""
+    p = command_parser("stori report", __doc__)
+    p.add_argument("runs", nargs="+", type=str, help=parameter_help(report, "runs"))
+    p.add_function_arguments(report, skip={"runs"})
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori report``; returns the exit status."""
+    return run_function(report, build_parser(), argv)

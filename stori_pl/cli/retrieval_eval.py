@@ -1,4 +1,4 @@
-"""``stori retrieval-eval``: the preference-retrieval evaluation (SToRI Table 3, Figures 4–5).
+"""Preference retrieval with weighted attributes: AP / P@k of the emphasized attribute (Table 3, Figs. 4-5).
 
 Example config (``retrieval_celeba.yaml``)::
 
@@ -21,83 +21,108 @@ Run ``stori retrieval-eval --config retrieval_celeba.yaml`` (any option can be o
 
 from __future__ import annotations
 
-import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
+from stori_pl.cli.common import function_parser, run_function
 from stori_pl.retrieval.attributes import AttributeTask
 
 
-def build_parser() -> ArgumentParser:
-    """Options of ``stori retrieval-eval``."""
-    p = ArgumentParser(prog="stori retrieval-eval", description="Preference retrieval with weighted attributes (Table 3).")
-    p.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options below.")
-    p.add_argument("--dataset", type=str, default="celeba", help="celeba | cub | csv (images + attributes.csv).")
-    p.add_argument("--root", type=Path, required=True, help="Dataset folder (see docs: layouts).")
-    p.add_argument("--model", type=str, default="ViT-L-14", help="open_clip model name.")
-    p.add_argument("--pretrained", type=str | None, default="openai", help="open_clip tag, local file, or null.")
-    p.add_argument("--start-block", type=int, default=7, help="First reweighted block (1-indexed).")
-    p.add_argument("--per-category", type=int | None, default=100, help="Images per attribute combination (null: all).")
-    p.add_argument("--seed", type=int, default=0, help="Pool sampling seed.")
-    p.add_argument("--weights", type=list[float], default=[0.5, 1.5], help="Weights of the target attribute.")
-    p.add_argument("--top-k", type=list[int], default=[10], help="k of P@k.")
-    p.add_argument("--methods", type=list[str], default=["stori"], help="stori and/or prompt_weighting.")
-    p.add_argument("--sweep", type=list[float] | None, default=None, help="Weights for the AUC-vs-weight figure.")
-    p.add_argument("--tasks", type=list[AttributeTask] | None, default=None, help="Attribute triples + prompts.")
-    p.add_argument("--out-dir", type=Path | None, default=None, help="Write report.json, table.md and PNG figures.")
-    p.add_argument("--tensorboard", type=bool, default=False, help="Also log the figures to <out-dir>/tensorboard.")
-    p.add_argument("--cache-dir", type=str | None, default=None, help="Feature cache (default $STORI_CACHE).")
-    p.add_argument("--device", type=str, default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
-    return p
+# List defaults (never mutated) rather than tuples: jsonargparse's `--weights+ 2.0` appends to a list default.
+def retrieval_eval(root: Path, dataset: str = "celeba", model: str = "ViT-L-14", pretrained: str | None = "openai",
+                   start_block: int = 7, per_category: int | None = 100, seed: int = 0,
+                   weights: list[float] = [0.5, 1.5], top_k: list[int] = [10],  # noqa: B006
+                   methods: list[Literal["stori", "prompt_weighting"]] = ["stori"],  # noqa: B006
+                   sweep: list[float] | None = None, tasks: list[AttributeTask] | None = None,
+                   out_dir: Path | None = None, tensorboard: bool = False, cache_dir: str | None = None,
+                   device: str = "cpu", batch_size: int = 64) -> int:
+    """Run the preference-retrieval evaluation and print its table (mean ± std over tasks and attributes).
 
+    Args:
+        root: Dataset folder (layouts: docs/retrieval.md).
+        dataset: celeba | cub | csv (images + attributes.csv) | toy (the toy world, written when absent).
+        model: open_clip model name.
+        pretrained: open_clip tag, local checkpoint file, builtin (stori-toy) or null (random weights).
+        start_block: First reweighted block (1-indexed).
+        per_category: Images sampled per attribute combination (null: all).
+        seed: Pool sampling seed.
+        weights: Weights of the target attribute compared with the plain prompt.
+        top_k: k values of P@k.
+        methods: stori and/or prompt_weighting.
+        sweep: Weights for the AUC-vs-weight figure (null: no sweep).
+        tasks: Attribute triples and prompt templates (null: the dataset's default tasks).
+        out_dir: Write report.json, table.md and the PNG figures here.
+        tensorboard: Also log the figures to <out_dir>/tensorboard.
+        cache_dir: Feature cache folder (default: $STORI_CACHE or ~/.cache/stori_pl).
+        device: Torch device.
+        batch_size: Images per encoder call.
 
-def main(argv: list[str]) -> int:
-    """Run ``stori retrieval-eval``; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    Returns:
+        Exit status 0.
+
+    Raises:
+        ValueError: No default tasks for the dataset, --tensorboard without --out_dir, a bad dataset layout.
+        KeyError: An attribute name that the dataset does not have (the message lists close names).
+    """
     from stori_pl.retrieval.attributes import load_attributes
-    from stori_pl.retrieval.runner import (
-        DEFAULT_TASKS,
-        format_table,
-        run_preference_retrieval,
-    )
+    from stori_pl.retrieval.runner import format_report_table, run_preference_retrieval
     from stori_pl.toy.data import load_toy_attributes
 
-    tasks = args.tasks
-    if tasks is None:
-        if args.dataset not in DEFAULT_TASKS:
-            parser.error(f"--tasks is required for dataset {args.dataset!r} (defaults exist for {list(DEFAULT_TASKS)})")
-        tasks = DEFAULT_TASKS[args.dataset]
-    tasks = [t if isinstance(t, AttributeTask) else AttributeTask(**dict(t)) for t in tasks]
-    logger = None
-    if args.tensorboard:
-        if args.out_dir is None:
-            parser.error("--tensorboard needs --out-dir")
-        from torch.utils.tensorboard import SummaryWriter
-
-        logger = SummaryWriter(str(args.out_dir / "tensorboard"))
-    try:
-        ds = load_attributes(args.dataset, args.root, loaders={"toy": load_toy_attributes})
+    tasks = default_tasks(dataset) if tasks is None else tasks
+    if tensorboard and out_dir is None:
+        raise ValueError("--tensorboard true needs --out_dir")
+    ds = load_attributes(dataset, root, loaders={"toy": load_toy_attributes})
+    with tensorboard_writer(out_dir / "tensorboard" if tensorboard else None) as logger:
         report = run_preference_retrieval(
-            ds, tasks, args.model, args.pretrained, start_block=args.start_block, per_category=args.per_category,
-            seed=args.seed, weights=args.weights, top_k=args.top_k, methods=args.methods, sweep=args.sweep,
-            out_dir=args.out_dir, cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size,
-            logger=logger)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"stori retrieval-eval: error: {msg}", file=sys.stderr)
-        return 2
-    finally:
-        if logger is not None:
-            logger.close()
-    table = format_table(report)
+            ds, tasks, model, pretrained, start_block=start_block, per_category=per_category, seed=seed,
+            weights=weights, top_k=top_k, methods=methods, sweep=sweep, out_dir=out_dir, cache_dir=cache_dir,
+            device=device, batch_size=batch_size, logger=logger)
+    table = format_report_table(report)
     print(table)
-    if args.out_dir is not None:
-        from stori_pl.utils import atomic_write
-
-        with atomic_write(args.out_dir / "table.md", "w", encoding="utf-8") as f:
-            f.write(table + "\n")
-        print(f"\nreport, table and figures in {args.out_dir}")
+    if out_dir is not None:
+        write_text(out_dir / "table.md", table + "\n")
+        print(f"\nreport, table and figures in {out_dir}")
     return 0
+
+
+@contextmanager
+def tensorboard_writer(log_dir: Path | None):
+    """A TensorBoard ``SummaryWriter`` on ``log_dir`` (closed afterwards), or None without a folder."""
+    if log_dir is None:
+        yield None
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(log_dir))
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def default_tasks(dataset: str) -> list[AttributeTask]:
+    """The default attribute triples of ``dataset`` (:data:`stori_pl.retrieval.runner.DEFAULT_TASKS`)."""
+    from stori_pl.retrieval.runner import DEFAULT_TASKS
+
+    if dataset not in DEFAULT_TASKS:
+        raise ValueError(f"--tasks is required for dataset {dataset!r} (defaults exist for {list(DEFAULT_TASKS)})")
+    return DEFAULT_TASKS[dataset]
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    from stori_pl.utils import atomic_write
+
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def build_parser():
+    """Options of ``stori retrieval-eval`` (from :func:`retrieval_eval`'s signature and docstring)."""
+    return function_parser(retrieval_eval, "stori retrieval-eval", __doc__, positional=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori retrieval-eval``; returns the exit status."""
+    return run_function(retrieval_eval, build_parser(), argv)

@@ -1,11 +1,11 @@
-"""``stori retrieve``: rank the images of a folder by cosine similarity to weighted prompts.
+"""Rank the images of a folder by cosine similarity to weighted prompts (cached image features).
 
 Image features come from the on-disk cache (:func:`stori_pl.data.features.image_features`), so a second query
-over the same folder encodes no image; several ``--prompt`` in one call share them.
+over the same folder encodes no image; several prompts in one call share them.
 
 Example::
 
-    stori retrieve --images photos/ --prompt "a (smiling:1.5) person with eyeglasses" --top-k 20 \\
+    stori retrieve --images photos/ --prompts+ "a (smiling:1.5) person with eyeglasses" --top_k 20 \\
         --out ranking.csv --sheet top.png
 """
 
@@ -16,28 +16,107 @@ import io
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
-from jsonargparse import ArgumentParser
+
+from stori_pl.cli.common import function_parser, run_function
+
+RANKING_SUFFIXES, SHEET_SUFFIXES = (".csv", ".json"), (".png",)
 
 
-def build_parser() -> ArgumentParser:
-    """Command-line options of ``stori retrieve``."""
-    p = ArgumentParser(prog="stori retrieve", description="Rank a folder of images by a weighted prompt.")
-    p.add_argument("--images", type=Path, required=True, help="Folder of images (searched recursively).")
-    p.add_argument("--prompt", type=str, action="append", required=True,
-                   help='Weighted prompt, e.g. "a (red:1.5) car"; repeat for several queries.')
-    p.add_argument("--model", type=str, default="ViT-B-32", help="open_clip model name.")
-    p.add_argument("--pretrained", type=str | None, default="openai", help="open_clip tag, local file, or null.")
-    p.add_argument("--start-block", type=int, default=7, help="First reweighted block (1-indexed).")
-    p.add_argument("--method", type=str, default="stori", help="stori | prompt_weighting (paper App. C.1).")
-    p.add_argument("--top-k", type=int, default=20, help="Images listed per prompt (0 = all).")
-    p.add_argument("--out", type=Path | None, default=None, help="Write the ranking: .csv or .json.")
-    p.add_argument("--sheet", type=Path | None, default=None, help="Write a contact sheet PNG of the top-k.")
-    p.add_argument("--cache-dir", type=str | None, default=None, help="Feature cache (default $STORI_CACHE).")
-    p.add_argument("--device", type=str, default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
-    return p
+def retrieve(images: Path, prompts: list[str], model: str = "ViT-B-32", pretrained: str | None = "openai",
+             start_block: int = 7, method: Literal["stori", "prompt_weighting"] = "stori", top_k: int = 20,
+             out: Path | None = None, sheet: Path | None = None, cache_dir: str | None = None, device: str = "cpu",
+             batch_size: int = 64) -> int:
+    """Rank a folder of images by weighted prompts and print the best matches of each.
+
+    Args:
+        images: Folder of images (searched recursively).
+        prompts: Weighted prompts, e.g. --prompts+ "a (red:1.5) car" (repeat --prompts+ for several queries).
+        model: open_clip model name.
+        pretrained: open_clip tag, local checkpoint file, builtin (stori-toy) or null (random weights).
+        start_block: First reweighted block (1-indexed).
+        method: stori, or prompt_weighting (the paper's App. C.1 baseline).
+        top_k: Images listed per prompt (0 = all).
+        out: Write the ranking to this .csv or .json file.
+        sheet: Write a contact sheet PNG of the top_k images of each prompt.
+        cache_dir: Feature cache folder (default: $STORI_CACHE or ~/.cache/stori_pl).
+        device: Torch device.
+        batch_size: Images per encoder call.
+
+    Returns:
+        Exit status 0.
+
+    Raises:
+        ValueError: A prompt syntax error, an unknown model, a bad output file name, or a folder without images.
+        NotADirectoryError: ``images`` is not a folder.
+    """
+    from stori_pl.data.features import list_images
+    from stori_pl.text.syntax import parse_weighted_prompt
+
+    for path, kinds in ((out, RANKING_SUFFIXES), (sheet, SHEET_SUFFIXES)):
+        if path is not None and path.suffix.lower() not in kinds:
+            raise ValueError(f"{path}: use a {' or '.join(kinds)} file name")
+    for prompt in prompts:
+        parse_weighted_prompt(prompt)
+    if not images.is_dir():
+        raise NotADirectoryError(f"image folder not found: {images}")
+    paths = list_images(images)
+    if not paths:
+        raise ValueError(f"no images (jpg, png, bmp, gif, webp, tif) found under {images}")
+    feats, paths = folder_features(paths, model, pretrained, cache_dir, batch_size, device)
+    text_emb = encode_prompts(prompts, model, pretrained, start_block, method, device)  # [P, D]
+    rankings = rank_images(feats, text_emb, top_k)
+    for prompt, rk in zip(prompts, rankings):
+        print(f"\n{prompt}")
+        for r, (i, s) in enumerate(rk):
+            print(f"{r + 1:4d}  {s:+.4f}  {paths[i]}")
+    if out is not None:
+        write_ranking(out, prompts, rankings, paths)
+        print(f"\nranking written to {out}")
+    if sheet is not None:
+        contact_sheet(sheet, prompts, rankings, paths)
+        print(f"contact sheet written to {sheet}")
+    return 0
+
+
+def build_parser():
+    """Command-line options of ``stori retrieve`` (from :func:`retrieve`'s signature and docstring)."""
+    return function_parser(retrieve, "stori retrieve", __doc__, positional=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori retrieve``; returns the exit status."""
+    return run_function(retrieve, build_parser(), argv)
+
+
+def folder_features(paths: list[Path], model: str, pretrained: str | None, cache_dir: str | None, batch_size: int,
+                    device: str) -> tuple[torch.Tensor, list[Path]]:
+    """Cached image features ``[N, D]`` of the readable images and their paths; lists skipped files on stderr."""
+    from stori_pl.data.features import image_features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # we list skipped files ourselves, on cache hits too
+        feats, kept = image_features(paths, model, pretrained, cache_dir=cache_dir, batch_size=batch_size,
+                                     device=device, skip_bad_images=True)
+    skipped = sorted(set(range(len(paths))) - set(kept))
+    if skipped:
+        listing = "\n  ".join(str(paths[i]) for i in skipped)
+        print(f"warning: skipped {len(skipped)} unreadable image(s):\n  {listing}", file=sys.stderr)
+    return feats, [paths[i] for i in kept]
+
+
+def encode_prompts(prompts: list[str], model: str, pretrained: str | None, start_block: int, method: str,
+                   device: str) -> torch.Tensor:
+    """Normalized embeddings ``[P, D]`` of weighted prompts (on CPU)."""
+    from stori_pl.text.clip import load_clip
+    from stori_pl.text.encoder import WeightedTextEncoder
+    from stori_pl.text.prompt_weighting import encode_weighted
+
+    clip, _, tokenizer = load_clip(model, pretrained, device=device)
+    enc = WeightedTextEncoder(clip, start_block=start_block)
+    return encode_weighted(enc, prompts, tokenizer, method=method).cpu()
 
 
 def rank_images(features: torch.Tensor, text_emb: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:
@@ -92,55 +171,3 @@ def contact_sheet(path: Path, prompts: list[str], rankings, paths: list[Path], t
         y += n_rows * cell_h
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
-
-
-def main(argv: list[str]) -> int:
-    """Run ``stori retrieve``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    from stori_pl.data.features import image_features, list_images
-    from stori_pl.text.clip import load_clip
-    from stori_pl.text.encoder import WeightedTextEncoder
-    from stori_pl.text.prompt_weighting import encode_weighted
-    from stori_pl.text.syntax import PromptSyntaxError, parse_weighted_prompt
-
-    def fail(msg: str) -> int:
-        print(f"stori retrieve: error: {msg}", file=sys.stderr)
-        return 2
-
-    for out, kinds in ((args.out, (".csv", ".json")), (args.sheet, (".png",))):
-        if out is not None and out.suffix.lower() not in kinds:
-            return fail(f"{out}: use a {' or '.join(kinds)} file name")
-    try:
-        for prompt in args.prompt:
-            parse_weighted_prompt(prompt)
-        if not args.images.is_dir():
-            return fail(f"image folder not found: {args.images}")
-        paths = list_images(args.images)
-        if not paths:
-            return fail(f"no images (jpg, png, bmp, gif, webp, tif) found under {args.images}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # we list skipped files ourselves, on cache hits too
-            feats, kept = image_features(paths, args.model, args.pretrained, cache_dir=args.cache_dir,
-                                         batch_size=args.batch_size, device=args.device, skip_bad_images=True)
-        skipped = sorted(set(range(len(paths))) - set(kept))
-        if skipped:
-            listing = "\n  ".join(str(paths[i]) for i in skipped)
-            print(f"warning: skipped {len(skipped)} unreadable image(s):\n  {listing}", file=sys.stderr)
-        paths = [paths[i] for i in kept]
-        model, _, tokenizer = load_clip(args.model, args.pretrained, device=args.device)
-        enc = WeightedTextEncoder(model, start_block=args.start_block)
-        text_emb = encode_weighted(enc, args.prompt, tokenizer, method=args.method).cpu()  # [P, D]
-    except (PromptSyntaxError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        return fail(str(e))
-    rankings = rank_images(feats, text_emb, args.top_k)
-    for prompt, rk in zip(args.prompt, rankings):
-        print(f"\n{prompt}")
-        for r, (i, s) in enumerate(rk):
-            print(f"{r + 1:4d}  {s:+.4f}  {paths[i]}")
-    if args.out is not None:
-        write_ranking(args.out, args.prompt, rankings, paths)
-        print(f"\nranking written to {args.out}")
-    if args.sheet is not None:
-        contact_sheet(args.sheet, args.prompt, rankings, paths)
-        print(f"contact sheet written to {args.sheet}")
-    return 0

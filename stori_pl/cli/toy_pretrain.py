@@ -1,41 +1,39 @@
-"""``stori toy-pretrain``: train the tiny `stori-toy` CLIP on the procedural toy world."""
+"""Train the tiny `stori-toy` CLIP on the procedural toy world (CPU, ~30 min on 2 cores with the defaults).
+
+Writes ``<out>.safetensors`` (fp16 weights) and ``<out>.json`` (provenance). The defaults are the recipe of
+the shipped weights.
+
+Example::
+
+    stori toy-pretrain --steps 700 --seed 0 --out /tmp/stori-toy
+"""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import fields
 from pathlib import Path
+
+from stori_pl.cli.common import command_parser, function_kwargs
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "stori-toy"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Arguments mirror :class:`stori_pl.toy.pretrain.ToyTrainConfig`."""
+def build_parser():
+    """Options of ``stori toy-pretrain``: the fields of :class:`stori_pl.toy.pretrain.ToyTrainConfig` and ``--out``."""
     from stori_pl.toy.pretrain import ToyTrainConfig
 
-    p = argparse.ArgumentParser(
-        prog="stori toy-pretrain",
-        description="Contrastively pre-train the tiny `stori-toy` CLIP on procedural shapes (CPU, ~30 min on 2 "
-        "cores with the defaults). Writes <out>.safetensors (fp16 weights) and <out>.json (provenance).",
-    )
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="output stem (default: the shipped asset, %(default)s)")
-    defaults = ToyTrainConfig()
-    for f in fields(ToyTrainConfig):
-        if f.name == "extra":
-            continue
-        value = getattr(defaults, f.name)
-        if isinstance(value, bool):
-            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
-        else:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
+    p = command_parser("stori toy-pretrain", __doc__)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="Output path stem (.safetensors / .json are appended); default: the shipped asset.")
+    p.add_class_arguments(ToyTrainConfig, skip={"extra"})
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Run ``stori toy-pretrain``; returns the exit status."""
     from stori_pl.toy.pretrain import ToyTrainConfig, train
 
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = function_kwargs(parser, parser.parse_args(argv))
     out = args.pop("out")
     meta = train(ToyTrainConfig(**args), out, log=lambda s: print(s, flush=True))
     print(f"wrote {out}.safetensors and {out}.json; held-out zero-shot accuracy: {meta['zero_shot_heldout']}")
@@ -43,4 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from stori_pl.cli import main as stori
+
+    raise SystemExit(stori(["toy-pretrain", *sys.argv[1:]]))

@@ -1,0 +1,77 @@
+"""Helpers shared by the ``stori`` utility commands: a parser built from one function's signature.
+
+Every utility command is a plain function with type hints and a Google docstring; its parser is made by
+:func:`function_parser`, so the signature and the docstring are the command-line interface (options named
+like the parameters, ``--start_block``; booleans ``--flag true``; lists ``--name+ VALUE`` or
+``--name '[a, b]'``), and ``--config FILE`` reads any of the options from YAML/JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+
+CONFIG_HELP = "YAML/JSON file with any of the options below (options given after it override it)."
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help formatter that keeps the description's line breaks (for the examples)."""
+
+
+def command_parser(prog: str, doc: str | None, config: bool = True) -> ArgumentParser:
+    """An empty parser for a ``stori`` command: ``doc`` (the module docstring) as description, ``--config``.
+
+    Args:
+        prog: Program name shown in usage lines, e.g. ``"stori embed"``.
+        doc: Description shown by ``--help`` (line breaks kept).
+        config: Add ``--config FILE`` (jsonargparse's ``ActionConfigFile``).
+    """
+    p = ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    if config:
+        p.add_argument("--config", action=ActionConfigFile, help=CONFIG_HELP)
+    return p
+
+
+def function_parser(fn: Callable, prog: str, doc: str | None, *, positional: bool = True,
+                    skip: set[str] | None = None) -> ArgumentParser:
+    """Parser whose options are ``fn``'s parameters (types, defaults, help from its Google docstring).
+
+    Args:
+        fn: The command's function.
+        prog: Program name, e.g. ``"stori embed"``.
+        doc: Description (the command module's docstring).
+        positional: Parameters without a default become positional arguments (else required options).
+        skip: Parameters not added (the caller adds them itself).
+    """
+    p = command_parser(prog, doc)
+    p.add_function_arguments(fn, as_positional=positional, skip=skip)
+    return p
+
+
+def parameter_help(fn: Callable, name: str) -> str:
+    """The description of parameter ``name`` in ``fn``'s Google docstring (for arguments added by hand)."""
+    import docstring_parser
+
+    return next((p.description or "" for p in docstring_parser.parse(fn.__doc__ or "").params if p.arg_name == name), "")
+
+
+def function_kwargs(parser: ArgumentParser, cfg: Namespace, drop: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+    """Keyword arguments for the command's function from a parsed ``cfg`` (classes instantiated).
+
+    Args:
+        parser: The parser that made ``cfg``.
+        cfg: Parsed options.
+        drop: Options that are not parameters of the function (``--config FILE`` by default).
+    """
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse >= 4.49
+    cfg = instantiate(cfg)
+    return {k: v for k, v in vars(cfg).items() if k not in (*drop, "__path__")}
+
+
+def run_function(fn: Callable[..., int], parser: ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` with ``parser`` and call ``fn`` with the options; returns its exit status."""
+    cfg = parser.parse_args(argv)
+    return int(fn(**function_kwargs(parser, cfg)) or 0)
