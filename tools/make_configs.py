@@ -1,109 +1,158 @@
-"""Write configs/<dataset>_<k>shot.yaml: SToRI's recipe (Kim et al. 2024, App. A.1) for the six benchmarks.
+"""Write configs/<method>/<dataset>_<k>shot.yaml: every method's published recipe on the six benchmarks
+(and on the toy world, for `stori grid --datasets toy_shapes`).
 
-Run from the repository root: ``python tools/make_configs.py``. The files are flat and complete on
-purpose (no includes): each one is the whole experiment. ``tests/test_configs.py`` checks the recipe.
+Run from the repository root: ``python tools/make_configs.py``. The files are flat and complete on purpose
+(no includes): each one is the whole experiment. ``tests/test_configs.py`` checks every recipe against the
+tables written in the docstrings of :func:`model_section` (independently re-typed there).
+
+Recipes (CLIP ViT-L/14 for every method, as in SToRI's Table 2; test the last checkpoint, as Dassl does):
+- ``stori``: SToRI App. A.1 — Adam, weight decay 0, batch 256, epochs 100 (1/2/4 shots) / 200 (8/16); lr 1e-2
+  ImageNet and SUN397, 0.1 Food101 and 8/16-shot DTD and Flowers102, 5e-2 otherwise; ImageNet and SUN397 keep
+  the 10 CuPL prompts per class closest to the training images.
+- ``taskres_base`` / ``taskres_cupl``: TaskRes as reproduced in SToRI's Table 2 — lr 2e-4 (2e-5 ImageNet),
+  weight decay 5e-3, alpha 0.5, batch 256, epochs 100 / 200 (``geekyutao/TaskRes`` train_regular.sh);
+  ImageNet's base is the 7 IMAGENET_TEMPLATES_SELECT + "a photo of a {}." ensemble; 10 cached views.
+- ``coop``: ``KaiyangZhou/CoOp`` — 16 context vectors, SGD lr 0.002, batch 32, epochs 50 (1 shot) / 100 (2, 4) /
+  200 (8, 16), ImageNet always 50; 10 cached views.
+- ``tip_adapter`` / ``tip_adapter_f``: ``gaopengcuhk/Tip-Adapter`` configs — cache from 10 augmented views
+  (crop scale 0.5–1), per-dataset search scale and initial alpha; -F: AdamW lr 1e-3, 20 epochs, batch 256.
+- ``linear_probe``: CoOp's lpclip protocol — logistic regression, C searched on val; eval-transform features.
+- ``zero_shot`` (template prompts) and ``cupl`` (CuPL sentences): nothing trained (`stori test`).
+
+Augmented views: K = 10 cached random-resized-crop + flip views per training image (Dassl's crop scale 0.08–1
+for CoOp / TaskRes) cost 10 encodes of the training split once; the official code draws a fresh crop each
+step instead (CoOp: 200 epochs × 16 shots = 200 crops per image) — 1 + 10 views are the affordable stand-in,
+the same count Tip-Adapter averages for its cache.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-DATASETS = {  # file prefix -> (datamodule class, display name)
-    "imagenet": ("ImageNet", "ImageNet"),
-    "dtd": ("DTD", "DTD"),
-    "sun397": ("SUN397", "SUN397"),
-    "flowers102": ("Flowers102", "Flowers102"),
-    "caltech101": ("Caltech101", "Caltech101"),
-    "food101": ("Food101", "Food101"),
+import yaml
+
+DATASETS = {  # file prefix -> datamodule class path
+    "imagenet": "stori_pl.data.ImageNet",
+    "dtd": "stori_pl.data.DTD",
+    "sun397": "stori_pl.data.SUN397",
+    "flowers102": "stori_pl.data.Flowers102",
+    "caltech101": "stori_pl.data.Caltech101",
+    "food101": "stori_pl.data.Food101",
+    "toy_shapes": "stori_pl.toy.data.ToyShapes",
 }
 SHOTS = (1, 2, 4, 8, 16)
+METHODS = ("stori", "taskres_base", "taskres_cupl", "coop", "tip_adapter", "tip_adapter_f", "linear_probe",
+           "zero_shot", "cupl")
+TRAINED_NOTHING = ("zero_shot", "cupl")  # run with `stori test`
+AUGMENT_VIEWS = 10
+IMAGENET_BASE = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                 "a {} in a video game.", "art of the {}.", "a photo of the small {}.", "a photo of a {}."]
+TIP = {  # dataset -> (search_scale (beta, alpha), init_alpha), from Tip-Adapter's configs/<dataset>.yaml
+    "imagenet": ((7.0, 3.0), 1.17), "dtd": ((13.0, 13.0), 2.0), "sun397": ((12.0, 10.0), 1.17),
+    "flowers102": ((50.0, 50.0), 10.0), "caltech101": ((12.0, 5.0), 3.0), "food101": ((10.0, 10.0), 1.17),
+    "toy_shapes": ((13.0, 13.0), 2.0),
+}
 
 
-def recipe(dataset: str, shots: int) -> dict:
-    """The paper's hyperparameters for one experiment."""
-    if dataset in ("imagenet", "sun397"):
-        lr = 1e-2
-    elif dataset == "food101" or (dataset in ("dtd", "flowers102") and shots >= 8):
-        lr = 0.1
-    else:
-        lr = 5e-2
+def clip_of(dataset: str) -> dict:
+    """The CLIP of a benchmark config: ViT-L/14 (OpenAI), or the shipped toy CLIP on the toy world."""
+    return {"clip_model": "stori-toy", "pretrained": "builtin"} if dataset == "toy_shapes" else \
+        {"clip_model": "ViT-L-14", "pretrained": "openai"}
+
+
+def epochs(method: str, dataset: str, shots: int) -> int:
+    """Training epochs of one experiment (see the module docstring)."""
+    if method == "coop":
+        return 50 if dataset == "imagenet" or shots == 1 else (100 if shots <= 4 else 200)
+    if method in ("stori", "taskres_base", "taskres_cupl"):
+        return 100 if shots <= 4 else 200
+    return {"tip_adapter_f": 20}.get(method, 1)
+
+
+def model_section(method: str, dataset: str, shots: int) -> dict:
+    """``model:`` of one experiment."""
+    clip = clip_of(dataset)
+    if method == "stori":
+        lr = 1e-2 if dataset in ("imagenet", "sun397") else 0.1 if dataset == "food101" or (
+            dataset in ("dtd", "flowers102") and shots >= 8) else 5e-2
+        args = {"start_block": 5 if dataset == "toy_shapes" else 7, "lr": lr, "weight_decay": 0.0,
+                "use_base_prompts": True, "chunk_size": 1024}
+        return {"class_path": "stori_pl.models.StoriClassifier", "init_args": {**clip, **args}}
+    if method.startswith("taskres"):
+        args = {"alpha": 0.5, "lr": 2e-5 if dataset == "imagenet" else 2e-4, "weight_decay": 5e-3,
+                "use_base_prompts": True, "use_cupl_prompts": method == "taskres_cupl"}
+        return {"class_path": "stori_pl.models.TaskRes", "init_args": {**clip, **args}}
+    if method == "coop":
+        args = {"n_ctx": 16, "ctx_init": None, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4}
+        return {"class_path": "stori_pl.models.CoOp", "init_args": {**clip, **args}}
+    if method.startswith("tip_adapter"):
+        scale, alpha = TIP[dataset]
+        args = {"fine_tune": method == "tip_adapter_f", "init_alpha": alpha, "init_beta": 1.0,
+                "search_scale": list(scale), "search_step": [200, 20], "lr": 1e-3, "eps": 1e-4}
+        return {"class_path": "stori_pl.models.TipAdapter", "init_args": {**clip, **args}}
+    if method == "linear_probe":
+        return {"class_path": "stori_pl.models.LinearProbe", "init_args": {**clip, "search_steps": 8, "max_iter": 1000}}
+    base, cupl = method == "zero_shot", method == "cupl"
+    return {"class_path": "stori_pl.models.ZeroShotCLIP",
+            "init_args": {**clip, "use_base_prompts": base, "use_cupl_prompts": cupl}}
+
+
+def data_section(method: str, dataset: str, shots: int) -> dict:
+    """``data:`` of one experiment."""
+    args = {"root": "data", "shots": shots, "seed": 1, "fewshot_file": None, "cupl": None,
+            "prompts_per_class": 10 if dataset in ("imagenet", "sun397") and method in ("stori", "taskres_cupl") else None,
+            "classes": None, "cache_dir": None,
+            "batch_size": 32 if method == "coop" else 256, "num_workers": 0 if dataset == "toy_shapes" else 4,
+            "download": False, "skip_bad_images": False,
+            "augment_views": AUGMENT_VIEWS if method in ("taskres_base", "taskres_cupl", "coop", "tip_adapter",
+                                                         "tip_adapter_f") else 0,
+            "augment_scale": [0.5, 1.0] if method.startswith("tip_adapter") else [0.08, 1.0]}
+    if dataset == "imagenet" and method.startswith("taskres"):
+        args["templates"] = IMAGENET_BASE
+    return {"class_path": DATASETS[dataset], "init_args": args}
+
+
+def config(method: str, dataset: str, shots: int) -> dict:
+    """One flat, complete experiment."""
+    name = f"{method}/{dataset}_{shots}shot"
+    callbacks = [{"class_path": "stori_pl.lightning.callbacks.WeightPlotCallback", "init_args": {"every_n_epochs": 1}}] \
+        if method == "stori" else []
     return {
-        "lr": lr,
-        "epochs": 100 if shots <= 4 else 200,
-        "prompts_per_class": 10 if dataset in ("imagenet", "sun397") else None,
+        "seed_everything": 1,
+        "trainer": {
+            "accelerator": "auto", "devices": 1, "precision": "32-true", "max_epochs": epochs(method, dataset, shots),
+            "check_val_every_n_epoch": 1, "log_every_n_steps": 1,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "name": name}},
+            "callbacks": callbacks,
+        },
+        "model": model_section(method, dataset, shots),
+        "data": data_section(method, dataset, shots),
+        "checkpoint": {"monitor": "val/acc", "mode": "max", "save_top_k": 1},
+        "test_ckpt": "last",
+        "test_after_fit": True,
     }
 
 
-def _yaml(value) -> str:
-    return "null" if value is None else str(value)
-
-
-TEMPLATE = """\
-# SToRI, {title}, {shots}-shot: recipe of Kim et al. 2024 (App. A.1), CLIP ViT-L/14.
-#   stori fit --config {name}.yaml --data.root /path/to/data    (data layout: docs/datasets.md)
-# Generated by tools/make_configs.py; flat and complete on purpose.
-seed_everything: 1
-trainer:
-  accelerator: auto
-  devices: 1
-  precision: 32-true
-  max_epochs: {epochs}
-  check_val_every_n_epoch: 1
-  log_every_n_steps: 1
-  logger:
-    class_path: lightning.pytorch.loggers.TensorBoardLogger
-    init_args:
-      save_dir: runs
-      name: {name}
-  callbacks:
-    - class_path: stori_pl.lightning.callbacks.WeightPlotCallback
-      init_args:
-        every_n_epochs: 1
-model:
-  class_path: stori_pl.models.StoriClassifier
-  init_args:
-    clip_model: ViT-L-14
-    pretrained: openai
-    start_block: 7
-    lr: {lr}
-    weight_decay: 0.0
-    use_base_prompts: true
-    chunk_size: 1024
-data:
-  class_path: stori_pl.data.{cls}
-  init_args:
-    root: data
-    shots: {shots}
-    seed: 1
-    fewshot_file: null
-    cupl: null
-    prompts_per_class: {ppc}
-    classes: null
-    cache_dir: null
-    batch_size: 256
-    num_workers: 4
-    download: false
-    skip_bad_images: false
-    augment_views: 0
-checkpoint:
-  monitor: val/acc
-  mode: max
-  save_top_k: 1
-test_after_fit: true
-"""
+def header(method: str, dataset: str, shots: int) -> str:
+    verb = "test" if method in TRAINED_NOTHING else "fit"
+    root = "" if dataset == "toy_shapes" else " --data.root /path/to/data"
+    return (f"# {method}, {dataset}, {shots}-shot: the published recipe (see tools/make_configs.py's docstring).\n"
+            f"#   stori {verb} --config {method}/{dataset}_{shots}shot.yaml{root}    (data layout: docs/datasets.md)\n"
+            "# Generated by tools/make_configs.py; flat and complete on purpose.\n")
 
 
 def main() -> None:
     out = Path(__file__).resolve().parents[1] / "configs"
-    out.mkdir(exist_ok=True)
-    for dataset, (cls, title) in DATASETS.items():
-        for shots in SHOTS:
-            r = recipe(dataset, shots)
-            name = f"{dataset}_{shots}shot"
-            text = TEMPLATE.format(title=title, name=name, shots=shots, epochs=r["epochs"], lr=r["lr"],
-                                   cls=cls, ppc=_yaml(r["prompts_per_class"]))
-            (out / f"{name}.yaml").write_text(text)
-    print(f"wrote {len(DATASETS) * len(SHOTS)} configs to {out}")
+    n = 0
+    for method in METHODS:
+        (out / method).mkdir(parents=True, exist_ok=True)
+        for dataset in DATASETS:
+            for shots in SHOTS:
+                text = header(method, dataset, shots) + yaml.safe_dump(config(method, dataset, shots), sort_keys=False, default_flow_style=None)
+                (out / method / f"{dataset}_{shots}shot.yaml").write_text(text)
+                n += 1
+    print(f"wrote {n} configs to {out}/<method>/")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ UTILITY_COMMANDS = {
     "explain": "stori_pl.cli.explain",
     "bench": "stori_pl.cli.bench",
     "report": "stori_pl.cli.report",
+    "grid": "stori_pl.cli.grid",
     "cache": "stori_pl.cli.cache",
     "toy-pretrain": "stori_pl.cli.toy_pretrain",
 }

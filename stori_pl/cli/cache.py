@@ -68,16 +68,16 @@ class ShardWriter(BasePredictionWriter):
 
 
 def encode_with_trainer(paths, clip_model, pretrained, trainer: L.Trainer, *, cache_dir=None, batch_size=64,
-                        num_workers=2, skip_bad_images=False, views=0) -> bool:
+                        num_workers=2, skip_bad_images=False, views=0, augment_scale=F.AUGMENT_SCALE) -> bool:
     """Encode ``paths`` into the feature cache with ``trainer`` (all ranks call this). True if it encoded."""
     module = ImageEncoder(clip_model, pretrained)
     paths = [str(p) for p in paths]
-    key = F.feature_key(paths, clip_model, pretrained, module.preprocess, views, module.clip)
+    key = F.feature_key(paths, clip_model, pretrained, module.preprocess, views, module.clip, augment_scale)
     target = F.cache_file(key, cache_dir)
     if F.load_cached(target, key, len(paths), require_all=not skip_bad_images) is not None:
         return False
     shards = target.parent / f".shards-{key}"
-    loader = DataLoader(F.ImagePathDataset(paths, module.preprocess, views), batch_size=batch_size,
+    loader = DataLoader(F.ImagePathDataset(paths, module.preprocess, views, augment_scale=augment_scale), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=F.collate_images)
     trainer.callbacks.append(writer := ShardWriter(shards))
     try:
@@ -198,7 +198,8 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
     for part, (paths, views) in dm.image_lists(parts).items():
         did = encode_with_trainer(paths, dm.clip_model, dm.pretrained, trainer, cache_dir=dm.cache_dir,
                                   batch_size=batch_size, num_workers=workers,
-                                  skip_bad_images=dm.skip_bad_images, views=views)
+                                  skip_bad_images=dm.skip_bad_images, views=views,
+                                  augment_scale=dm.augment_scale)
         if trainer.global_rank == 0:
             print(f"{cls.__name__} {part}: {len(paths)} images {'encoded' if did else 'already cached'}")
     return 0

@@ -101,7 +101,11 @@ def print_weights(weights: dict, shown: list[str], top: int, color: bool) -> Non
 def explain_image(model, image: Path, classes: list[str] | None, top: int, png: Path | None, color: bool) -> int:
     """Top-5 classes of ``image`` and the word attributions of ``classes`` (default: the top class)."""
     from stori_pl.interpret import viz
-    from stori_pl.interpret.attribution import attribute, attribution_figures, image_features
+    from stori_pl.interpret.attribution import (
+        attribute,
+        attribution_figures,
+        image_features,
+    )
 
     feature = image_features(model, image)  # [D]
     probs = model.classify_features(feature[None])[0]  # [C]

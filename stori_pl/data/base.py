@@ -89,7 +89,10 @@ class FewShotDataModule(L.LightningDataModule):
         num_workers: DataLoader workers decoding images while encoding features.
         download: Fetch missing images (torchvision) and the split file.
         skip_bad_images: Skip unreadable or missing images with a warning instead of failing.
-        augment_views: Extra augmented views per training image (a random view per step); 0 = off.
+        augment_views: Extra augmented views per training image, cached once (seeded random-resized-crop + flip;
+            one random view per image and epoch, reproducible on resume); 0 = off. Costs ``augment_views``
+            encodes of the training split, once.
+        augment_scale: Crop scale range of the views (Dassl, CoOp / TaskRes: [0.08, 1]; Tip-Adapter: [0.5, 1]).
         templates: Override the dataset's base templates.
     """
 
@@ -122,6 +125,7 @@ class FewShotDataModule(L.LightningDataModule):
         skip_bad_images: bool = False,
         augment_views: int = 0,
         templates: list[str] | None = None,
+        augment_scale: tuple[float, float] = (0.08, 1.0),
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
@@ -129,6 +133,8 @@ class FewShotDataModule(L.LightningDataModule):
             raise ValueError(f"prompts_per_class must be >= 1 or None, got {prompts_per_class}")
         if augment_views < 0:
             raise ValueError(f"augment_views must be >= 0, got {augment_views}")
+        if len(augment_scale) != 2 or not 0 < augment_scale[0] <= augment_scale[1] <= 1:
+            raise ValueError(f"augment_scale must be [low, high] with 0 < low <= high <= 1, got {augment_scale}")
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.clip_model, self.pretrained = clip_model, pretrained
@@ -136,6 +142,7 @@ class FewShotDataModule(L.LightningDataModule):
         self.cupl, self.prompts_per_class, self.classes = cupl, prompts_per_class, classes
         self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
         self.download, self.skip_bad_images, self.augment_views = download, skip_bad_images, augment_views
+        self.augment_scale = tuple(augment_scale)
         if templates:
             self.templates = tuple(templates)
         self.classnames: list[str] = []
@@ -266,7 +273,8 @@ class FewShotDataModule(L.LightningDataModule):
         for part, (paths, views) in self.image_lists(todo).items():
             feats, kept = image_features(
                 paths, self.clip_model, self.pretrained, cache_dir=self.cache_dir, batch_size=64,
-                num_workers=self.num_workers, skip_bad_images=self.skip_bad_images, views=views)
+                num_workers=self.num_workers, skip_bad_images=self.skip_bad_images, views=views,
+                augment_scale=self.augment_scale)
             entries = self.subsets()[part]
             labels = torch.tensor([entries[k][1] for k in kept], dtype=torch.long)  # [N]
             self._data[part] = FeatureDataset(feats, labels, random_view=part == "train")

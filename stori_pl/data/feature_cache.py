@@ -33,8 +33,9 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 
 def feature_key(paths: Sequence[str | Path], clip_model: str, pretrained: str | None, preprocess, views=0,
-                model: torch.nn.Module | None = None) -> str:
-    """Content hash naming a cache file (model, preprocess, views, each path with size and mtime)."""
+                model: torch.nn.Module | None = None, augment_scale: Sequence[float] | None = None) -> str:
+    """Content hash naming a cache file (model, preprocess, views and their crop scale, each path with size
+    and mtime)."""
     from stori_pl.text.clip import model_fingerprint
 
     fingerprint = model_fingerprint(clip_model, pretrained)
@@ -47,7 +48,8 @@ def feature_key(paths: Sequence[str | Path], clip_model: str, pretrained: str | 
             files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
         except OSError:
             files.append((os.path.abspath(p), -1, -1))
-    return content_hash(FORMAT_VERSION, fingerprint, repr(preprocess), int(views), files, length=24)
+    augment = [int(views)] + ([float(x) for x in augment_scale] if views and augment_scale is not None else [])
+    return content_hash(FORMAT_VERSION, fingerprint, repr(preprocess), *augment, files, length=24)
 
 
 def cache_file(key: str, cache_dir: str | Path | None = None) -> Path:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+AUGMENT_SCALE = (0.08, 1.0)  # Dassl's INPUT.RRCROP_SCALE, used by CoOp and TaskRes
+
+
 class BadImageError(RuntimeError):
     """An image file could not be read or decoded."""
 
@@ -56,13 +59,15 @@ class ImagePathDataset(Dataset):
         views: Extra random augmented views per image (Tip-Adapter style); the item is then [1+V, 3, H, W]
             with the plain view first. Each view uses a seed derived from (index, view), so it is reproducible.
         augment: Transform for the augmented views (default: :func:`augment_transform` of ``transform``).
+        augment_scale: Crop scale range of the default augmentation (Dassl: (0.08, 1); Tip-Adapter: (0.5, 1)).
     """
 
-    def __init__(self, paths: Sequence[str | Path], transform: Callable, views: int = 0, augment=None):
+    def __init__(self, paths: Sequence[str | Path], transform: Callable, views: int = 0, augment=None,
+                 augment_scale: tuple[float, float] = AUGMENT_SCALE):
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.views = views
-        self.augment = augment if augment is not None or views == 0 else augment_transform(transform)
+        self.augment = augment if augment is not None or views == 0 else augment_transform(transform, augment_scale)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,14 +98,15 @@ def collate_images(batch):
     return images, torch.tensor([i for _, i in good], dtype=torch.long), bad
 
 
-def augment_transform(preprocess: Callable) -> Callable:
-    """Random-resized-crop + flip version of an open_clip eval transform (same size, mean and std)."""
+def augment_transform(preprocess: Callable, scale: tuple[float, float] = AUGMENT_SCALE) -> Callable:
+    """Random-resized-crop (bicubic, crop area ``scale`` of the image) + flip version of an open_clip eval
+    transform (same size, mean and std)."""
     from torchvision import transforms as T
 
     steps = list(getattr(preprocess, "transforms", []))
     size = next((t.size for t in steps if isinstance(t, T.CenterCrop)), (224, 224))
     rest = [t for t in steps if not isinstance(t, (T.Resize, T.CenterCrop))]
-    crop = T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC)
+    crop = T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC)
     return T.Compose([crop, T.RandomHorizontalFlip(), *rest])
 
 
@@ -189,6 +195,7 @@ def encode_paths(
     num_workers: int = 0,
     skip_bad_images: bool = False,
     views: int = 0,
+    augment_scale: tuple[float, float] = AUGMENT_SCALE,
     progress: bool = True,
     desc: str = "encoding",
 ) -> tuple[list[torch.Tensor], list[int], list[int]]:
@@ -199,7 +206,7 @@ def encode_paths(
         preprocess: Its eval transform.
         paths: Image files.
         device: Where to encode.
-        batch_size, num_workers, views, progress: As for :func:`image_features`.
+        batch_size, num_workers, views, augment_scale, progress: As for :func:`image_features`.
         skip_bad_images: Collect unreadable or missing images instead of raising :class:`BadImageError`.
         desc: Progress-bar label.
 
@@ -209,7 +216,7 @@ def encode_paths(
     """
     from tqdm.auto import tqdm
 
-    loader = DataLoader(ImagePathDataset(paths, preprocess, views), batch_size=batch_size,
+    loader = DataLoader(ImagePathDataset(paths, preprocess, views, augment_scale=augment_scale), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_images, pin_memory=device.type == "cuda")
     original = next(model.parameters()).device
     model.to(device)
@@ -240,6 +247,7 @@ def image_features(
     device: str | torch.device | None = None,
     skip_bad_images: bool = False,
     views: int = 0,
+    augment_scale: tuple[float, float] = AUGMENT_SCALE,
     progress: bool = True,
 ) -> tuple[torch.Tensor, list[int]]:
     """CLIP image features of ``paths``, from the cache or encoded once and cached.
@@ -254,7 +262,9 @@ def image_features(
         device: Where to encode (default: CUDA when available); fp16/bf16 autocast on CUDA only.
         skip_bad_images: Skip unreadable or missing images with a warning instead of raising
             :class:`BadImageError`.
-        views: Extra augmented views per image (then features are [N, 1+views, D]).
+        views: Extra augmented views per image (then features are [N, 1+views, D]); each is a seeded
+            random-resized-crop + flip, so the cache is reproducible.
+        augment_scale: Crop scale range of the views (Dassl, for CoOp / TaskRes: (0.08, 1); Tip-Adapter: (0.5, 1)).
         progress: Show a progress bar while encoding.
 
     Returns:
@@ -267,7 +277,7 @@ def image_features(
     if not paths:
         raise ValueError("image_features: no image paths given")
     model, preprocess, _ = load_clip(clip_model, pretrained)
-    key = feature_key(paths, clip_model, pretrained, preprocess, views, model)
+    key = feature_key(paths, clip_model, pretrained, preprocess, views, model, augment_scale)
     path = cache_file(key, cache_dir)
     cached = load_cached(path, key, len(paths), require_all=not skip_bad_images)
     if cached is not None:
@@ -275,7 +285,7 @@ def image_features(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chunks, kept, bad = encode_paths(
         model, preprocess, paths, device=device, batch_size=batch_size, num_workers=num_workers,
-        skip_bad_images=skip_bad_images, views=views, progress=progress,
+        skip_bad_images=skip_bad_images, views=views, augment_scale=augment_scale, progress=progress,
         desc=f"encoding {len(paths)} images ({clip_model})")
     if bad:
         warn_skipped_images(paths, bad, stacklevel=2)
