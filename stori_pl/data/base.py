@@ -91,6 +91,7 @@ class FewShotDataModule(L.LightningDataModule):
         skip_bad_images: Skip unreadable images with a warning instead of failing.
         augment_views: Extra augmented views per training image (a random view per step); 0 = off.
         templates: Override the dataset's base templates.
+        drop_blank_prompts: Drop blank CuPL sentences with a warning (default: they are an error).
     """
 
     folder: ClassVar[str] = ""
@@ -122,6 +123,7 @@ class FewShotDataModule(L.LightningDataModule):
         skip_bad_images: bool = False,
         augment_views: int = 0,
         templates: list[str] | None = None,
+        drop_blank_prompts: bool = False,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
@@ -138,6 +140,7 @@ class FewShotDataModule(L.LightningDataModule):
         self.download, self.skip_bad_images, self.augment_views = download, skip_bad_images, augment_views
         if templates:
             self.templates = tuple(templates)
+        self.drop_blank_prompts = drop_blank_prompts
         self.classnames: list[str] = []
         self._subsets: dict[str, list[coop.Entry]] | None = None
         self._data: dict[str, FeatureDataset] = {}
@@ -189,7 +192,8 @@ class FewShotDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download (when asked) and encode every split once into the feature cache (rank 0 only)."""
         if self.download:
-            self._download()
+            with coop.undo_on_failure([self.root, self.dataset_dir()]):  # a failed download leaves nothing behind
+                self._download()
         self._features_for(("train", "val", "test"))
 
     def _download(self) -> None:
@@ -286,7 +290,8 @@ class FewShotDataModule(L.LightningDataModule):
             return [[] for _ in self.classnames]
         raw = cupl.load_cupl(source, self.cache_dir)
         rule = type(self).cupl_key_rule
-        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source))
+        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source),
+                                  drop_blank=self.drop_blank_prompts)
         prompts = [matched[i] for i in self._label_ids]
         if self.prompts_per_class:
             prompts = self._select(prompts)
