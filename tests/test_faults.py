@@ -87,7 +87,8 @@ def test_fault_claim_run_version_is_exclusive_under_threads(tmp_path):
 def test_fault_two_concurrent_fits_get_separate_folders(env):
     fake, root, _ = env
     cmd = [sys.executable, "-c", "import sys; from stori_pl.cli import main; sys.exit(main(sys.argv[1:]))"]
-    envvars = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PYTHONWARNINGS": "ignore"}
+    envvars = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PYTHONWARNINGS": "ignore",
+               "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd + fit_args(fake, "twin", "--model.lr", lr), cwd=root, env=envvars,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for lr in ("0.003", "0.1")]
@@ -152,7 +153,8 @@ def test_fault_kill_during_checkpoint_write_then_resume(env):
         "torch.save = blocking\n"
         "from stori_pl.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
-    envvars = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PYTHONWARNINGS": "ignore"}
+    envvars = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PYTHONWARNINGS": "ignore",
+               "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(driver), *fit_args(fake, "killed", "--ckpt_path", "last", epochs=3)],
                             cwd=root, env=envvars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
