@@ -27,6 +27,7 @@ from fakedata import make_fake
 
 from stori_pl.cli import main
 from stori_pl.lightning.checkpoint import UnreadableCheckpointError, read_checkpoint
+from stori_pl.lightning.cli import run_lightning_cli  # raises user errors (`stori` prints them as one line)
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -130,8 +131,8 @@ def test_fault_disk_full_during_checkpoint_write_keeps_previous(env, monkeypatch
 
     monkeypatch.setattr(torch, "save", half_then_enospc)
     with pytest.raises(OSError, match=r"could not write checkpoint .*No space left.*previous file .* unchanged") as err:
-        main(fit_args(fake, "diskfull", "--ckpt_path", "last", epochs=3))
-    assert isinstance(err.value, ValueError)  # the `stori` dispatcher prints it as one line
+        run_lightning_cli(fit_args(fake, "diskfull", "--ckpt_path", "last", epochs=3))
+    assert isinstance(err.value, ValueError)  # the `stori` dispatcher prints it as one line, exit 2
     monkeypatch.setattr(torch, "save", real_save)
     assert (ckpts / "last.ckpt").read_bytes() == before and read_checkpoint(ckpts / "last.ckpt")["epoch"] == 1
     assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith(".")) == []  # no temp file left
@@ -204,7 +205,7 @@ def test_fault_unreadable_checkpoint_clear_error(env, kind):
     with pytest.raises(ValueError, match=expected):
         StoriClassifier.load_from_checkpoint(ckpts / "last.ckpt")
     with pytest.raises(ValueError, match=expected):  # before any model or data is loaded
-        main(fit_args(fake, f"bad_{kind}", "--ckpt_path", "last"))
+        run_lightning_cli(fit_args(fake, f"bad_{kind}", "--ckpt_path", "last"))
     assert not marker.exists()  # the pickle payload never ran
     assert best.read_bytes() == best_bytes and not run_dir(root, f"bad_{kind}", 1).exists()
     assert StoriClassifier.load_from_checkpoint(best).classnames == fake.classnames  # the way out works
