@@ -110,6 +110,15 @@ def test_fault_two_concurrent_fits_get_separate_folders(env):
     assert not run_dir(root, "twin", 2).exists()
 
 
+def test_fault_failed_run_gives_its_empty_folder_back(env):
+    fake, root, _ = env
+    argv = fit_args(fake, "failing")
+    argv[argv.index("--data.root") + 1] = str(root / "no_such_data")
+    with pytest.raises(FileNotFoundError, match="data root not found"):
+        run_lightning_cli(argv)
+    assert list((root / "runs" / "failing").iterdir()) == []  # claimed, nothing written, given back
+
+
 # --------------------------------------------------------------------------------- checkpoint writes
 def copy_run(root: Path, name: str) -> Path:
     dest = run_dir(root, name)
