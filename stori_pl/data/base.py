@@ -91,6 +91,7 @@ class FewShotDataModule(L.LightningDataModule):
         skip_bad_images: Skip unreadable or missing images with a warning instead of failing.
         augment_views: Extra augmented views per training image (a random view per step); 0 = off.
         templates: Override the dataset's base templates.
+        drop_blank_prompts: Drop blank CuPL sentences with a warning (default: they are an error).
     """
 
     folder: ClassVar[str] = ""
@@ -122,6 +123,7 @@ class FewShotDataModule(L.LightningDataModule):
         skip_bad_images: bool = False,
         augment_views: int = 0,
         templates: list[str] | None = None,
+        drop_blank_prompts: bool = False,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
@@ -138,6 +140,7 @@ class FewShotDataModule(L.LightningDataModule):
         self.download, self.skip_bad_images, self.augment_views = download, skip_bad_images, augment_views
         if templates:
             self.templates = tuple(templates)
+        self.drop_blank_prompts = drop_blank_prompts
         self.classnames: list[str] = []
         self._subsets: dict[str, list[coop.Entry]] | None = None
         self._data: dict[str, FeatureDataset] = {}
@@ -196,21 +199,23 @@ class FewShotDataModule(L.LightningDataModule):
         """Fetch what is missing of the dataset: the split file (and ``extra_files``), then the images.
 
         Called by :meth:`prepare_data` when ``download`` is true (and by ``stori cache``). Files already
-        present are kept; a failed download raises an error saying what to get and where to save it.
+        present are kept; a failed download removes what it created and raises an error saying what to get
+        and where to save it.
         """
         d = self.dataset_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        files = dict(self.extra_files)
-        if self.split_file:
-            files[self.split_file] = self.split_gdrive_id
-        for name, file_id in files.items():
-            if not (d / name).is_file():
-                if not file_id:
-                    raise RuntimeError(f"cannot download {name}; get it from {self.split_location()} "
-                                       f"and save it as {d / name}")
-                coop.download_split(file_id, d / name)
-        if not (d / self.image_dir).is_dir():
-            self.download_images(d)
+        with coop.undo_on_failure([self.root, d]):  # a failed download leaves nothing behind
+            d.mkdir(parents=True, exist_ok=True)
+            files = dict(self.extra_files)
+            if self.split_file:
+                files[self.split_file] = self.split_gdrive_id
+            for name, file_id in files.items():
+                if not (d / name).is_file():
+                    if not file_id:
+                        raise FileNotFoundError(f"cannot download {name}; get it from {self.split_location()} "
+                                                f"and save it as {d / name}")
+                    coop.download_split(file_id, d / name)
+            if not (d / self.image_dir).is_dir():
+                self.download_images(d)
 
     def setup(self, stage: str | None = None) -> None:
         parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -297,7 +302,8 @@ class FewShotDataModule(L.LightningDataModule):
             return [[] for _ in self.classnames]
         raw = cupl.load_cupl(source, self.cache_dir)
         rule = type(self).cupl_key_rule
-        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source))
+        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source),
+                                  drop_blank=self.drop_blank_prompts)
         prompts = [matched[i] for i in self._label_ids]
         if self.prompts_per_class:
             prompts = self._select(prompts)

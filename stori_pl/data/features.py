@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class BadImageError(RuntimeError):
-    """An image file could not be read or decoded."""
+class BadImageError(RuntimeError, ValueError):
+    """An image file could not be read or decoded (a user error: the ``stori`` commands print it as one line)."""
 
 
 class ImagePathDataset(Dataset):
