@@ -174,8 +174,8 @@ class FewShotDataModule(L.LightningDataModule):
 
     def download_images(self, dataset_dir: Path) -> None:
         """Fetch the raw images into ``dataset_dir/<image_dir>`` (subclasses with a downloader override)."""
-        raise RuntimeError(f"{type(self).__name__} cannot download its images automatically; put them in "
-                           f"{dataset_dir / self.image_dir} (see docs/datasets.md).")
+        raise coop.DownloadError(f"{type(self).__name__} cannot download its images automatically; put them in "
+                                 f"{dataset_dir / self.image_dir} (see docs/datasets.md).")
 
     def _tv_download(self, dataset_dir: Path, tv_class: str, inner: str, **kwargs) -> None:
         """Run a torchvision downloader into ``dataset_dir/_download`` and move ``inner`` into place."""
@@ -211,7 +211,7 @@ class FewShotDataModule(L.LightningDataModule):
             for name, file_id in files.items():
                 if not (d / name).is_file():
                     if not file_id:
-                        raise FileNotFoundError(f"cannot download {name}; get it from {self.split_location()} "
+                        raise coop.DownloadError(f"cannot download {name}; get it from {self.split_location()} "
                                                 f"and save it as {d / name}")
                     coop.download_split(file_id, d / name)
             if not (d / self.image_dir).is_dir():

@@ -201,7 +201,7 @@ def require_gdown() -> None:
 
     if importlib.util.find_spec("gdown") is None:
         raise DownloadError(f"download: true fetches files from Google Drive with the package gdown, which is not "
-                            f"installed: {GDOWN_HINT} (or download the files by hand: README, 'Datasets')")
+                            f"installed: {GDOWN_HINT} (or download the files by hand: docs/datasets.md)")
 
 
 def download_split(file_id: str, dest: Path) -> None:

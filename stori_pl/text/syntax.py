@@ -15,7 +15,6 @@ the characters it covers. SOS, EOT and padding keep weight 1 (log-weight 0).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
