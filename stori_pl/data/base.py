@@ -94,6 +94,7 @@ class FewShotDataModule(L.LightningDataModule):
             encodes of the training split, once.
         augment_scale: Crop scale range of the views (Dassl, CoOp / TaskRes: [0.08, 1]; Tip-Adapter: [0.5, 1]).
         templates: Override the dataset's base templates.
+        drop_blank_prompts: Drop blank CuPL sentences with a warning (default: they are an error).
     """
 
     folder: ClassVar[str] = ""
@@ -126,6 +127,7 @@ class FewShotDataModule(L.LightningDataModule):
         augment_views: int = 0,
         templates: list[str] | None = None,
         augment_scale: tuple[float, float] = (0.08, 1.0),
+        drop_blank_prompts: bool = False,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
@@ -145,6 +147,7 @@ class FewShotDataModule(L.LightningDataModule):
         self.augment_scale = tuple(augment_scale)
         if templates:
             self.templates = tuple(templates)
+        self.drop_blank_prompts = drop_blank_prompts
         self.classnames: list[str] = []
         self._subsets: dict[str, list[coop.Entry]] | None = None
         self._data: dict[str, FeatureDataset] = {}
@@ -178,8 +181,8 @@ class FewShotDataModule(L.LightningDataModule):
 
     def download_images(self, dataset_dir: Path) -> None:
         """Fetch the raw images into ``dataset_dir/<image_dir>`` (subclasses with a downloader override)."""
-        raise RuntimeError(f"{type(self).__name__} cannot download its images automatically; put them in "
-                           f"{dataset_dir / self.image_dir} (see docs/datasets.md).")
+        raise coop.DownloadError(f"{type(self).__name__} cannot download its images automatically; put them in "
+                                 f"{dataset_dir / self.image_dir} (see docs/datasets.md).")
 
     def _tv_download(self, dataset_dir: Path, tv_class: str, inner: str, **kwargs) -> None:
         """Run a torchvision downloader into ``dataset_dir/_download`` and move ``inner`` into place."""
@@ -203,21 +206,23 @@ class FewShotDataModule(L.LightningDataModule):
         """Fetch what is missing of the dataset: the split file (and ``extra_files``), then the images.
 
         Called by :meth:`prepare_data` when ``download`` is true (and by ``stori cache``). Files already
-        present are kept; a failed download raises an error saying what to get and where to save it.
+        present are kept; a failed download removes what it created and raises an error saying what to get
+        and where to save it.
         """
         d = self.dataset_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        files = dict(self.extra_files)
-        if self.split_file:
-            files[self.split_file] = self.split_gdrive_id
-        for name, file_id in files.items():
-            if not (d / name).is_file():
-                if not file_id:
-                    raise RuntimeError(f"cannot download {name}; get it from {self.split_location()} "
-                                       f"and save it as {d / name}")
-                coop.download_split(file_id, d / name)
-        if not (d / self.image_dir).is_dir():
-            self.download_images(d)
+        with coop.undo_on_failure([self.root, d]):  # a failed download leaves nothing behind
+            d.mkdir(parents=True, exist_ok=True)
+            files = dict(self.extra_files)
+            if self.split_file:
+                files[self.split_file] = self.split_gdrive_id
+            for name, file_id in files.items():
+                if not (d / name).is_file():
+                    if not file_id:
+                        raise coop.DownloadError(f"cannot download {name}; get it from {self.split_location()} "
+                                                f"and save it as {d / name}")
+                    coop.download_split(file_id, d / name)
+            if not (d / self.image_dir).is_dir():
+                self.download_images(d)
 
     def setup(self, stage: str | None = None) -> None:
         parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -316,7 +321,8 @@ class FewShotDataModule(L.LightningDataModule):
             return [[] for _ in self.classnames]
         raw = cupl.load_cupl(source, self.cache_dir)
         rule = type(self).cupl_key_rule
-        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source))
+        matched = cupl.match_cupl(raw, self._all_names, self.cupl_name_map, rule, source=str(source),
+                                  drop_blank=self.drop_blank_prompts)
         prompts = [matched[i] for i in self._label_ids]
         if self.prompts_per_class:
             prompts = self._select(prompts)

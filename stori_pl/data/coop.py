@@ -8,9 +8,12 @@ index files (``shot_<k>-seed_<s>.json``) come out item for item.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +188,25 @@ def check_images(image_dir: Path, entries: list[Entry], what: str, suggest_skip:
         )
 
 
+class DownloadError(RuntimeError, ValueError):
+    """A ``download: true`` step failed; the message says what to get by hand (or which extra to install)."""
+
+
+GDOWN_HINT = 'pip install "stori-pl[download]"'
+
+
+def require_gdown() -> None:
+    """Raise :class:`DownloadError` naming the ``download`` extra when ``gdown`` is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("gdown") is None:
+        raise DownloadError(f"download: true fetches files from Google Drive with the package gdown, which is not "
+                            f"installed: {GDOWN_HINT} (or download the files by hand: docs/datasets.md)")
+
+
 def download_split(file_id: str, dest: Path) -> None:
     """Fetch a CoOp split (or class-name) file from Google Drive; on failure say what to get and where."""
+    require_gdown()
     try:
         from torchvision.datasets.utils import download_file_from_google_drive
 
@@ -198,7 +218,44 @@ def download_split(file_id: str, dest: Path) -> None:
     except Exception as e:  # noqa: BLE001 - any failure gets the same instructions
         if dest.is_file():
             dest.unlink()
-        raise RuntimeError(
+        raise DownloadError(
             f"could not download {dest.name} ({e}). Download it by hand from {GDRIVE.format(file_id)} "
             f"and save it as {dest}."
         ) from e
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost not-yet-existing folder on the way to ``path`` (None when ``path`` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+@contextlib.contextmanager
+def undo_on_failure(folders: list[Path]) -> Iterator[None]:
+    """Remove what a failed download created in ``folders`` and keep everything that was there before.
+
+    Records which of ``folders`` (and their parents) exist and the entries directly inside each; on an
+    exception, deletes the folders it created and the new entries of the others, then re-raises (as a
+    :class:`DownloadError` naming the ``download`` extra when gdown was missing).
+    """
+    folders = [Path(f) for f in folders]
+    created = [m for m in (_first_missing(f) for f in folders) if m is not None]
+    before = {f: set(f.iterdir()) for f in folders if f.is_dir()}
+    try:
+        yield
+    except BaseException as err:
+        for folder, entries in before.items():
+            for entry in set(folder.iterdir()) - entries if folder.is_dir() else ():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(err, RuntimeError) and not isinstance(err, DownloadError) and "gdown" in str(err):
+            raise DownloadError(f"{err} — install it with {GDOWN_HINT}").with_traceback(None) from err
+        if isinstance(err, Exception) and not isinstance(err, (ValueError, FileNotFoundError)):
+            raise DownloadError(f"download failed ({type(err).__name__}: {err}); what it had created was removed"
+                                ) from err
+        raise

@@ -12,6 +12,7 @@ import difflib
 import json
 import re
 import urllib.request
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def match_cupl(
     name_map: Mapping[int | str, str] | None = None,
     key_rule: Callable[[str], str] | None = None,
     source: str = "CuPL file",
+    drop_blank: bool = False,
 ) -> list[list[str]]:
     """The CuPL sentences of each class, by class index.
 
@@ -88,8 +90,12 @@ def match_cupl(
     ``key_rule``, e.g. :func:`paren_to_prefix`). So one map serves files keyed by CuPL's or CoOp's names.
     Several classes may share one key (ImageNet's duplicate names).
 
+    Args:
+        drop_blank: Drop blank or whitespace-only sentences with a warning (default: they are an error).
+
     Raises:
-        ValueError: naming every class without prompts (with close CuPL keys as hints).
+        ValueError: naming every class without prompts (with close CuPL keys as hints), every class whose
+            key holds an empty list, and every class with blank sentences (unless ``drop_blank``).
     """
     name_map = dict(name_map or {})
     by_norm: dict[str, str] = {}
@@ -97,23 +103,43 @@ def match_cupl(
         by_norm.setdefault(_norm(key), key)
         if key_rule is not None:
             by_norm.setdefault(_norm(key_rule(key)), key)
-    out, missing = [], []
+    out, problems = [], []
     for i, name in enumerate(classnames):
         mapped = name_map.get(i, name_map.get(name))
         candidates = [c for c in (mapped, name) if c is not None]
         key = next((c for c in candidates if c in prompts), None)
         key = key or next((by_norm[_norm(c)] for c in candidates if _norm(c) in by_norm), None)
-        if key is None or not prompts[key]:
-            close = difflib.get_close_matches(_norm(name), list(by_norm), 3)
-            missing.append(f"{i}:{name!r} (close keys: {close})")
+        if key is None:
+            own = {_norm(c) for c in candidates}
+            close = [k for k in difflib.get_close_matches(_norm(name), list(by_norm), 4) if k not in own][:3]
+            problems.append(f"{i}:{name!r} has no key (close keys: {close})")
             out.append([])
-        else:
-            out.append(list(prompts[key]))
-    if missing:
-        raise ValueError(f"{source}: no prompts for {len(missing)} of {len(classnames)} classes: "
-                         + "; ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            continue
+        sentences, problem = _non_blank(prompts[key], i, name, key, source, drop_blank)
+        if problem:
+            problems.append(problem)
+        out.append(sentences)
+    if problems:
+        raise ValueError(f"{source}: no prompts for {len(problems)} of {len(classnames)} classes: "
+                         + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else "")
                          + ". Fix the file or add the names to the dataset's cupl_name_map.")
     return out
+
+
+def _non_blank(sentences: list[str], i: int, name: str, key: str, source: str,
+               drop_blank: bool) -> tuple[list[str], str | None]:
+    """A class's sentences without blank ones (dropped with a warning) and the problem to report, if any."""
+    blank = [j for j, s in enumerate(sentences) if not s.strip()]
+    if not sentences:
+        return [], f"{i}:{name!r}: key {key!r} holds an empty list"
+    if blank and not drop_blank:
+        return [], (f"{i}:{name!r}: key {key!r} has {len(blank)} blank or whitespace-only sentence(s) at "
+                    f"position(s) {blank[:5]} (remove them, or set drop_blank_prompts: true to drop them)")
+    if blank:
+        warnings.warn(f"{source}: dropped {len(blank)} blank sentence(s) of class {name!r} (key {key!r})",
+                      stacklevel=4)
+    kept = [s for s in sentences if s.strip()]
+    return kept, None if kept else f"{i}:{name!r}: key {key!r} holds only blank sentences"
 
 
 @torch.no_grad()

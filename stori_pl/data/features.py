@@ -46,8 +46,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 AUGMENT_SCALE = (0.08, 1.0)  # Dassl's INPUT.RRCROP_SCALE, used by CoOp and TaskRes
 
 
-class BadImageError(RuntimeError):
-    """An image file could not be read or decoded."""
+class BadImageError(RuntimeError, ValueError):
+    """An image file could not be read or decoded (a user error: the ``stori`` commands print it as one line)."""
 
 
 class ImagePathDataset(Dataset):

@@ -271,3 +271,48 @@ class ZeroShotComparison(L.Callback):
         acc = float(acc)
         print(f"\n{self.split} accuracy — zero-shot (same prompts, all weights 1): {100 * self.zero_shot_acc:.1f}%  →  "
               f"{name}: {100 * acc:.1f}%  ({100 * (acc - self.zero_shot_acc):+.1f} points)\n", flush=True)
+
+
+# ------------------------------------------------------------------------------------- progress lines
+class ProgressPrinter(L.Callback):
+    """Print one line every few epochs (epoch, train loss, val accuracy, elapsed time) — progress for runs
+    whose progress bar is off (the demo), readable in logs too.
+
+    Args:
+        every_n_epochs: Print after every n-th training epoch (and after the last one).
+    """
+
+    def __init__(self, every_n_epochs: int = 5) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if not trainer.is_global_zero or (epoch % self.every_n_epochs and not last and not trainer.should_stop):
+            return
+        print(self.line(trainer, time.monotonic() - (self._start or time.monotonic())), flush=True)
+
+    @staticmethod
+    def line(trainer: L.Trainer, elapsed: float) -> str:
+        """``epoch 10/60  train loss 0.4213  val acc 85.0%  elapsed 0:12`` (missing metrics left out)."""
+        metrics = trainer.callback_metrics
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        parts = [f"epoch {trainer.current_epoch + 1}{total}"]
+        loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
+        if loss is not None:
+            parts.append(f"train loss {float(loss):.4f}")
+        if metrics.get("val/acc") is not None:
+            parts.append(f"val acc {100 * float(metrics['val/acc']):.1f}%")
+        minutes, seconds = divmod(int(elapsed), 60)
+        parts.append(f"elapsed {minutes}:{seconds:02d}")
+        return "  ".join(parts)

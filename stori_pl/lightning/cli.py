@@ -23,10 +23,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from stori_pl.cli.report import RESULTS_FILE
+from stori_pl.lightning.checkpoint import AtomicCheckpointIO, check_checkpoint, read_checkpoint
 from stori_pl.utils import write_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -110,37 +112,54 @@ class StoriCLI(LightningCLI):
 
     # ------------------------------------------------------------------------------------- resume
     def before_instantiate_classes(self) -> None:
-        """``--ckpt_path last``: the newest ``last.ckpt`` of this run name; ``fit`` continues in that run folder."""
+        """Resolve ``--ckpt_path last`` (``fit`` continues in that run's folder), check the checkpoint is
+        readable, and claim a fresh ``version_N`` folder for every other run (see :func:`claim_run_version`)."""
         sub = self.config[self.subcommand] if self.subcommand else self.config
         if sub.get("checkpoint") is not None:
             sub.checkpoint.save_last = False  # LastCheckpoint always writes last.ckpt (every epoch)
-        if not self.subcommand or sub.get("ckpt_path") != "last":
+        if not self.subcommand:
             return
-        logger = sub.trainer.get("logger")
-        init = logger.get("init_args") if hasattr(logger, "get") else None
-        if init is None or not str(logger.get("class_path", "")).endswith(("TensorBoardLogger", "CSVLogger")):
-            return  # Lightning's own resolution
-        run_dir = Path(init.get("save_dir") or ".") / (init.get("name") or "")
+        init, run_dir = _logger_run_dir(sub)
+        if sub.get("ckpt_path") == "last" and run_dir is not None:
+            self._resolve_last(sub, init, run_dir)
+        ckpt = sub.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt):
+            if not Path(ckpt).is_file():
+                raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
+            check_checkpoint(ckpt)
+        if run_dir is not None and init.get("version") is None:
+            init["version"] = claim_run_version(run_dir)
+
+    def _resolve_last(self, sub: Any, init: Any, run_dir: Path) -> None:
+        """``--ckpt_path last``: the ``last.ckpt`` of the newest run of this name."""
         found = sorted(run_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1]))
         if not found:
             if self.subcommand != "fit":
-                raise SystemExit(f"stori: --ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints")
+                raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints")
             print(f"stori: no last.ckpt under {run_dir}/version_*/checkpoints: training from scratch", file=sys.stderr)
             sub.ckpt_path = None
             return
         sub.ckpt_path = str(found[-1])
         if self.subcommand == "fit":
-            init["version"] = found[-1].parents[1].name
+            init["version"] = _version_number(found[-1].parents[1])
         print(f"stori: using {found[-1]}", file=sys.stderr)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, writing checkpoints atomically (:class:`AtomicCheckpointIO`) unless configured otherwise."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     # --------------------------------------------------------------------------------- after runs
     def after_fit(self) -> None:
         if not self.config["fit"].get("test_after_fit", True) or self.trainer.interrupted:
             return
-        if self.trainer.fast_dev_run or not self.trainer.checkpoint_callback or not self.trainer.checkpoint_callback.best_model_path:
-            ckpt = None
-        else:
-            ckpt = "best"
+        # the explicit path of the val-selected checkpoint (ckpt_path="best" warns when, as here, there are
+        # several ModelCheckpoint callbacks)
+        selected = [cb for cb in self.trainer.checkpoint_callbacks
+                    if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.best_model_path]
+        ckpt = None if self.trainer.fast_dev_run or not selected else selected[0].best_model_path
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
         self.after_test()
 
@@ -169,6 +188,43 @@ class StoriCLI(LightningCLI):
 def _version_number(path: Path) -> int:
     m = re.match(r"version_(\d+)$", path.name)
     return int(m.group(1)) if m else -1
+
+
+RUN_DIR_ENV = "STORI_RUN_DIR"  # the folder rank 0 claimed, inherited by the DDP ranks it launches
+
+
+def _logger_run_dir(sub: Any) -> tuple[Any, Path | None]:
+    """The logger's ``init_args`` and ``<save_dir>/<name>`` for a TensorBoard/CSV logger, else ``(None, None)``."""
+    trainer = sub.get("trainer")
+    logger = trainer.get("logger") if hasattr(trainer, "get") else None
+    init = logger.get("init_args") if hasattr(logger, "get") else None
+    if init is None or not str(logger.get("class_path", "")).endswith(("TensorBoardLogger", "CSVLogger")):
+        return None, None
+    return init, Path(init.get("save_dir") or ".") / (init.get("name") or "")
+
+
+def claim_run_version(run_dir: str | os.PathLike) -> int:
+    """Create ``run_dir/version_N`` (N one past the highest existing) with an exclusive ``os.mkdir``.
+
+    Two runs started together never get the same folder: the loser of a race sees ``FileExistsError``
+    and tries the next number. DDP ranks > 0 reuse the folder their rank 0 claimed.
+
+    Returns:
+        N, for the logger's ``version`` argument.
+    """
+    run_dir = Path(run_dir)
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 and Path(inherited).parent == run_dir:
+        return _version_number(Path(inherited))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        n = max((_version_number(p) for p in run_dir.iterdir()), default=-1) + 1
+        try:
+            os.mkdir(run_dir / f"version_{n}")
+        except FileExistsError:
+            continue  # another run took it between the listing and the mkdir
+        os.environ[RUN_DIR_ENV] = str(run_dir / f"version_{n}")
+        return n
 
 
 def shipped_configs() -> list[str]:
@@ -232,7 +288,7 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
     ckpt = _option(argv, "--ckpt_path")
     if not ckpt or not Path(ckpt).is_file() or _option(argv, "--model") or _option(argv, "--config") or _option(argv, "-c"):
         return argv
-    info = torch.load(ckpt, map_location="cpu", weights_only=True).get("stori") or {}
+    info = read_checkpoint(ckpt).get("stori") or {}
     if not info.get("model"):
         return argv
     extra = [f"--model={info['model']}", f"--model.clip_model={info['clip_model']}",
@@ -248,12 +304,18 @@ def run_lightning_cli(argv: list[str]) -> int:
     with warnings.catch_warnings():
         # we pass args explicitly (sys.argv stays intact: DDP's launcher re-runs it on the other ranks)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        claimed_before = os.environ.get(RUN_DIR_ENV)
         try:
             StoriCLI(args=argv)
         except FloatingPointError as err:
             print(f"stori: {err}", file=sys.stderr)
             return 1
+        except BaseException:
+            claimed = os.environ.get(RUN_DIR_ENV)
+            if claimed and claimed != claimed_before and Path(claimed).is_dir() and not any(Path(claimed).iterdir()):
+                Path(claimed).rmdir()  # the run failed before writing anything: give its folder back
+            raise
     return 0
 
 
-__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs"]
+__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs", "claim_run_version"]

@@ -148,8 +148,49 @@ def model_fingerprint(model_name: str, pretrained: str | None) -> str:
     return f"{model_name}|{source}"
 
 
+class PromptWarning(UserWarning):
+    """A prompt is cut to the context length, or is empty. Shown once per distinct message."""
+
+
+# a prompt tokenized by several steps (e.g. `stori embed`) is reported once, not once per step
+warnings.filterwarnings("once", category=PromptWarning, append=True)
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text``, cut to ``limit`` characters with the total length noted (for warnings)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+_shown_prompt_warnings: set[str] = set()
+
+
+def warn_prompt(message: str, stacklevel: int = 3) -> None:
+    """Issue a :class:`PromptWarning` (``stacklevel`` counted from the caller of this function).
+
+    Under the default ``"once"`` filter a message is shown once per process, even when several steps
+    tokenize the same prompt (Python's own once-registry is cleared whenever any library edits the
+    warning filters, so it is kept here). Other filters (``"always"``, ``"error"``, pytest's) apply as usual.
+    """
+    action = next((f[0] for f in warnings.filters if issubclass(PromptWarning, f[2]) and f[3] is None
+                   and (f[1] is None or f[1].match(message))), "default")
+    if action == "once":
+        if message in _shown_prompt_warnings:
+            return
+        _shown_prompt_warnings.add(message)
+    warnings.warn(message, PromptWarning, stacklevel=stacklevel)
+
+
+def check_empty(text: str, stacklevel: int = 4) -> None:
+    """Warn when ``text`` is empty or only whitespace: it embeds as the start/end tokens alone."""
+    if not text.strip():
+        warn_prompt(f"empty prompt {text!r}: its embedding holds no words (only the start/end tokens)", stacklevel)
+
+
 def tokenize(texts: Sequence[str], tokenizer: Callable) -> torch.Tensor:
-    """Tokenize plain prompts like open_clip, warning (with the prompt) when one is cut to the context.
+    """Tokenize plain prompts like open_clip, warning (with the prompt, shortened) when one is cut to the
+    context or is empty.
 
     Args:
         texts: Prompts (no weight syntax is interpreted).
@@ -160,14 +201,11 @@ def tokenize(texts: Sequence[str], tokenizer: Callable) -> torch.Tensor:
     """
     tokens = tokenizer(list(texts))  # [B, L]
     encode = getattr(tokenizer, "encode", None)
-    if callable(encode):
-        limit = tokens.shape[1] - 2  # room left by SOS and EOT
-        for text in texts:
-            if len(encode(text)) > limit:
-                warnings.warn(
-                    f"prompt longer than the {tokens.shape[1]}-token context, truncated: {text[:80]!r}...",
-                    stacklevel=2,
-                )
+    limit = tokens.shape[1] - 2  # room left by SOS and EOT
+    for text in texts:
+        check_empty(text)
+        if callable(encode) and len(encode(text)) > limit:
+            warn_prompt(f"prompt longer than the {tokens.shape[1]}-token context, truncated: {shorten(text)}")
     return tokens
 
 

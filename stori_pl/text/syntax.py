@@ -15,7 +15,6 @@ the characters it covers. SOS, EOT and padding keep weight 1 (log-weight 0).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -207,10 +206,13 @@ def _tokenize_one(text: str, tokenizer, context_length: int, syntax: bool):
                     "after the tokenizer's text cleaning; weight a phrase with visible words"
                 )
             covered.append((p, hit))
+    from stori_pl.text.clip import check_empty, shorten, warn_prompt
+
+    check_empty(plain, stacklevel=5)
     if len(ids) > context_length:
         lost = [p.source for p, hit in covered if min(hit) + 1 >= context_length - 1]
-        msg = f"prompt {text!r} has {len(ids)} tokens (with SOS/EOT), more than the context length {context_length}; truncated"
-        warnings.warn(msg + (f"; weighted phrase(s) {lost} are cut off" if lost else ""), stacklevel=3)
+        msg = f"prompt {shorten(text)} has {len(ids)} tokens (with SOS/EOT), more than the context length {context_length}; truncated"
+        warn_prompt(msg + (f"; weighted phrase(s) {lost} are cut off" if lost else ""), stacklevel=4)
         ids, weights = ids[:context_length], weights[:context_length]
         ids[-1], weights[-1] = tokenizer.eot_token_id, 1.0
     return ids, weights
