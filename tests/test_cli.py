@@ -48,7 +48,7 @@ def fitted(env):
     argv = ["fit", "--config", "dtd_2shot.yaml", *TINY, "--model.start_block", "3", *data_args(fake), *QUIET,
             "--trainer.max_epochs", "2", "--trainer.callbacks.every_n_epochs", "1"]
     assert main(argv) == 0
-    return work / "runs" / "dtd_2shot" / "version_0"
+    return work / "runs" / "stori" / "dtd_2shot" / "version_0"
 
 
 def test_fit_uses_shipped_config_and_writes_run(fitted, capfd):
@@ -61,33 +61,56 @@ def test_fit_uses_shipped_config_and_writes_run(fitted, capfd):
     result = json.loads((run / "test_results.json").read_text())
     assert result["method"] == "StoriClassifier" and result["dataset"] == "DTD"
     assert (result["shots"], result["seed"]) == (2, 1)
-    assert Path(result["ckpt_path"]).name == best[0].name  # tested the checkpoint selected on val
-    assert 0 <= result["metrics"]["test/acc"] <= 1
+    # the paper configs test the weights after the last epoch (Dassl's protocol), not the val-selected checkpoint
+    assert result["test_ckpt"] == "last" and result["ckpt_path"] is None and result["wall_time_s"] > 0
+    assert "test_ckpt: last" in config
     ckpt = torch.load(best[0], weights_only=True)
     assert list(ckpt["state_dict"]) == ["log_weights"] and ckpt["stori"]["prompts"]["classnames"] == [
         "banded", "blotchy", "braided"]
     assert list((run / "weights").glob("epoch_*.json"))  # the weight-plot callback is on by default
 
 
+def test_test_ckpt_best_tests_the_val_selected_checkpoint(env):
+    fake, work = env
+    argv = ["fit", "--config", "dtd_2shot.yaml", *TINY, "--model.start_block", "3", *data_args(fake), *QUIET,
+            "--trainer.max_epochs", "2", "--test_ckpt", "best", "--trainer.logger.init_args.name", "best_run"]
+    assert main(argv) == 0
+    run = work / "runs" / "best_run" / "version_0"
+    result = json.loads((run / "test_results.json").read_text())
+    best = list((run / "checkpoints").glob("best-*.ckpt"))
+    assert result["test_ckpt"] == "best" and Path(result["ckpt_path"]).name == best[0].name
+
+
+def test_model_of_another_method_is_refused(env, capsys):
+    fake, _ = env
+    assert main(["fit", "--config", "coop/dtd_2shot.yaml", "--model", "StoriClassifier", *data_args(fake)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "coop/dtd_2shot.yaml is written for CoOp" in err[0]
+
+
 def test_config_name_resolution_reports_the_file(env, capsys):
     from stori_pl.lightning.cli import resolve_config
 
     path = resolve_config("dtd_16shot")
-    assert Path(path).name == "dtd_16shot.yaml" and Path(path).is_file()
+    assert Path(path).as_posix().endswith("configs/stori/dtd_16shot.yaml") and Path(path).is_file()  # SToRI's
     assert "using the shipped config" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="not found.*dtd_16shot.yaml"):
-        resolve_config("no_such_config.yaml")
+    assert Path(resolve_config("coop/dtd_16shot.yaml")).as_posix().endswith("configs/coop/dtd_16shot.yaml")
+    assert Path(resolve_config("demo")).name == "demo.yaml"
+    with pytest.raises(SystemExit, match="not found.*close: coop/dtd_16shot.yaml"):
+        resolve_config("copo/dtd_16shot.yaml")
 
 
 def test_test_and_predict_from_checkpoint(fitted, env):
     fake, work = env
     best = next((fitted / "checkpoints").glob("best-*.ckpt"))
+    last = fitted / "checkpoints" / "last.ckpt"  # the weights after the last epoch, which fit tested
     argv = ["test", "--config", "dtd_2shot.yaml", *TINY, "--model.start_block", "3", *data_args(fake), *QUIET,
-            "--ckpt_path", str(best)]
+            "--ckpt_path", str(last)]
     assert main(argv) == 0
-    again = json.loads((work / "runs" / "dtd_2shot" / "version_1" / "test_results.json").read_text())
+    again = json.loads((work / "runs" / "stori" / "dtd_2shot" / "version_1" / "test_results.json").read_text())
     first = json.loads((fitted / "test_results.json").read_text())
     assert again["metrics"]["test/acc"] == pytest.approx(first["metrics"]["test/acc"])
+    assert again["test_ckpt"] == "given" and Path(again["ckpt_path"]) == last
 
     images = fake.dataset_dir / "images"
     out = work / "preds.csv"

@@ -16,16 +16,18 @@ import json
 import math
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from csv import writer as csv_writer
 from pathlib import Path
+from typing import NamedTuple
 
 from stori_pl.cli.common import command_parser, parameter_help, run_function
 from stori_pl.utils import atomic_write
 
 RESULTS_FILE = "test_results.json"
 DATASET_ORDER = ["ImageNet", "Caltech101", "DTD", "Flowers102", "Food101", "SUN397"]
-METHOD_ORDER = ["Zero-shot CLIP", "CuPL", "CuPL + templates", "TaskRes", "TaskRes (CuPL init)", "SToRI"]
+METHOD_ORDER = ["Zero-shot CLIP", "CuPL", "CuPL + templates", "Linear probe", "CoOp", "Tip-Adapter", "Tip-Adapter-F",
+                "TaskRes (Base)", "TaskRes (Base+CuPL)", "SToRI"]
 TRAINED_NOTHING = ("ZeroShotCLIP",)  # methods whose result does not depend on the shots
 
 
@@ -42,8 +44,16 @@ def find_results(paths: list[str]) -> list[Path]:
     return found
 
 
-def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], dict[int | None, float]]:
-    """``{(method, shots, dataset): {seed: value}}``; a later file (by mtime) wins for the same seed."""
+class Run(NamedTuple):
+    """One test result: the metric, the run's wall time (s; NaN when not recorded) and the tested checkpoint."""
+
+    value: float
+    wall_s: float
+    test_ckpt: str
+
+
+def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], dict[int | None, Run]]:
+    """``{(method, shots, dataset): {seed: Run}}``; a later file (by mtime) wins for the same seed."""
     table: dict[tuple[str, int, str], dict] = defaultdict(dict)
     for path in sorted(files, key=lambda p: p.stat().st_mtime):
         try:
@@ -57,7 +67,7 @@ def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], d
         seed = r.get("seed")
         if seed in table[key]:
             print(f"stori report: {key} seed {seed} appears twice; using {path}", file=sys.stderr)
-        table[key][seed] = float(value)
+        table[key][seed] = Run(float(value), float(r.get("wall_time_s", math.nan)), r.get("test_ckpt") or "?")
     return table
 
 
@@ -66,7 +76,8 @@ def _order(values: set[str], preferred: list[str]) -> list[str]:
 
 
 def summarize(table: dict) -> tuple[list[str], list[dict]]:
-    """Columns (datasets) and rows ``{method, shots, cells: {dataset: (mean, std, n)}, avg}`` in percent."""
+    """Columns (datasets) and rows ``{method, shots, cells: {dataset: (mean, std, n, wall_s)}, avg}`` in percent
+    (``wall_s``: mean wall time of one run)."""
     datasets = _order({k[2] for k in table}, DATASET_ORDER)
     keys = {(k[0], k[1]) for k in table}
     methods = _order({m for m, _ in keys}, METHOD_ORDER)
@@ -75,10 +86,11 @@ def summarize(table: dict) -> tuple[list[str], list[dict]]:
         for shots in sorted(s for m, s in keys if m == method):
             cells = {}
             for ds in datasets:
-                vals = [100 * v for v in table.get((method, shots, ds), {}).values()]
+                runs = list(table.get((method, shots, ds), {}).values())
+                vals = [100 * r.value for r in runs]
                 if vals:
                     std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                    cells[ds] = (statistics.fmean(vals), std, len(vals))
+                    cells[ds] = (statistics.fmean(vals), std, len(vals), statistics.fmean(r.wall_s for r in runs))
             avg = statistics.fmean(c[0] for c in cells.values()) if len(cells) == len(datasets) else math.nan
             rows.append({"method": method, "shots": shots, "cells": cells, "avg": avg})
     return datasets, rows
@@ -95,17 +107,25 @@ def to_markdown(datasets: list[str], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tested_note(table: dict) -> str:
+    """Which model the tests used, e.g. ``Tested: the weights after the last epoch (18 runs).``"""
+    counts = Counter(run.test_ckpt for seeds in table.values() for run in seeds.values())
+    words = {"last": "the weights after the last epoch", "best": "the checkpoint selected on val",
+             "given": "a checkpoint given with --ckpt_path", "?": "not recorded"}
+    return "\nTested: " + "; ".join(f"{words.get(k, k)} ({n} runs)" for k, n in sorted(counts.items())) + ".\n"
+
+
 def write_csv(path: str, datasets: list[str], rows: list[dict]) -> None:
-    """Same table with separate mean / std / number-of-seeds columns."""
-    header = ["method", "shots"] + [f"{d}_{x}" for d in datasets for x in ("mean", "std", "n")] + ["avg"]
+    """Same table with separate mean / std / number-of-seeds / wall-time-per-run columns."""
+    header = ["method", "shots"] + [f"{d}_{x}" for d in datasets for x in ("mean", "std", "n", "wall_s")] + ["avg"]
     with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         w = csv_writer(f)
         w.writerow(header)
         for r in rows:
             vals = []
             for d in datasets:
-                mean, std, n = r["cells"].get(d, (math.nan, math.nan, 0))
-                vals += [f"{mean:.4f}", f"{std:.4f}", n]
+                mean, std, n, wall = r["cells"].get(d, (math.nan, math.nan, 0, math.nan))
+                vals += [f"{mean:.4f}", f"{std:.4f}", n, f"{wall:.1f}"]
             w.writerow([r["method"], r["shots"], *vals, f"{r['avg']:.4f}"])
 
 
@@ -131,7 +151,7 @@ def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, m
               "(run `stori fit` or `stori test` first)", file=sys.stderr)
         return 1
     datasets, rows = summarize(table)
-    text = to_markdown(datasets, rows)
+    text = to_markdown(datasets, rows) + tested_note(table)
     print(text, end="")
     if markdown is not None:
         with atomic_write(markdown, "w", encoding="utf-8") as f:

@@ -3,12 +3,15 @@
 - ``--model StoriClassifier|ZeroShotCLIP|TaskRes`` and ``--data DTD|ImageNet|...|ImageFolder``;
   ``model.clip_model`` / ``model.pretrained`` are linked into the datamodule (written once).
 - ``--config dtd_16shot.yaml`` works from any folder: a name that is not an existing file resolves to
-  the configs shipped in ``stori_pl/configs/`` (the CLI says which file it used).
+  the configs shipped in ``stori_pl/configs/`` (the CLI says which file it used): ``coop/dtd_16shot`` is
+  CoOp's, a bare ``dtd_16shot`` SToRI's (``configs/stori/``).
 - TensorBoard logging under ``runs/``, the resolved config saved with each run, a checkpoint callback
   selecting on the few-shot **val** accuracy (never test) and keeping ``last.ckpt``;
   ``fit --ckpt_path last`` resumes the newest run of that config in place.
-- After ``fit``, the selected checkpoint is tested (``--test_after_fit false`` to skip) and every test
-  writes ``test_results.json`` into the run folder (read by ``stori report``).
+- After ``fit``, the model is tested (``--test_after_fit false`` to skip): ``--test_ckpt last`` the weights
+  after the last epoch (Dassl's ``TEST.FINAL_MODEL = "last_step"``, what the paper configs use), ``best`` the
+  checkpoint selected on val. Every test writes ``test_results.json`` (with the wall time of the run) into the
+  run folder (read by ``stori report``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import os
 import random
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -28,7 +32,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from stori_pl.cli.report import RESULTS_FILE
-from stori_pl.lightning.checkpoint import AtomicCheckpointIO, check_checkpoint, read_checkpoint
+from stori_pl.lightning.checkpoint import (
+    AtomicCheckpointIO,
+    check_checkpoint,
+    read_checkpoint,
+)
 from stori_pl.utils import write_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -66,6 +74,7 @@ class StoriCLI(LightningCLI):
     """LightningCLI for stori-pl (see the module docstring)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        self.started = time.monotonic()  # for the wall time in test_results.json
         import stori_pl.data  # noqa: F401  (registers the datamodules for --data NAME)
         from stori_pl.models import ClipClassifier
 
@@ -108,7 +117,10 @@ class StoriCLI(LightningCLI):
         })
         parser.add_lightning_class_args(PredictionCSVWriter, "prediction_writer")
         parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="fit only: test the checkpoint selected on val after training")
+                            help="fit only: test the model after training")
+        parser.add_argument("--test_ckpt", type=Literal["last", "best"], default="best",
+                            help="fit only: which model the test after training uses: 'last' = the weights after "
+                                 "the last epoch (Dassl, the paper configs), 'best' = the checkpoint selected on val")
 
     # ------------------------------------------------------------------------------------- resume
     def before_instantiate_classes(self) -> None:
@@ -159,9 +171,16 @@ class StoriCLI(LightningCLI):
         # several ModelCheckpoint callbacks)
         selected = [cb for cb in self.trainer.checkpoint_callbacks
                     if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.best_model_path]
-        ckpt = None if self.trainer.fast_dev_run or not selected else selected[0].best_model_path
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        use_best = self.config["fit"].get("test_ckpt", "best") == "best"
+        ckpt = None if self.trainer.fast_dev_run or not selected or not use_best else selected[0].best_model_path
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)  # None: the final weights
         self.after_test()
+
+    def _tested(self) -> str:
+        """``last`` (the weights after the last epoch), ``best`` (selected on val) or ``given`` (``--ckpt_path``)."""
+        if self.subcommand == "fit":
+            return self.config["fit"].get("test_ckpt", "best")
+        return "given" if self.trainer.ckpt_path else "last"
 
     def after_test(self) -> None:
         trainer = self.trainer
@@ -178,6 +197,8 @@ class StoriCLI(LightningCLI):
             "clip_model": model.hparams.get("clip_model"),
             "pretrained": model.hparams.get("pretrained"),
             "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "test_ckpt": self._tested(),
+            "wall_time_s": round(time.monotonic() - self.started, 3),
             "metrics": metrics,
         }
         path = Path(trainer.log_dir) / RESULTS_FILE
@@ -228,24 +249,55 @@ def claim_run_version(run_dir: str | os.PathLike) -> int:
 
 
 def shipped_configs() -> list[str]:
-    """Names of the configs shipped with the package."""
-    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+    """Names of the configs shipped with the package (``demo.yaml``, ``coop/dtd_16shot.yaml``, ...)."""
+    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
 
 
 def resolve_config(value: str) -> str:
-    """An existing path unchanged; else a shipped config name (``dtd_16shot`` or ``dtd_16shot.yaml``)."""
+    """An existing path unchanged; else a shipped config: ``coop/dtd_16shot(.yaml)`` is that method's,
+    a bare ``dtd_16shot(.yaml)`` SToRI's (``configs/stori/``) unless a top-level file has the name (``demo``)."""
     if Path(value).expanduser().exists():
         return value
-    name = Path(value).name
-    for candidate in (name, f"{name}.yaml"):
+    name = value[: -len(".yaml")] if value.endswith(".yaml") else value
+    for candidate in (f"{name}.yaml", f"stori/{name}.yaml"):
         if (CONFIG_DIR / candidate).is_file():
             path = str(CONFIG_DIR / candidate)
             print(f"stori: using the shipped config {path}", file=sys.stderr)
             return path
+    import difflib
+
+    close = difflib.get_close_matches(f"{name}.yaml", shipped_configs(), n=5, cutoff=0.6)
     raise SystemExit(
-        f"stori: config {value!r} not found, neither as a file nor among the shipped configs "
-        f"({', '.join(shipped_configs()) or 'none'})"
+        f"stori: config {value!r} not found, neither as a file nor among the {len(shipped_configs())} shipped "
+        f"configs (configs/<method>/<dataset>_<k>shot.yaml{'; close: ' + ', '.join(close) if close else ''})"
     )
+
+
+def _config_model(argv: list[str]) -> tuple[str, str] | None:
+    """``(config file, model class name)`` of the last ``--config`` that has a ``model`` section."""
+    import yaml
+
+    found = None
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if path and Path(path).is_file():
+            model = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("model")
+            if isinstance(model, dict) and model.get("class_path"):
+                found = (path, str(model["class_path"]).rsplit(".", 1)[-1])
+    return found
+
+
+def _check_model_matches_config(argv: list[str]) -> None:
+    """``--model X`` with a config written for another method would mix their arguments: refuse it."""
+    model, config = _option(argv, "--model"), _config_model(argv)
+    if not model or not config or model.startswith(("{", "[")):
+        return
+    name = model.rsplit(".", 1)[-1]
+    if name != config[1]:
+        raise ValueError(
+            f"--model {model}: the config {config[0]} is written for {config[1]} (its model arguments and recipe "
+            f"belong to that method); use that method's config (configs/<method>/...) or drop --model")
 
 
 def _resolve_config_args(argv: list[str]) -> list[str]:
@@ -300,6 +352,7 @@ def run_lightning_cli(argv: list[str]) -> int:
     """Run ``stori <fit|validate|test|predict> ...``; returns the exit status."""
     argv = _resolve_config_args(argv)
     _check_names(argv)
+    _check_model_matches_config(argv)
     argv = _model_from_checkpoint(argv)
     with warnings.catch_warnings():
         # we pass args explicitly (sys.argv stays intact: DDP's launcher re-runs it on the other ranks)
