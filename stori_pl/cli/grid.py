@@ -172,7 +172,7 @@ def grid(methods: str, datasets: str, shots: str = "1,2,4,8,16", seeds: str = "1
 
 def build_parser():
     """Command-line options of ``stori grid`` (from :func:`grid`'s signature and docstring)."""
-    return function_parser(grid, "stori grid", __doc__, skip={"extra"})
+    return function_parser(grid, "stori grid", __doc__, positional=False, skip={"extra"})
 
 
 def main(argv: list[str] | None = None) -> int:
