@@ -23,6 +23,7 @@ def plot_word_weights(
     *,
     subtitle: str | None = None,
     signed: bool = False,
+    absolute: bool = False,
     width: int = 110,
     lines_per_page: int = 60,
     fontsize: float = 10.0,
@@ -35,6 +36,8 @@ def plot_word_weights(
         prompts: Per prompt, ``(word, weight)`` pairs (weights are normalized per prompt for shading).
         subtitle: Extra title text, e.g. ``"epoch 3"``.
         signed: Values are attributions (red positive, blue negative, scaled by the class's max |value|).
+        absolute: Values are absolute weights (``word_weights(absolute=True)``; mid red = 1 = unchanged),
+            not shaded relative to the prompt's average.
         width: Characters per line before wrapping.
         lines_per_page: Page height; prompts are never split across pages.
         fontsize: Points.
@@ -46,7 +49,7 @@ def plot_word_weights(
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
-    shades = intensities(prompts, signed)
+    shades = intensities(prompts, signed, absolute=absolute)
     num_w = len(str(max(len(prompts), 1))) + 2  # "12. "
     blocks = []  # per prompt: list of (text line, [(col, len, shade)])
     for k, (p, sh) in enumerate(zip(prompts, shades)):
@@ -75,6 +78,9 @@ def plot_word_weights(
 
     if signed:
         legend = "red: pushes towards the class, blue: away (shade = value / max |value|)"
+    elif absolute:
+        legend = (f"darker = higher weight; mid red = weight 1 (unchanged by training), full red = {SPAN:g} or more, "
+                  f"white = 1/{SPAN:g} or less (log scale; absolute weights)")
     else:
         legend = (f"darker = higher weight; mid red = the prompt's average weight, full red = {SPAN:g}x average "
                   "or more (log scale; weights sum to 1 within each prompt)")
