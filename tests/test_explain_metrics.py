@@ -154,3 +154,29 @@ def test_readability_options_of_stori_classifier(tiny_clip):
     for bad in ({"log_weight_l2": -1.0}, {"max_log_weight": 0.0}):
         with pytest.raises(ValueError, match="must be"):
             StoriClassifier(clip_model="stori-tiny", pretrained=None, **bad)
+
+
+def test_training_adds_the_log_weight_penalty(tiny_clip):
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from stori_pl.models.stori import StoriClassifier
+
+    def one_step(l2: float) -> torch.Tensor:
+        model = StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, lr=0.1,
+                                log_weight_l2=l2, prompts=PROMPTS)
+        with torch.no_grad():
+            model.log_weights.fill_(1.0)
+        torch.manual_seed(0)
+        data = [{"features": f, "label": y} for f, y in zip(torch.randn(8, model.clip.visual.output_dim), torch.arange(8) % 2)]
+        trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu")
+        trainer.fit(model, DataLoader(data, batch_size=8))
+        if l2:
+            assert trainer.callback_metrics["train/log_weight_penalty"].item() == pytest.approx(l2)  # mean(1²) · l2
+        return model.trainable_log_weights().detach()
+
+    # the data gradient alone moves the log-weights both ways; a strong penalty pulls every one towards 0
+    free, pulled = one_step(0.0), one_step(100.0)
+    assert (free > 1).any() and (pulled < 1).all()
