@@ -16,7 +16,7 @@ from stori_pl.interpret.metrics import (
     toy_class_values,
     weight_metrics,
 )
-from stori_pl.interpret.viz.words import emphasis, markdown_top_words, top_words
+from stori_pl.interpret.viz.words import emphasis, markdown_top_words, top_words, top_words_legend
 
 CLASSES = ["striped red circle", "dotted red circle", "striped blue square"]
 # "a small striped red circle on a white background ." : defining = striped, red, circle (3 of 10 words)
@@ -97,9 +97,9 @@ def test_function_words_are_left_out_or_marked():
     up_all, _ = top_words(weights, k=5, function_words=True)
     assert [w for w, _, _ in up_all][:2] == ["there", "is"]
     table = markdown_top_words(weights, k=3)
-    assert "there" not in table and "red ×" in table and "left out" in table
+    assert "there" not in table and "red ×" in table and "left out" in top_words_legend()
     marked = markdown_top_words(weights, k=3, function_words="mark")
-    assert "_there°_ ×" in marked and "red ×" in marked
+    assert "_there°_ ×" in marked and "red ×" in marked and "°_: function word" in top_words_legend("mark")
     with pytest.raises(ValueError, match="'exclude' or 'mark'"):
         markdown_top_words(weights, function_words="hide")
 
@@ -110,7 +110,8 @@ def test_absolute_weights_are_shown_as_they_are():
     assert emphasis(p)[1] == pytest.approx(1.5) and emphasis(p, absolute=True) == [0.5, 1.0, 0.5]
     up, down = top_words({"c": [p]}, absolute=True)
     assert up == [] and [w for w, _, _ in down] == ["circle"]
-    assert markdown_top_words({"c": [p]}, absolute=True).endswith("absolute weight (1 = unchanged); function words and punctuation left out")
+    assert "| c | — | circle ×0.50 |" in markdown_top_words({"c": [p]}, absolute=True)
+    assert top_words_legend(absolute=True).startswith("×: absolute weight (1 = unchanged)")
     with pytest.raises(ValueError, match="finite and >= 0"):
         emphasis([("a", math.nan)], absolute=True)
 

@@ -131,7 +131,8 @@ class WeightPlotCallback(L.Callback):
                 writer.add_image(tag, img, step, dataformats="HWC")
             if hist.numel():
                 writer.add_histogram("log_weights", hist, step)
-            writer.add_text("top_words", f"epoch {epoch}\n\n{table}", step)
+            legend = viz.top_words_legend(self.function_words)
+            writer.add_text("top_words", f"epoch {epoch}\n\n{table}\n\n{legend}", step)
             writer.flush()
 
     def log_explanation_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:

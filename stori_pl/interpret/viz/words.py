@@ -149,7 +149,7 @@ def markdown_top_words(classes: ClassPrompts, k: int = 5, function_words: str = 
         classes: Per class, per prompt, ``(word, weight)`` pairs.
         k: Words per cell.
         function_words: ``"exclude"`` (default) leaves function words and punctuation out; ``"mark"`` ranks
-            them too but shows them in italics with a ``°`` (a note under the table says so).
+            them too but shows them in italics with a ``°`` (:func:`top_words_legend` says so).
         absolute: The weights are absolute (``×`` is then the weight itself, 1 = unchanged).
     """
     if function_words not in ("exclude", "mark"):
@@ -163,9 +163,14 @@ def markdown_top_words(classes: ClassPrompts, k: int = 5, function_words: str = 
     for name, prompts in classes.items():
         up, down = top_words({name: prompts}, k, function_words=mark, absolute=absolute)
         lines.append(f"| {_md(name)} | {cell(up)} | {cell(down)} |")
+    return "\n".join(lines)
+
+
+def top_words_legend(function_words: str = "exclude", absolute: bool = False) -> str:
+    """One line explaining a :func:`markdown_top_words` table made with the same options."""
     scale = "absolute weight (1 = unchanged)" if absolute else "weight relative to the prompt's average"
-    note = "; _word°_: function word or punctuation" if mark else "; function words and punctuation left out"
-    return "\n".join(lines) + f"\n\n×: {scale}{note}"
+    note = "_word°_: function word or punctuation" if function_words == "mark" else "function words and punctuation left out"
+    return f"×: {scale}; {note}"
 
 
 def _md(text: str) -> str:
