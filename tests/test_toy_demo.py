@@ -12,11 +12,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "stori_pl" / "assets" / "stori-toy.safetensors"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped stori-toy weights missing")
-# Thresholds on the shipped demo (few-shot seed 1), from the 3-seed measurements in docs/explanations.md.
-ACC_FLOOR = 0.90
-DISCRIMINATIVE_SHARE_TARGET = 1.5
-PRECISION_AT_3_REACHED = 0.45
-SIGN_AGREEMENT_REACHED = 0.3
+# Thresholds on the shipped demo (few-shot seed 1). Measured over seeds 1-3 (docs/explanations.md, row "demo"):
+# test accuracy of the tested checkpoint 95.8 % (seed 1; last weights 96.7-97.5 %), discriminative share
+# 2.22-2.36, precision@3 0.68-0.69, sign agreement 0.27-0.31 (capped by the toy CLIP: 0.31 before any training).
+ACC_FLOOR = 0.93  # ~3 points below the measured 95.8 %
+DISCRIMINATIVE_SHARE_TARGET = 1.5  # issue 14's target; measured minimum 2.22
+PRECISION_AT_3_TARGET = 0.6  # issue 14's target; measured minimum 0.675
+SIGN_AGREEMENT_REACHED = 0.2  # issue 14 asks 0.8, unreachable with this toy CLIP; measured minimum 0.266
 
 
 def test_demo_config_uses_the_toy_world():
@@ -24,9 +26,8 @@ def test_demo_config_uses_the_toy_world():
     assert cfg["model"]["init_args"]["clip_model"] == "stori-toy"
     assert cfg["model"]["init_args"]["pretrained"] == "builtin"
     assert cfg["data"]["class_path"] == "stori_pl.toy.data.ToyShapes"
-    from stori_pl.toy.data import TOY_START_BLOCK
-
-    assert cfg["model"]["init_args"]["start_block"] == TOY_START_BLOCK
+    # the readable setting of docs/explanations.md: all blocks reweighted, function words kept at weight 1
+    assert cfg["model"]["init_args"]["start_block"] == 1 and cfg["model"]["init_args"]["freeze_function_words"] is True
     callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
     assert "stori_pl.lightning.callbacks.ZeroShotComparison" in callbacks and "stori_pl.lightning.callbacks.WeightPlotCallback" in callbacks
 
@@ -111,7 +112,7 @@ def test_demo_explanations_are_readable(demo_metrics):
         assert name in out  # printed by name, with its value
     # targets of issue 14 and what the shipped demo reaches (docs/explanations.md, 3 seeds)
     assert s["discriminative_share"] > DISCRIMINATIVE_SHARE_TARGET
-    assert s["precision_at_k"] >= PRECISION_AT_3_REACHED
+    assert s["precision_at_k"] >= PRECISION_AT_3_TARGET
     assert s["sink_share"] < s["sink_share_uniform"]  # training moved weight off function words and nuisances
     assert s["sign_agreement"] >= SIGN_AGREEMENT_REACHED
     assert set(result.per_class) == set(json.loads(json.dumps(result.to_dict()))["per_class"])

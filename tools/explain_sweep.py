@@ -12,7 +12,8 @@ the image features and the CLIP are loaded once.
 
 A setting is ``NAME:key=value,key=value`` (model init args, and ``max_epochs`` for the trainer; values parsed as
 YAML; each run starts from the demo config as committed). Finished (setting, seed)
-pairs already in ``--out`` are skipped, so the sweep can be resumed; ``--table`` prints the mean ± std table.
+pairs already in ``--out`` are skipped, so the sweep can be resumed; ``--table`` prints the mean ± std table;
+``--zero_shot_signs 1 2 3 5 --seeds 1`` measures the attribution signs before any training (docs/explanations.md).
 """
 
 from __future__ import annotations
@@ -68,6 +69,59 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None) -> dict:
     return {"test_acc": acc, **result.summary}
 
 
+def zero_shot_signs(start_block: int, seed: int, root: str, per_class: int | None = None) -> dict:
+    """Sign agreement at zero-shot weights (all 1), overall and by attribute, and the x1.5 perturbation check."""
+    import math
+
+    import torch
+
+    from stori_pl.interpret.attribution import attribute_batch
+    from stori_pl.interpret.metrics import defining_words, toy_class_values
+    from stori_pl.models import StoriClassifier
+    from stori_pl.text.syntax import token_words
+    from stori_pl.toy.data import ToyShapes
+
+    dm = ToyShapes(root=root, seed=seed)
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    feats, labels = torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
+    model = StoriClassifier(clip_model="stori-toy", pretrained="builtin", start_block=start_block,
+                            prompts=dm.prompt_set().to_dict()).eval()
+    defining = defining_words(model.classnames)
+    with torch.no_grad():
+        base = model(feats, model.class_embeddings()).log_softmax(-1)  # [N, C]
+    correct = base.argmax(-1) == labels
+    counts: dict[str, list[int]] = {}
+    raised = pairs = 0
+    for c, name in enumerate(model.classnames):
+        kind = {v: k for k, v in toy_class_values(name).items()}
+        idx = (correct & (labels == c)).nonzero().flatten()[:per_class]
+        for result in attribute_batch(model, feats[idx], c):
+            per_value: dict[str, float] = {}
+            for prompt in result.prompts:
+                for w, a in prompt:
+                    if w in defining[name]:
+                        per_value[defining[name][w]] = per_value.get(defining[name][w], 0.0) + a
+            for value, a in per_value.items():
+                counts.setdefault(kind[value], [0, 0])
+                counts[kind[value]][0] += a > 0
+                counts[kind[value]][1] += 1
+        rows = (model.prompt_class[: model.n_cupl] == c).nonzero().flatten().tolist()
+        for value in set(defining[name].values()):  # finite check: x1.5 on the value's words
+            with torch.no_grad():
+                for r in rows:
+                    for w, pos in token_words(model.__dict__["_cupl_tokens"][r], model.tokenizer):
+                        if defining[name].get(w) == value:
+                            model.log_weights[r, pos] = math.log(1.5)
+                new = model(feats[idx], model.class_embeddings()).log_softmax(-1)[:, c]
+                model.log_weights.zero_()
+            raised += int((new > base[idx, c]).sum())
+            pairs += len(idx)
+    hits, total = sum(h for h, _ in counts.values()), sum(t for _, t in counts.values())
+    return {"start_block": start_block, "sign_agreement": hits / total,
+            "by_attribute": {k: h / t for k, (h, t) in counts.items()}, "x1.5_raises_log_p": raised / pairs}
+
+
 def table(rows: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -92,6 +146,8 @@ def main() -> int:
     p.add_argument("--root", default="data", help="data root (toy_shapes/ generated there when absent)")
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    p.add_argument("--zero_shot_signs", type=int, nargs="*", metavar="START_BLOCK",
+                   help="instead: sign agreement at zero-shot weights for these start blocks (seed: first of --seeds)")
     args = p.parse_args()
     import torch
 
@@ -99,6 +155,10 @@ def main() -> int:
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
     if args.table:
         print(table(done))
+        return 0
+    if args.zero_shot_signs:
+        for block in args.zero_shot_signs:
+            print(json.dumps(zero_shot_signs(block, args.seeds[0], args.root)), flush=True)
         return 0
     for text in args.setting:
         name, overrides = parse_setting(text)
