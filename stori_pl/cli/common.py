@@ -12,7 +12,12 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import (
+    ActionConfigFile,
+    ArgumentParser,
+    DefaultHelpFormatter,
+    Namespace,
+)
 
 CONFIG_HELP = "YAML/JSON file with any of the options below (options given after it override it)."
 

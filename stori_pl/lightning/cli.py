@@ -28,7 +28,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from stori_pl.cli.report import RESULTS_FILE
-from stori_pl.lightning.checkpoint import AtomicCheckpointIO, check_checkpoint, read_checkpoint
+from stori_pl.lightning.checkpoint import (
+    AtomicCheckpointIO,
+    check_checkpoint,
+    read_checkpoint,
+)
 from stori_pl.utils import write_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
