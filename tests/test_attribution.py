@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,11 +50,13 @@ def test_shape_matches_word_weights(model):
     assert [[w for w, _ in p] for p in result.prompts] == [[w for w, _ in p] for p in weights]
     values = torch.tensor([a for p in result.prompts for _, a in p])
     assert values.isfinite().all() and values.abs().max() > 1e-3
-    # d logit / d log-weight with logit = scale · <normalize(f), W_c>: odd in f, blind to f's length
-    flipped = torch.tensor([a for p in attribute(model, -feature, 0).prompts for _, a in p])
+    # both targets only see normalize(f): blind to f's length
     scaled = torch.tensor([a for p in attribute(model, 3 * feature, 0).prompts for _, a in p])
-    torch.testing.assert_close(flipped, -values)
     torch.testing.assert_close(scaled, values)
+    # d logit / d log-weight with logit = scale · <normalize(f), W_c> is odd in f (log p is not)
+    logit = torch.tensor([a for p in attribute(model, feature, 0, target="logit").prompts for _, a in p])
+    flipped = torch.tensor([a for p in attribute(model, -feature, 0, target="logit").prompts for _, a in p])
+    torch.testing.assert_close(flipped, -logit)
 
 
 @pytest.mark.parametrize("word", [1, 4])  # "fluffy", "floppy"
@@ -67,9 +71,14 @@ def test_sign_on_constructed_image(model, word):
     assert attr_neg[word] < 0 and attr_neg[word] == min(attr_neg)
 
 
-def test_matches_finite_differences_at_trained_weights(model):
+@pytest.mark.parametrize("target", ["log_prob", "logit"])
+def test_matches_finite_differences_at_trained_weights(model, target):
     from stori_pl.text.clip import tokenize
     from stori_pl.text.syntax import token_words
+
+    def score(image):  # the target, from the model's own forward pass
+        logits = model(image[None], model.class_embeddings())[0]  # [C]
+        return (logits.log_softmax(-1) if target == "log_prob" else logits)[0].item()
 
     torch.manual_seed(1)
     with torch.no_grad():
@@ -81,22 +90,51 @@ def test_matches_finite_differences_at_trained_weights(model):
         with torch.no_grad():
             ours = _class_embedding(model, 0, rows, model.log_weights[rows])
             assert torch.allclose(ours, model.class_embeddings()[0], atol=1e-5)
-        result = attribute(model, image, 0)
+        result = attribute(model, image, 0, target=target)
+        assert result.target == target
         words = token_words(tokenize([PROMPTS["cupl"][0][0]], model.tokenizer)[0], model.tokenizer)
         eps = 1e-2
         for word in (1, 2):
-            logits = []
+            scores = []
             for sign in (1, -1):
                 with torch.no_grad():
                     model.log_weights[0, words[word][1]] += sign * eps
-                    logits.append(model(image[None], model.class_embeddings())[0, 0].item())
+                    scores.append(score(image))
                     model.log_weights[0, words[word][1]] -= sign * eps
-            fd = (logits[0] - logits[1]) / (2 * eps)
+            fd = (scores[0] - scores[1]) / (2 * eps)
             assert result.prompts[0][word][1] == pytest.approx(fd, rel=2e-2, abs=1e-4)
-        assert result.logit == pytest.approx(model(image[None], model.class_embeddings())[0, 0].item(), abs=1e-4)
+        with torch.no_grad():
+            logits = model(image[None], model.class_embeddings())[0]
+        assert result.logit == pytest.approx(logits[0].item(), abs=1e-4)
+        assert result.log_prob == pytest.approx(logits.log_softmax(-1)[0].item(), abs=1e-4)
     finally:
         with torch.no_grad():
             model.log_weights.zero_()
+
+
+def test_log_prob_is_the_logit_attribution_scaled_by_the_probability_left(model):
+    # only class c's prompts act on its logit, so d log p_c = (1 - p_c) d logit_c on those prompts:
+    # same signs, smaller values
+    image = torch.randn(model.clip.visual.output_dim)
+    lp, lg = attribute(model, image, 1), attribute(model, image, 1, target="logit")
+    scale = 1 - math.exp(lp.log_prob)
+    for p_lp, p_lg in zip(lp.prompts, lg.prompts):
+        for (_, a), (_, b) in zip(p_lp, p_lg):
+            assert a == pytest.approx(scale * b, rel=1e-4, abs=1e-7)
+    with pytest.raises(ValueError, match="target must be one of"):
+        attribute(model, image, 1, target="margin")
+
+
+def test_batch_matches_single_images(model):
+    from stori_pl.interpret.attribution import attribute_batch
+
+    images = torch.randn(3, model.clip.visual.output_dim)
+    batch = attribute_batch(model, images, 0)
+    assert len(batch) == 3
+    for r, image in zip(batch, images):
+        single = attribute(model, image, 0)
+        assert [[w for w, _ in p] for p in r.prompts] == [[w for w, _ in p] for p in single.prompts]
+        assert [a for p in r.prompts for _, a in p] == pytest.approx([a for p in single.prompts for _, a in p], abs=1e-6)
 
 
 def test_image_inputs_errors_and_rendering(model, tmp_path):

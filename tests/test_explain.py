@@ -75,11 +75,22 @@ def test_image_attribution(ckpt, tmp_path, capsys):
     assert "predicted classes" in out and "%" in out
     assert "Word attributions" in out and "towards:" in out
     predicted = out.split("predicted classes\n")[1].split("\n")[0].split("%")[1].strip()
-    assert f"== {predicted}  (logit" in out  # the top class is explained
+    assert f"== {predicted}  (log p " in out and "d log p(class) / d(word log-weight)" in out  # top class, default target
     assert out_png.exists()
-    # an explicit class is explained instead of the top one
-    assert main([str(ckpt), "--image", str(photo), "--classes", "[car]"]) == 0
-    assert "== car  (logit" in capsys.readouterr().out
+    # an explicit class is explained instead of the top one; the raw logit is the other target
+    assert main([str(ckpt), "--image", str(photo), "--classes", "[car]", "--target", "logit"]) == 0
+    out = capsys.readouterr().out
+    assert "== car  (log p " in out and "d class logit / d(word log-weight)" in out
+
+
+def test_absolute_weights_view(ckpt, capsys):
+    """--absolute shows weights as they are (1 = unchanged) instead of relative to the prompt's average."""
+    assert main([str(ckpt), "--color", "never"]) == 0
+    relative = capsys.readouterr().out
+    assert main([str(ckpt), "--color", "never", "--absolute", "true"]) == 0
+    absolute = capsys.readouterr().out
+    assert "1 = unchanged by training" in absolute and "1 = unchanged" not in relative
+    assert "absolute weight, geometric mean" in absolute and "weight / prompt average" in relative
 
 
 def test_errors(ckpt, tmp_path, capsys):

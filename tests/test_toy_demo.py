@@ -1,4 +1,5 @@
-"""The README's main command, `stori fit --config configs/demo.yaml`, and the demo retrieval config."""
+"""The README's main command, `stori fit --config configs/demo.yaml` (trained once per module), the explanation
+quality of the model it trains (issue 14), and the demo retrieval config."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "stori_pl" / "assets" / "stori-toy.safetensors"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped stori-toy weights missing")
+# Thresholds on the shipped demo (few-shot seed 1). Measured over seeds 1-3 (docs/explanations.md, row "demo"):
+# test accuracy of the tested checkpoint 95.8 % (seed 1; last weights 96.7-97.5 %), discriminative share
+# 2.22-2.36, precision@3 0.68-0.69, sign agreement 0.27-0.31 (capped by the toy CLIP: 0.31 before any training).
+ACC_FLOOR = 0.93  # ~3 points below the measured 95.8 %
+DISCRIMINATIVE_SHARE_TARGET = 1.5  # issue 14's target; measured minimum 2.22
+PRECISION_AT_3_TARGET = 0.6  # issue 14's target; measured minimum 0.675
+SIGN_AGREEMENT_REACHED = 0.2  # issue 14 asks 0.8, unreachable with this toy CLIP; measured minimum 0.266
 
 
 def test_demo_config_uses_the_toy_world():
@@ -19,9 +27,8 @@ def test_demo_config_uses_the_toy_world():
     assert cfg["model"]["init_args"]["clip_model"] == "stori-toy"
     assert cfg["model"]["init_args"]["pretrained"] == "builtin"
     assert cfg["data"]["class_path"] == "stori_pl.toy.data.ToyShapes"
-    from stori_pl.toy.data import TOY_START_BLOCK
-
-    assert cfg["model"]["init_args"]["start_block"] == TOY_START_BLOCK
+    # the readable setting of docs/explanations.md: all blocks reweighted, function words kept at weight 1
+    assert cfg["model"]["init_args"]["start_block"] == 1 and cfg["model"]["init_args"]["freeze_function_words"] is True
     callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
     assert "stori_pl.lightning.callbacks.ZeroShotComparison" in callbacks and "stori_pl.lightning.callbacks.WeightPlotCallback" in callbacks
 
@@ -39,33 +46,114 @@ def test_demo_retrieval_config_matches_the_toy_tasks():
     assert [t["phrases"] for t in cfg["tasks"]] == [retrieval_task_phrases(t) for t in TOY_RETRIEVAL_TASKS]
 
 
-@pytest.mark.slow
-@needs_weights
-def test_demo_fit_prints_zero_shot_vs_stori(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One full run of the demo as shipped (configs/demo.yaml, 60 epochs): ``(run folder, stdout)``.
+
+    Shared by every test below, so the demo trains once (about a minute on one CPU thread).
+    """
     import torch
 
     from stori_pl.cli import main
 
-    monkeypatch.chdir(tmp_path)
+    if not WEIGHTS.is_file():
+        pytest.skip("shipped stori-toy weights missing")
+    tmp = tmp_path_factory.mktemp("demo")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
-    try:
-        rc = main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--trainer.max_epochs", "3"])
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("STORI_CACHE", str(tmp / "cache"))
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                rc = main(["fit", "--config", str(REPO / "configs" / "demo.yaml")])
+        finally:
+            torch.set_num_threads(threads)
     assert rc == 0
-    out = capsys.readouterr().out
+    runs = sorted((tmp / "runs" / "demo").glob("version_*"))
+    assert runs, "the demo wrote no run folder"
+    return runs[-1], out.getvalue(), tmp
+
+
+@pytest.fixture(scope="module")
+def demo_metrics(demo_run):
+    """``stori explain-eval`` of the demo's last.ckpt (test images of the demo's own data folder)."""
+    import contextlib
+    import io
+
+    from stori_pl.cli.explain_eval import explain_eval
+
+    run, _, tmp = demo_run
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORI_CACHE", str(tmp / "cache"))
+        result = explain_eval(run / "checkpoints" / "last.ckpt", json=tmp / "metrics.json", data_root=tmp / "data")
+    return result, out.getvalue()
+
+
+@pytest.mark.slow
+def test_demo_fit_prints_zero_shot_vs_stori(demo_run):
+    run, out, tmp = demo_run
     assert "zero-shot (same prompts, all weights 1)" in out and "SToRI" in out
-    assert (tmp_path / "data" / "toy_shapes" / "split_zhou_ToyShapes.json").is_file()
-    results = list((tmp_path / "runs" / "demo").glob("version_*/test_results.json"))
-    assert results
-    acc = json.loads(results[0].read_text())["metrics"]["test/acc"]
-    # seeds 1 / 2 / 3 (seed_everything and data.seed), 3 epochs: zero-shot 86.2% each, SToRI 87.7 / 87.5 / 87.5%
-    # (+1.5 / +1.2 / +1.2 points, 6-7 of the 480 test images). The printed figures are the written ones.
+    assert (tmp / "data" / "toy_shapes" / "split_zhou_ToyShapes.json").is_file()
+    acc = json.loads((run / "test_results.json").read_text())["metrics"]["test/acc"]
+    # measured over few-shot seeds 1-3 with the shipped settings: see docs/explanations.md
+    assert acc > ACC_FLOOR
+    # the printed figures are the written ones; zero-shot of the same prompts measured 86.2 % on seeds 1-3
     zero, stori = map(float, re.search(r"weights 1\): ([\d.]+)%  →  SToRI: ([\d.]+)%", out).groups())
     assert stori == pytest.approx(100 * acc, abs=0.05)
-    assert zero >= 82.0 and 100 * acc >= zero, (zero, acc)
+    assert zero >= 82.0 and 100 * acc > zero, (zero, acc)
+
+
+@pytest.mark.slow
+def test_demo_explanations_are_readable(demo_metrics):
+    result, out = demo_metrics
+    s = result.summary
+    for name in ("discriminative_share", "precision_at_3", "sink_share", "sign_agreement"):
+        assert name in out  # printed by name, with its value
+    # targets of issue 14 and what the shipped demo reaches (docs/explanations.md, 3 seeds)
+    assert s["discriminative_share"] > DISCRIMINATIVE_SHARE_TARGET
+    assert s["precision_at_k"] >= PRECISION_AT_3_TARGET
+    assert s["sink_share"] < s["sink_share_uniform"]  # training moved weight off function words and nuisances
+    assert s["sign_agreement"] >= SIGN_AGREEMENT_REACHED
+    assert set(result.per_class) == set(json.loads(json.dumps(result.to_dict()))["per_class"])
+
+
+@pytest.mark.slow
+def test_demo_discriminative_share_does_not_regress(demo_metrics):
+    """Guard: a trained demo model must put clearly more weight on class-defining words than zero-shot."""
+    assert demo_metrics[0].summary["discriminative_share"] >= 1.2
+
+
+@pytest.mark.slow
+def test_demo_summaries_name_class_defining_words(demo_run):
+    from stori_pl.interpret import viz
+    from stori_pl.interpret.function_words import is_function_word
+    from stori_pl.interpret.metrics import defining_words
+    from stori_pl.lightning.callbacks import weights_from_json
+
+    run, _, _ = demo_run
+    weights = weights_from_json(sorted((run / "weights").glob("epoch_*.json"))[-1])
+    up, _ = viz.top_words(weights, 10, min_count=2)  # what `stori explain` prints as "most emphasized"
+    defining = {w for words in defining_words(list(weights)).values() for w in words}
+    assert any(w in defining for w, _, _ in up[:5]), up
+    assert not any(is_function_word(w) for w, _, _ in up)
+
+
+@pytest.mark.slow
+def test_demo_logs_explanation_metrics_to_tensorboard(demo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _, _ = demo_run
+    events = EventAccumulator(str(run)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"explain/discriminative_share", "explain/precision_at_k", "explain/sink_share", "explain/sign_agreement"} <= tags
+    n_val = len(events.Scalars("val/acc"))
+    assert len(events.Scalars("explain/discriminative_share")) == n_val  # every validation epoch
 
 
 @needs_weights

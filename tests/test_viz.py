@@ -133,7 +133,8 @@ def test_html_self_contained_and_searchable(tmp_path):
 
 def test_top_words_and_markdown():
     up, down = viz.top_words({"dog": [DOG]}, k=2)
-    assert up[0][0] == "fluffy" and down[0][0] == "."
+    assert up[0][0] == "fluffy" and down[0][0] == "floppy"  # function words and punctuation left out
+    assert viz.top_words({"dog": [DOG]}, k=2, function_words=True)[1][0][0] == "."
     table = viz.markdown_top_words({"dog": [DOG], "a|b": [DOG[:2]]}, k=2)
     lines = table.splitlines()
     assert len(lines) == 4 and "fluffy ×" in lines[2] and "a\\|b" in lines[3]

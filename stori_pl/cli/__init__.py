@@ -23,6 +23,7 @@ UTILITY_COMMANDS = {
     "retrieve": "stori_pl.cli.retrieve",
     "retrieval-eval": "stori_pl.cli.retrieval_eval",
     "explain": "stori_pl.cli.explain",
+    "explain-eval": "stori_pl.cli.explain_eval",
     "bench": "stori_pl.cli.bench",
     "report": "stori_pl.cli.report",
     "grid": "stori_pl.cli.grid",

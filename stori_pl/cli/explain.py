@@ -20,7 +20,8 @@ DEFAULT_SHOWN = 10  # classes printed without --classes / --all_classes
 
 def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = False, top: int = 10,
             html: Path | None = None, png: Path | None = None, image: Path | None = None,
-            color: Literal["auto", "always", "never"] = "auto", pretrained: str | None = None) -> int:
+            color: Literal["auto", "always", "never"] = "auto", pretrained: str | None = None,
+            absolute: bool = False, target: Literal["log_prob", "logit"] = "log_prob") -> int:
     """Print a StoriClassifier checkpoint's word weights (and, with --image, word attributions).
 
     Args:
@@ -34,6 +35,10 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
         image: Classify this image and attribute its top class (or --classes) to words.
         color: ANSI colors: auto (only on a terminal and without NO_COLOR), always or never.
         pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
+        absolute: Show absolute weights (1 = unchanged by training) instead of weights relative to the prompt's
+            average, to tell "this word went up" from "the other words went down".
+        target: With --image: attribute the class's log-probability (why this class and not the others) or its
+            raw logit.
 
     Returns:
         Exit status 0.
@@ -48,21 +53,21 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
         raise ValueError(f"--top must be >= 1 (got {top})")
     model = load_stori_checkpoint(ckpt, pretrained=pretrained)
     use_color = viz.use_color() if color == "auto" else color == "always"
-    weights = model.word_weights()
-    shown = select_classes(weights, classes or [], all_classes)
+    shown = select_classes(model.word_weights(), classes or [], all_classes)  # by normalized movement
+    weights = model.word_weights(absolute=absolute)
     hp = model.hparams
     n_prompts = sum(len(p) for p in weights.values())
     print(f"{ckpt}: {type(model).__name__} on CLIP {hp.clip_model} ({hp.pretrained}), "
           f"{len(weights)} classes, {n_prompts} reweighted prompts")
     if image is not None:
-        return explain_image(model, image, shown if classes else None, top, png, use_color)
-    print_weights(weights, shown, top, use_color)
+        return explain_image(model, image, shown if classes else None, top, png, use_color, target)
+    print_weights(weights, shown, top, use_color, absolute)
     if html is not None:
-        viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}",
+        viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}", absolute=absolute,
                        intro=f"{ckpt}: CLIP {hp.clip_model}, {len(weights)} classes")
         print(f"\nwrote {html}")
     if png is not None:
-        figs = [f for name in shown for f in viz.plot_word_weights(name, weights[name])]
+        figs = [f for name in shown for f in viz.plot_word_weights(name, weights[name], absolute=absolute)]
         for path in viz.save_pages_png(png, figs):
             print(f"wrote {path}")
     return 0
@@ -78,36 +83,44 @@ def main(argv: list[str] | None = None) -> int:
     return run_function(explain, build_parser(), argv)
 
 
-def print_weights(weights: dict, shown: list[str], top: int, color: bool) -> None:
-    """Terminal view of the ``shown`` classes' word weights and the most (de-)emphasized words overall."""
+def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolute: bool = False) -> None:
+    """Terminal view of the ``shown`` classes' word weights and the most (de-)emphasized words overall
+    (function words and punctuation are left out of the summaries)."""
     from stori_pl.interpret import viz
 
-    print("Darker = higher weight (mid red = the prompt's average)" if color
-          else "(xR) = R times the prompt's average weight (shown where R >= 1.5)")
+    if absolute:
+        print("Darker = higher weight (mid red = 1, unchanged by training)" if color
+              else "(xR) = weight R, 1 = unchanged by training (shown where R >= 1.5 or R <= 1/1.5)")
+    else:
+        print("Darker = higher weight (mid red = the prompt's average)" if color
+              else "(xR) = R times the prompt's average weight (shown where R >= 1.5)")
+    scale = "absolute weight" if absolute else "weight / prompt average"
     for name in shown:
         print()
-        print(viz.render_terminal(name, weights[name], color=color))
-        up, down = viz.top_words({name: weights[name]}, min(top, 5))
+        print(viz.render_terminal(name, weights[name], color=color, absolute=absolute))
+        up, down = viz.top_words({name: weights[name]}, min(top, 5), absolute=absolute)
         print("  emphasized: " + fmt_words(up) + "  |  de-emphasized: " + fmt_words(down))
     if len(shown) < len(weights):
         print(f"\n(showing {len(shown)} of {len(weights)} classes; use --classes+ NAME or --all_classes true)")
-    up, down = viz.top_words(weights, top, min_count=2)
+    up, down = viz.top_words(weights, top, min_count=2, absolute=absolute)
     if not up and not down:
-        up, down = viz.top_words(weights, top)
-    print(f"\nMost emphasized words across all classes (weight / prompt average, geometric mean):\n  {fmt_words(up)}")
+        up, down = viz.top_words(weights, top, absolute=absolute)
+    print(f"\nMost emphasized words across all classes ({scale}, geometric mean; function words left out):\n"
+          f"  {fmt_words(up)}")
     print(f"Most de-emphasized:\n  {fmt_words(down)}")
 
 
-def explain_image(model, image: Path, classes: list[str] | None, top: int, png: Path | None, color: bool) -> int:
+def explain_image(model, image: Path, classes: list[str] | None, top: int, png: Path | None, color: bool,
+                  target: str = "log_prob") -> int:
     """Top-5 classes of ``image`` and the word attributions of ``classes`` (default: the top class)."""
     from stori_pl.interpret import viz
     from stori_pl.interpret.attribution import (
+        as_image_feature,
         attribute,
         attribution_figures,
-        image_features,
     )
 
-    feature = image_features(model, image)  # [D]
+    feature = as_image_feature(model, image)  # [D]
     probs = model.classify_features(feature[None])[0]  # [C]
     best = probs.topk(min(5, len(probs)))
     print(f"\n{image}: predicted classes")
@@ -115,16 +128,18 @@ def explain_image(model, image: Path, classes: list[str] | None, top: int, png: 
         print(f"  {p:7.2%}  {model.classnames[i]}")
     targets = classes or [model.classnames[best.indices[0].item()]]
     figs = []
-    print("\nWord attributions: d(class logit) / d(word log-weight) at the trained weights "
-          "(red/+: weighting the word more raises the class score for this image; blue/-: lowers it)")
+    what = "log p(class)" if target == "log_prob" else "class logit"
+    print(f"\nWord attributions: d {what} / d(word log-weight) at the trained weights "
+          "(red/+: weighting the word more raises it for this image; blue/-: lowers it)")
     for name in targets:
-        result = attribute(model, feature, model.classnames.index(name))
+        result = attribute(model, feature, model.classnames.index(name), target=target)
+        label = f"{name}  (log p {result.log_prob:.3f}, logit {result.logit:.2f})"
         print()
-        print(viz.render_terminal(f"{name}  (logit {result.logit:.2f})", result.prompts, color=color, signed=True))
+        print(viz.render_terminal(label, result.prompts, color=color, signed=True))
         pos, neg = result.top_words(top)
         print("  towards: " + fmt_words(pos, signed=True) + "  |  away: " + fmt_words(neg, signed=True))
         if png is not None:
-            figs += attribution_figures(result, subtitle=f"why {Path(image).name} (logit {result.logit:.2f})")
+            figs += attribution_figures(result, subtitle=f"why {Path(image).name} (log p {result.log_prob:.3f})")
     if png is not None:
         for path in viz.save_pages_png(png, figs):
             print(f"wrote {path}")
@@ -132,17 +147,12 @@ def explain_image(model, image: Path, classes: list[str] | None, top: int, png: 
 
 def load_stori_checkpoint(path: str, pretrained: str | None = None):
     """Load a :class:`~stori_pl.models.StoriClassifier` checkpoint on CPU, with clear errors otherwise."""
-    import torch
-
+    from stori_pl.lightning.checkpoint import read_checkpoint
     from stori_pl.models import StoriClassifier
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
-    try:
-        info = torch.load(path, map_location="cpu", weights_only=True).get("stori") or {}
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        raise ValueError(f"not a readable stori-pl checkpoint (truncated or corrupt): {path} ({reason})") from err
+    info = read_checkpoint(path).get("stori") or {}  # unreadable: names the run's other checkpoints
     if info.get("model") != "StoriClassifier":
         raise ValueError(
             f"{path} holds a {info.get('model') or 'non-stori-pl'} model; `stori explain` needs a StoriClassifier "

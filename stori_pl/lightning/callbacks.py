@@ -31,7 +31,11 @@ class WeightPlotCallback(L.Callback):
     For each selected class, an image of its prompts with every word shaded red by its weight
     (``word_weights/<class>``; more pages as ``word_weights/<class>/p2`` ...); a histogram of all trainable
     log-weights (``log_weights``); a markdown table of the most emphasized / de-emphasized words per
-    selected class (``top_words``). All of that goes to every TensorBoard logger of the trainer. Whatever
+    selected class (``top_words``; function words and punctuation left out or marked, see ``function_words``).
+    All of that goes to every TensorBoard logger of the trainer. In toy-world runs (every class a
+    (pattern, color, shape) triple) the explanation metrics of :mod:`stori_pl.interpret.metrics` go to
+    every logger at *every* validation epoch as ``explain/<metric>`` (sign agreement on the validation
+    images). Whatever
     the loggers, ``<run_dir>/weights/epoch_XXX.json`` (class → prompt → ``[[word, weight], ...]``, all
     classes) and ``<run_dir>/weights/latest.html`` are written. Models without ``word_weights()``
     (baselines) are skipped.
@@ -46,6 +50,8 @@ class WeightPlotCallback(L.Callback):
         max_pages: Image pages per class (a page holds about 60 wrapped lines).
         write_json: Write ``weights/epoch_XXX.json``.
         write_html: Write ``weights/latest.html`` (all classes, searchable).
+        function_words: In the ``top_words`` table, ``"exclude"`` function words and punctuation or ``"mark"`` them.
+        explanation_metrics: Log the toy-world explanation metrics (ignored for other benchmarks).
     """
 
     def __init__(
@@ -58,8 +64,13 @@ class WeightPlotCallback(L.Callback):
         max_pages: int = 2,
         write_json: bool = True,
         write_html: bool = True,
+        function_words: str = "exclude",
+        explanation_metrics: bool = True,
     ) -> None:
         super().__init__()
+        if function_words not in ("exclude", "mark"):
+            raise ValueError(f"function_words must be 'exclude' or 'mark', got {function_words!r}")
+        self.function_words, self.explanation_metrics = function_words, explanation_metrics
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.classes = list(classes) if classes else None
@@ -86,6 +97,8 @@ class WeightPlotCallback(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(pl_module, "word_weights"):
             return
         epoch = trainer.current_epoch
+        if self.explanation_metrics:
+            self.log_explanation_metrics(trainer, pl_module)
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % self.every_n_epochs and not last:
             return
@@ -107,7 +120,7 @@ class WeightPlotCallback(L.Callback):
         selected = self.select_classes(weights)
         step = trainer.global_step
         hist = trainable_log_weights(pl_module, weights)
-        table = viz.markdown_top_words({c: weights[c] for c in selected}, self.top_k)
+        table = viz.markdown_top_words({c: weights[c] for c in selected}, self.top_k, function_words=self.function_words)
         images = {}
         for name in selected:
             figs = viz.plot_word_weights(name, weights[name], subtitle=f"epoch {epoch}")[: self.max_pages]
@@ -118,8 +131,28 @@ class WeightPlotCallback(L.Callback):
                 writer.add_image(tag, img, step, dataformats="HWC")
             if hist.numel():
                 writer.add_histogram("log_weights", hist, step)
-            writer.add_text("top_words", f"epoch {epoch}\n\n{table}", step)
+            legend = viz.top_words_legend(self.function_words)
+            writer.add_text("top_words", f"epoch {epoch}\n\n{table}\n\n{legend}", step)
             writer.flush()
+
+    def log_explanation_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Log ``explain/<metric>`` (toy-world models only) to every logger; returns what was logged."""
+        from stori_pl.interpret.metrics import explanation_metrics, is_toy_benchmark
+
+        if not is_toy_benchmark(list(getattr(pl_module, "classnames", []) or [])):
+            return {}
+        features = labels = None
+        dm = getattr(trainer, "datamodule", None)
+        with torch.inference_mode(False), torch.enable_grad():  # attributions need autograd inside validation
+            if dm is not None and hasattr(dm, "val_dataloader"):
+                batches = list(dm.val_dataloader())
+                features = torch.cat([b["features"].clone() for b in batches])  # [N, D]
+                labels = torch.cat([b["label"].clone() for b in batches])  # [N]
+            result = explanation_metrics(pl_module.word_weights(), 3, pl_module, features, labels)
+        metrics = {f"explain/{k}": v for k, v in result.summary.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        return metrics
 
     def select_classes(self, weights: WordWeights) -> list[str]:
         """The configured classes, or the first ``num_fixed`` plus the ``num_moved`` that moved most."""

@@ -26,6 +26,13 @@ class StoriClassifier(ClipClassifier):
         use_base_prompts: Include the base template prompts (fixed weights) in each class embedding.
         chunk_size: Encode prompts in chunks of this many with gradient caching (bounded memory for
             ImageNet-size prompt sets); None encodes all at once.
+        log_weight_l2: Coefficient of ``mean(log_w²)`` (over the trained tokens) added to the training loss:
+            pulls log-weights towards 0 (weight 1), so only words the data asks for move (paper: 0).
+        log_weight_l1: Coefficient of ``mean(|log_w|)`` added to the training loss (paper: 0).
+        max_log_weight: Bound ``B`` on the log-weights: the encoder sees ``B · tanh(log_w / B)``, so no weight
+            leaves ``[e^-B, e^B]``; None: unbounded (paper).
+        freeze_function_words: Function words and punctuation (:mod:`stori_pl.interpret.function_words`) keep
+            weight 1 (paper: False, every token is trained).
         prompts: ``PromptSet.to_dict()``; None → from the datamodule at the first fit (saved in the checkpoint).
 
     Example:
@@ -44,10 +51,18 @@ class StoriClassifier(ClipClassifier):
         weight_decay: float = 0.0,
         use_base_prompts: bool = True,
         chunk_size: int | None = None,
+        log_weight_l2: float = 0.0,
+        log_weight_l1: float = 0.0,
+        max_log_weight: float | None = None,
+        freeze_function_words: bool = False,
         prompts: dict | None = None,
     ):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+        if log_weight_l2 < 0 or log_weight_l1 < 0:
+            raise ValueError(f"log_weight_l2 and log_weight_l1 must be >= 0, got {log_weight_l2}, {log_weight_l1}")
+        if max_log_weight is not None and not max_log_weight > 0:
+            raise ValueError(f"max_log_weight must be > 0 or None, got {max_log_weight}")
         super().__init__()
         self._finish_init(prompts)
 
@@ -73,17 +88,46 @@ class StoriClassifier(ClipClassifier):
         prepared = encoder.prepare(tokens)  # prefix states [P, L', W]
         self.__dict__.update(_encoder=encoder, _prepared=prepared, _cupl_tokens=tokens.cpu())
         self.log_weights = nn.Parameter(torch.zeros(len(cupl), prepared.length, device=self.device))  # [P, L']
-        self.register_buffer("weight_mask", prepared.mask.clone(), persistent=False)  # [P, L'] real tokens
+        mask = prepared.mask.clone()  # [P, L'] real tokens
+        if self.hparams.get("freeze_function_words"):
+            mask &= ~function_word_mask(tokens, self.tokenizer, mask.shape[1]).to(mask.device)
+        self.register_buffer("weight_mask", mask, persistent=False)  # [P, L'] trained tokens
         base_emb = encode_plain_prompts(self.clip, self.tokenizer, [t for _, t in base]) if base else None  # [B, D]
         self.register_buffer("base_embeddings", base_emb, persistent=False)
         index = torch.tensor([c for c, _ in cupl + base], dtype=torch.long, device=self.device)
         self.register_buffer("prompt_class", index, persistent=False)  # [P + B] class of each prompt
         self.n_cupl = len(cupl)
 
+    def effective_log_weights(self) -> torch.Tensor:
+        """Log-weights ``[P, L']`` the encoder uses: 0 outside the trained tokens, bounded by ``max_log_weight``."""
+        self._require_built()
+        log_w = self.log_weights.masked_fill(~self.weight_mask, 0.0)  # [P, L'] only trained tokens count
+        bound = self.hparams.get("max_log_weight")
+        return bound * torch.tanh(log_w / bound) if bound else log_w
+
+    def trainable_log_weights(self) -> torch.Tensor:
+        """1-D tensor of the effective log-weights of the trained tokens (for histograms)."""
+        return self.effective_log_weights()[self.weight_mask]
+
+    def log_weight_penalty(self) -> torch.Tensor | None:
+        """``log_weight_l2 · mean(log_w²) + log_weight_l1 · mean(|log_w|)`` over the trained tokens, or None."""
+        l2, l1 = self.hparams.get("log_weight_l2", 0.0), self.hparams.get("log_weight_l1", 0.0)
+        if not (l2 or l1):
+            return None
+        log_w = self.trainable_log_weights()  # [T]
+        return l2 * log_w.square().mean() + l1 * log_w.abs().mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        penalty = self.log_weight_penalty()
+        if penalty is None:
+            return loss
+        self.log("train/log_weight_penalty", penalty)
+        return loss + penalty
+
     def prompt_embeddings(self) -> torch.Tensor:
         """Embeddings ``[P, D]`` (unnormalized) of the CuPL prompts under the current weights."""
-        self._require_built()
-        log_w = self.log_weights.masked_fill(~self.weight_mask, 0.0)  # [P, L'] only real tokens count
+        log_w = self.effective_log_weights()  # [P, L']
         return self.__dict__["_prepared"].encode(log_w, chunk_size=self.hparams.chunk_size)
 
     def class_embeddings(self) -> torch.Tensor:
@@ -93,21 +137,21 @@ class StoriClassifier(ClipClassifier):
             emb = torch.cat([emb, self.base_embeddings.to(emb)])  # [P + B, D]
         return class_mean(emb, self.prompt_class, self.num_classes)
 
-    def word_weights(self) -> dict[str, list[list[tuple[str, float]]]]:
+    def word_weights(self, absolute: bool = False) -> dict[str, list[list[tuple[str, float]]]]:
         """Per class, per CuPL prompt: ``(word, weight)`` with weights summing to 1 within the prompt.
 
         A word's weight is the mean of ``exp(log_w)`` over its BPE pieces, so that all words start
-        equal (1 / number of words) before training.
+        equal (1 / number of words) before training. ``absolute``: that mean itself, not normalized
+        (1 = unchanged by training), for views that tell "this word went up" from "the others went down".
         """
         from stori_pl.text.syntax import token_words
 
-        self._require_built()
-        log_w = self.log_weights.detach().masked_fill(~self.weight_mask, 0.0).float().cpu()  # [P, L']
+        log_w = self.effective_log_weights().detach().float().cpu()  # [P, L']
         out: dict[str, list[list[tuple[str, float]]]] = {name: [] for name in self.classnames}
         for p, c in enumerate(self.prompt_class[: self.n_cupl].tolist()):
             words = token_words(self.__dict__["_cupl_tokens"][p], self.tokenizer)
             raw = [float(log_w[p, pos].exp().mean()) for _, pos in words]
-            total = sum(raw) or 1.0
+            total = 1.0 if absolute else (sum(raw) or 1.0)
             out[self.classnames[c]].append([(w, r / total) for (w, _), r in zip(words, raw)])
         return out
 
@@ -116,3 +160,22 @@ class StoriClassifier(ClipClassifier):
         from stori_pl.interpret.attribution import attribute
 
         return attribute(self, image, class_index, **kwargs)
+
+
+def function_word_mask(tokens: torch.Tensor, tokenizer, length: int) -> torch.Tensor:
+    """``[P, length]`` bool: True at the BPE pieces of function words and punctuation of each prompt.
+
+    Args:
+        tokens: Tokenized prompts ``[P, 77]`` (``[SOS, x_1 … x_N, EOT, 0 …]``).
+        tokenizer: Their tokenizer.
+        length: Width of the mask (positions beyond it are dropped).
+    """
+    from stori_pl.interpret.function_words import is_function_word
+    from stori_pl.text.syntax import token_words
+
+    mask = torch.zeros(tokens.shape[0], length, dtype=torch.bool)
+    for p in range(tokens.shape[0]):
+        for word, positions in token_words(tokens[p], tokenizer):
+            if is_function_word(word):
+                mask[p, [i for i in positions if i < length]] = True
+    return mask

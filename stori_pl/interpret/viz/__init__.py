@@ -18,11 +18,12 @@ from stori_pl.interpret.viz.words import (
     normalize_prompt,
     prompt_text,
     top_words,
+    top_words_legend,
     wrap_words,
 )
 
 __all__ = [
     "SPAN", "ClassPrompts", "Prompt", "emphasis", "figure_to_array", "markdown_top_words", "normalize_prompt",
     "plot_word_weights", "prompt_text", "render_html", "render_terminal", "save_pages_png",
-    "save_word_weights_png", "top_words", "use_color", "wrap_words", "write_html",
+    "save_word_weights_png", "top_words", "top_words_legend", "use_color", "wrap_words", "write_html",
 ]

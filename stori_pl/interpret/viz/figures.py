@@ -27,6 +27,7 @@ def plot_word_weights(
     *,
     subtitle: str | None = None,
     signed: bool = False,
+    absolute: bool = False,
     width: int = 110,
     lines_per_page: int = 60,
     fontsize: float = 10.0,
@@ -39,6 +40,8 @@ def plot_word_weights(
         prompts: Per prompt, ``(word, weight)`` pairs (weights are normalized per prompt for shading).
         subtitle: Extra title text, e.g. ``"epoch 3"``.
         signed: Values are attributions (red positive, blue negative, scaled by the class's max |value|).
+        absolute: Values are absolute weights (``word_weights(absolute=True)``; mid red = 1 = unchanged),
+            not weights normalized within the prompt.
         width: Characters per line before wrapping.
         lines_per_page: Page height; prompts are never split across pages.
         fontsize: Points.
@@ -47,7 +50,7 @@ def plot_word_weights(
     Returns:
         ``list[matplotlib.figure.Figure]`` (at least one; a class without prompts gives a page saying so).
     """
-    shades = intensities(prompts, signed)
+    shades = intensities(prompts, signed, absolute=absolute)
     num_w = len(str(max(len(prompts), 1))) + 2  # "12. "
     blocks = [_prompt_rows(k, [w for w, _ in p], sh, width, num_w) for k, (p, sh) in enumerate(zip(prompts, shades))]
     pages = _paginate(blocks, lines_per_page)
@@ -56,7 +59,7 @@ def plot_word_weights(
         title = class_name + (f" — {subtitle}" if subtitle else "")
         if len(pages) > 1:
             title += f"  (page {n + 1}/{len(pages)})"
-        figs.append(_draw_page(page, title, _legend(signed), width, fontsize, dpi))
+        figs.append(_draw_page(page, title, _legend(signed, absolute), width, fontsize, dpi))
     return figs
 
 
@@ -89,10 +92,13 @@ def _paginate(blocks: list[list[Row]], lines_per_page: int) -> list[list[list[Ro
     return pages
 
 
-def _legend(signed: bool) -> str:
+def _legend(signed: bool, absolute: bool = False) -> str:
     """The line under the title explaining the shading."""
     if signed:
         return "red: pushes towards the class, blue: away (shade = value / max |value|)"
+    if absolute:
+        return (f"darker = higher weight; mid red = weight 1 (unchanged by training), full red = {SPAN:g} or more, "
+                f"white = 1/{SPAN:g} or less (log scale; absolute weights)")
     return (f"darker = higher weight; mid red = the prompt's average weight, full red = {SPAN:g}x average "
             "or more (log scale; weights sum to 1 within each prompt)")
 

@@ -29,9 +29,14 @@ def render_html(
     *,
     title: str = "SToRI word weights",
     signed: bool = False,
+    absolute: bool = False,
     intro: str | None = None,
 ) -> str:
-    """A self-contained HTML page of all classes (inline CSS/JS, no network), searchable by class name."""
+    """A self-contained HTML page of all classes (inline CSS/JS, no network), searchable by class name.
+
+    ``absolute``: the values are absolute weights (``word_weights(absolute=True)``, 1 = unchanged), shaded
+    and shown as they are instead of relative to the prompt's average.
+    """
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}\n{_shade_css()}</style><script>{_JS}</script></head><body>",
@@ -41,6 +46,8 @@ def render_html(
         parts.append(f"<p>{html.escape(intro)}</p>")
     legend = (
         "red: pushes towards the class, blue: away" if signed
+        else f"darker = higher weight; mid red = weight 1 (unchanged by training), full red = {SPAN:g} or more; "
+        "hover a word for its weight (absolute weights)" if absolute
         else f"darker = higher weight; mid red = the prompt's average, full red = {SPAN:g}x average or more; "
         "hover a word for its weight (weights sum to 1 within each prompt)"
     )
@@ -50,14 +57,14 @@ def render_html(
     )
     for name, prompts in classes.items():
         parts.append(f"<section data-name='{html.escape(name.lower(), quote=True)}'><h2>{html.escape(name)}</h2><ol>")
-        for p, sh in zip(prompts, intensities(prompts, signed)):
-            values = [float(v) for _, v in p] if signed else [v for _, v in normalize_prompt(p)]
-            ratios = [1.0] * len(p) if signed else emphasis(p)
+        for p, sh in zip(prompts, intensities(prompts, signed, absolute=absolute)):
+            values = [float(v) for _, v in p] if signed or absolute else [v for _, v in normalize_prompt(p)]
+            ratios = [1.0] * len(p) if signed else emphasis(p, absolute)
             spans = []
             for (w, _), v, s, ratio in zip(p, values, sh, ratios):
                 level = round(abs(s) * _LEVELS)
                 cls = f" class={'r' if s >= 0 else 'b'}{level}" if level else ""
-                tip = f"{v:+.4g}" if signed else f"{v:.4f} ({ratio:.2f}x average)"
+                tip = f"{v:+.4g}" if signed else f"weight {v:.3g}" if absolute else f"{v:.4f} ({ratio:.2f}x average)"
                 sep = "" if (not spans or joins(w)) else " "
                 spans.append(f"{sep}<span{cls} title='{tip}'>{html.escape(w)}</span>")
             parts.append("<li>" + "".join(spans) + "</li>")

@@ -25,21 +25,24 @@ def render_terminal(
     *,
     color: bool | None = None,
     signed: bool = False,
+    absolute: bool = False,
     width: int | None = None,
 ) -> str:
     """Class name and prompts as text, words on a red (blue) background by weight (attribution).
 
     Without colors (``color=False``, or not a TTY when ``None``) notable words are annotated instead:
     ``word(x1.8)`` = 1.8 times the prompt's average weight (words at 1.5x or more); ``word(+0.12)`` for
-    attributions (words at a quarter of the largest |value| or more).
+    attributions (words at a quarter of the largest |value| or more). With ``absolute`` the values are
+    absolute weights (``word_weights(absolute=True)``): ``word(x1.8)`` = weight 1.8 (1 = unchanged by
+    training), annotated at 1.5 or more and at 1/1.5 or less, so lowered words show too.
     """
     color = use_color() if color is None else color
     width = width or max(40, min(shutil.get_terminal_size((100, 20)).columns, 160))
-    shades = intensities(prompts, signed)
+    shades = intensities(prompts, signed, absolute=absolute)
     out = [f"\x1b[1m{class_name}\x1b[0m" if color else f"== {class_name} =="]
     num_w = len(str(max(len(prompts), 1))) + 2
     for k, (p, sh) in enumerate(zip(prompts, shades)):
-        ratios = emphasis(p) if not signed else [float(v) for _, v in p]
+        ratios = emphasis(p, absolute) if not signed else [float(v) for _, v in p]
         words = []
         for (w, _), s, r in zip(p, sh, ratios):
             if color:
@@ -48,7 +51,7 @@ def render_terminal(
                 words.append((w, f"\x1b[30;48;5;{ramp[level]}m{w}\x1b[0m" if level >= 0 else w))
             elif signed and abs(s) >= 0.25:
                 words.append((w + f"({r:+.3g})",) * 2)
-            elif not signed and r >= 1.5:
+            elif not signed and (r >= 1.5 or (absolute and r <= 1 / 1.5)):
                 words.append((w + f"(x{r:.2f})",) * 2)
             else:
                 words.append((w, w))

@@ -1,0 +1,122 @@
+"""``stori explain-eval CKPT``: how readable are a toy-world checkpoint's word weights?
+
+Prints the explanation metrics of :mod:`stori_pl.interpret.metrics` (discriminative share, precision@k, sink
+share, attribution sign agreement on correctly classified test images), averaged over classes and per class.
+
+Examples:
+    stori explain-eval runs/demo/version_0/checkpoints/last.ckpt
+    stori explain-eval last.ckpt --json metrics.json --top_k 3 --data_root data
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jsonargparse
+from jsonargparse import ActionConfigFile
+
+METRIC_ORDER = ("discriminative_share", "precision_at_k", "sink_share", "sink_share_uniform", "sign_agreement")
+
+
+def explain_eval(
+    checkpoint: Path,
+    json: Path | None = None,
+    top_k: int = 3,
+    data_root: Path = Path("data"),
+    split: str = "test",
+    sign_agreement: bool = True,
+    max_images_per_class: int | None = None,
+    per_class: bool = True,
+):
+    """Explanation metrics of a SToRI checkpoint trained on the toy world (ToyShapes).
+
+    Args:
+        checkpoint: StoriClassifier checkpoint (e.g. runs/demo/version_0/checkpoints/last.ckpt).
+        json: Also write the metrics (summary and per class) to this JSON file.
+        top_k: k of precision@k.
+        data_root: Folder holding toy_shapes/ (generated there when absent), for the sign agreement.
+        split: Images scored by the sign agreement: test or val.
+        sign_agreement: Compute the attribution sign agreement (needs the images; false: weights only).
+        max_images_per_class: Score at most this many correctly classified images per class.
+        per_class: Print the per-class table too.
+
+    Returns:
+        The :class:`~stori_pl.interpret.metrics.ExplanationMetrics`.
+    """
+    from stori_pl.interpret.metrics import explanation_metrics, is_toy_benchmark
+
+    if top_k < 1:
+        raise ValueError(f"--top_k must be >= 1, got {top_k}")
+    if split not in ("test", "val"):
+        raise ValueError(f"--split must be test or val, got {split!r}")
+    model = load_checkpoint(checkpoint)
+    if not is_toy_benchmark(model.classnames):
+        raise ValueError(
+            f"{checkpoint}: classes such as {model.classnames[:3]} are not toy-world (pattern, color, shape) triples; "
+            "explanation metrics need the toy world's ground truth (train with configs/demo.yaml)"
+        )
+    features = labels = None
+    if sign_agreement:
+        features, labels = toy_features(model, data_root, split)
+    result = explanation_metrics(model.word_weights(), top_k, model, features, labels, max_images_per_class)
+    print(format_metrics(result, per_class))
+    if json is not None:
+        from stori_pl.utils import write_json
+
+        write_json(json, result.to_dict())
+        print(f"written {json}")
+    return result
+
+
+def load_checkpoint(path: Path):
+    """A :class:`~stori_pl.models.StoriClassifier` from ``path``, on CPU, in eval mode."""
+    from stori_pl.models import StoriClassifier
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/last.ckpt)")
+    return StoriClassifier.load_from_checkpoint(str(path), map_location="cpu").eval()
+
+
+def toy_features(model, data_root: Path, split: str = "test"):
+    """Image features ``[N, D]`` and labels ``[N]`` of the ToyShapes ``split``, restricted to the model's classes."""
+    import torch
+
+    from stori_pl.toy.data import ToyShapes
+
+    dm = ToyShapes(root=str(data_root), clip_model=model.hparams.clip_model, pretrained=model.hparams.pretrained,
+                   classes=list(model.classnames))
+    dm.setup("test" if split == "test" else "validate")
+    batches = list(dm.test_dataloader() if split == "test" else dm.val_dataloader())
+    return torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
+
+
+def format_metrics(result, per_class: bool = True) -> str:
+    """``name  value`` lines of the summary, then (optionally) a per-class table."""
+    keys = [k for k in METRIC_ORDER if k in result.summary]
+    names = {k: k.replace("_at_k", f"_at_{result.k}") for k in keys}
+    lines = [f"{names[k]:<24}{result.summary[k]:.3f}" for k in keys]
+    if per_class and result.per_class:
+        width = max(len(c) for c in result.per_class) + 2
+        lines += ["", "class".ljust(width) + "".join(f"{names[k]:>22}" for k in keys)]
+        for name, m in result.per_class.items():
+            lines.append(name.ljust(width) + "".join(f"{m[k]:>22.3f}" if k in m else f"{'—':>22}" for k in keys))
+    return "\n".join(lines)
+
+
+def build_parser() -> jsonargparse.ArgumentParser:
+    """Options of ``stori explain-eval`` (from :func:`explain_eval`'s signature and docstring)."""
+    p = jsonargparse.ArgumentParser(
+        prog="stori explain-eval",
+        description="Explanation metrics of a toy-world SToRI checkpoint (how readable its word weights are).",
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options below.")
+    p.add_function_arguments(explain_eval, as_positional=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori explain-eval``; returns the exit code."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    explain_eval(**{k: v for k, v in vars(args).items() if k != "config"})
+    return 0

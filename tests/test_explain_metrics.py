@@ -1,0 +1,183 @@
+"""Explanation metrics of the toy world on hand-made word weights with known answers, the function-word
+handling of the word summaries, and the ``stori explain-eval`` command's argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stori_pl.interpret.function_words import is_function_word
+from stori_pl.interpret.metrics import (
+    defining_words,
+    explanation_metrics,
+    is_toy_benchmark,
+    prompt_metrics,
+    toy_class_values,
+    weight_metrics,
+)
+from stori_pl.interpret.viz.words import emphasis, markdown_top_words, top_words, top_words_legend
+
+CLASSES = ["striped red circle", "dotted red circle", "striped blue square"]
+# "a small striped red circle on a white background ." : defining = striped, red, circle (3 of 10 words)
+WORDS = ["a", "small", "striped", "red", "circle", "on", "a", "white", "background", "."]
+
+
+def prompt(weights):
+    return list(zip(WORDS, weights))
+
+
+def test_ground_truth_of_toy_classes():
+    assert toy_class_values("dotted blue square") == {"pattern": "dotted", "color": "blue", "shape": "square"}
+    assert toy_class_values("striped red") is None and toy_class_values("banded red circle") is None
+    assert is_toy_benchmark(CLASSES) and not is_toy_benchmark(["dog", "cat"]) and not is_toy_benchmark(CLASSES[:1])
+    words = defining_words(CLASSES)
+    assert words["striped red circle"] == {"striped": "striped", "stripes": "striped", "stripe": "striped",
+                                           "red": "red", "circle": "circle"}
+    assert set(words["dotted red circle"]) >= {"dotted", "dots"}
+    # an attribute shared by every class defines nothing: here all classes are red
+    only_red = defining_words(["striped red circle", "dotted red circle", "dotted red square"])
+    assert "red" not in only_red["striped red circle"] and "circle" in only_red["striped red circle"]
+    with pytest.raises(ValueError, match="not toy-world classes: \\['dog'\\]"):
+        defining_words(["dog", "striped red circle"])
+
+
+def test_uniform_weights_score_one_and_the_uniform_sink():
+    m = prompt_metrics(prompt([1.0] * 10), defining_words(CLASSES)["striped red circle"], k=3)
+    assert m["discriminative_share"] == pytest.approx(1.0)
+    # sinks: a, small, on, a, white, background, . = 7 of 10 words
+    assert m["sink_share"] == pytest.approx(0.7) and m["sink_share_uniform"] == pytest.approx(0.7)
+    assert m["precision_at_k"] == pytest.approx(1 / 3)  # ties keep prompt order: a, small, striped
+
+
+def test_known_answers():
+    defining = defining_words(CLASSES)["striped red circle"]
+    # all weight on the three class words: share 1 vs 3/10 uniform -> 10/3; top-3 all defining; no sink
+    m = prompt_metrics(prompt([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]), defining, k=3)
+    assert m["discriminative_share"] == pytest.approx(10 / 3)
+    assert m["precision_at_k"] == 1.0 and m["sink_share"] == 0.0
+    # "small" and "background" carry half the weight; red is the top word
+    m = prompt_metrics(prompt([0, 2, 0, 4, 0, 0, 0, 0, 2, 0]), defining, k=2)
+    assert m["discriminative_share"] == pytest.approx((4 / 8) / (3 / 10))
+    assert m["precision_at_k"] == pytest.approx(0.5) and m["sink_share"] == pytest.approx(0.5)
+    # the scale of the weights does not matter (word_weights normalizes, absolute views do not)
+    scaled = prompt_metrics(prompt([0, 20, 0, 40, 0, 0, 0, 0, 20, 0]), defining, k=2)
+    assert scaled == pytest.approx(m)
+    # synonyms count: "stripes" names the class's pattern
+    syn = prompt_metrics([("a", 1.0), ("circle", 2.0), ("with", 1.0), ("stripes", 2.0)], defining, k=2)
+    assert syn["precision_at_k"] == 1.0 and syn["discriminative_share"] == pytest.approx((4 / 6) / (2 / 4))
+    # precision counts out of min(k, number of defining words): one defining word, top-1 of 3 -> 1.0
+    one = prompt_metrics([("a", 0.1), ("red", 5.0), ("thing", 0.2)], defining, k=3)
+    assert one["precision_at_k"] == 1.0
+    assert prompt_metrics([("a", 1.0), ("thing", 1.0)], defining) is None  # nothing to score
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        prompt_metrics(prompt([1.0] * 10), defining, k=0)
+
+
+def test_per_class_means_and_summary():
+    good = prompt([0, 0, 1, 1, 1, 0, 0, 0, 0, 0])
+    uniform = prompt([1.0] * 10)
+    weights = {"striped red circle": [good, uniform], "dotted red circle": [[("a", 1.0), ("thing", 1.0)]],
+               "striped blue square": [uniform]}
+    per_class = weight_metrics(weights, k=3)
+    assert set(per_class) == {"striped red circle", "striped blue square"}  # no scored prompt: left out
+    assert per_class["striped red circle"]["discriminative_share"] == pytest.approx((10 / 3 + 1) / 2)
+    result = explanation_metrics(weights, k=3)
+    assert result.summary["discriminative_share"] == pytest.approx(((10 / 3 + 1) / 2 + 1) / 2)
+    assert "sign_agreement" not in result.summary  # no model, no images
+    assert result.to_dict()["per_class"]["striped blue square"]["sink_share"] == pytest.approx(0.7)
+
+
+def test_function_words_are_left_out_or_marked():
+    assert is_function_word("there") and is_function_word(".") and is_function_word("The")
+    assert not is_function_word("red") and not is_function_word("background")
+    weights = {"striped red circle": [[("there", 3.0), ("is", 2.0), ("a", 0.1), ("red", 2.0), ("circle", 0.2), (".", 1.0)]]}
+    up, down = top_words(weights, k=5)
+    assert [w for w, _, _ in up] == ["red"] and [w for w, _, _ in down] == ["circle"]
+    up_all, _ = top_words(weights, k=5, function_words=True)
+    assert [w for w, _, _ in up_all][:2] == ["there", "is"]
+    table = markdown_top_words(weights, k=3)
+    assert "there" not in table and "red ×" in table and "left out" in top_words_legend()
+    marked = markdown_top_words(weights, k=3, function_words="mark")
+    assert "_there°_ ×" in marked and "red ×" in marked and "°_: function word" in top_words_legend("mark")
+    with pytest.raises(ValueError, match="'exclude' or 'mark'"):
+        markdown_top_words(weights, function_words="hide")
+
+
+def test_absolute_weights_are_shown_as_they_are():
+    # every other word went down (0.5), "red" stayed at 1: relative views call it emphasized, absolute not
+    p = [("a", 0.5), ("red", 1.0), ("circle", 0.5)]
+    assert emphasis(p)[1] == pytest.approx(1.5) and emphasis(p, absolute=True) == [0.5, 1.0, 0.5]
+    up, down = top_words({"c": [p]}, absolute=True)
+    assert up == [] and [w for w, _, _ in down] == ["circle"]
+    assert "| c | — | circle ×0.50 |" in markdown_top_words({"c": [p]}, absolute=True)
+    assert top_words_legend(absolute=True).startswith("×: absolute weight (1 = unchanged)")
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        emphasis([("a", math.nan)], absolute=True)
+
+
+def test_explain_eval_rejects_bad_input(tmp_path):
+    from stori_pl.cli.explain_eval import main
+
+    with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
+        main([str(tmp_path / "missing.ckpt")])
+    with pytest.raises(ValueError, match="--top_k must be >= 1"):
+        main([str(tmp_path / "missing.ckpt"), "--top_k", "0"])
+
+
+PROMPTS = {
+    "classnames": ["striped red circle", "dotted blue square"],
+    "base": [["a photo of a striped red circle."], ["a photo of a dotted blue square."]],
+    "cupl": [["there is a red circle with stripes."], ["a blue square, with dots."]],
+}
+
+
+def test_readability_options_of_stori_classifier(tiny_clip):
+    import torch
+
+    from stori_pl.models.stori import StoriClassifier
+
+    model = StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, freeze_function_words=True,
+                            max_log_weight=1.0, log_weight_l2=0.5, log_weight_l1=0.25, prompts=PROMPTS)
+    with torch.no_grad():
+        model.log_weights.fill_(3.0)  # beyond the bound, on every token (frozen ones included)
+    weights = model.word_weights(absolute=True)
+    for prompts in weights.values():
+        for w, v in prompts[0]:
+            # function words and punctuation keep weight 1; the others are bounded by e^1 (1 * tanh(3) < 1)
+            assert v == pytest.approx(1.0) if is_function_word(w) else 1.0 < v < math.e
+    assert [w for w, _ in weights["striped red circle"][0]] == ["there", "is", "a", "red", "circle", "with", "stripes", "."]
+    trained = model.trainable_log_weights()  # [T]: red circle stripes blue square dots
+    assert trained.numel() == 6 and torch.allclose(trained, torch.tanh(torch.tensor(3.0)).expand(6))
+    expected = 0.5 * trained.square().mean() + 0.25 * trained.abs().mean()
+    assert model.log_weight_penalty().item() == pytest.approx(expected.item())
+    assert StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, prompts=PROMPTS).log_weight_penalty() is None
+    for bad in ({"log_weight_l2": -1.0}, {"max_log_weight": 0.0}):
+        with pytest.raises(ValueError, match="must be"):
+            StoriClassifier(clip_model="stori-tiny", pretrained=None, **bad)
+
+
+def test_training_adds_the_log_weight_penalty(tiny_clip):
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from stori_pl.models.stori import StoriClassifier
+
+    def one_step(l2: float) -> torch.Tensor:
+        model = StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, lr=0.1,
+                                log_weight_l2=l2, prompts=PROMPTS)
+        with torch.no_grad():
+            model.log_weights.fill_(1.0)
+        torch.manual_seed(0)
+        data = [{"features": f, "label": y} for f, y in zip(torch.randn(8, model.clip.visual.output_dim), torch.arange(8) % 2)]
+        trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu")
+        trainer.fit(model, DataLoader(data, batch_size=8))
+        if l2:
+            assert trainer.callback_metrics["train/log_weight_penalty"].item() == pytest.approx(l2)  # mean(1²) · l2
+        return model.trainable_log_weights().detach()
+
+    # the data gradient alone moves the log-weights both ways; a strong penalty pulls every one towards 0
+    free, pulled = one_step(0.0), one_step(100.0)
+    assert (free > 1).any() and (pulled < 1).all()
