@@ -22,6 +22,9 @@ NAME = re.compile(r"^(\w+?)_(1|2|4|8|16)shot\.yaml$")
 
 def recipe(method: str, dataset: str, shots: int) -> dict:
     """What each method's config must say: {dotted key: value}."""
+    if method == "stori" and dataset == "toy_shapes":  # the demo's setting (docs/explanations.md)
+        return {"model.init_args.start_block": 1, "model.init_args.lr": 0.4, "trainer.max_epochs": 60,
+                "model.init_args.freeze_function_words": True}
     if method == "stori":  # SToRI App. A.1
         lr = {"imagenet": 1e-2, "sun397": 1e-2, "food101": 0.1}.get(dataset, 5e-2)
         if dataset in ("dtd", "flowers102") and shots in (8, 16):
@@ -56,7 +59,7 @@ def recipe(method: str, dataset: str, shots: int) -> dict:
                 "trainer.max_epochs": 20 if method == "tip_adapter_f" else 1}
     if method == "linear_probe":  # CoOp lpclip/linear_probe.py
         return {"model.init_args.search_steps": 8, "model.init_args.max_iter": 1000, "data.init_args.augment_views": 0}
-    return {"model.init_args.use_base_prompts": method == "zero_shot", "model.init_args.use_cupl_prompts": method == "cupl"}
+    return {"model.init_args.use_base_prompts": True, "model.init_args.use_cupl_prompts": method == "cupl"}
 
 
 def dig(cfg: dict, dotted: str):
