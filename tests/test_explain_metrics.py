@@ -16,7 +16,12 @@ from stori_pl.interpret.metrics import (
     toy_class_values,
     weight_metrics,
 )
-from stori_pl.interpret.viz.words import emphasis, markdown_top_words, top_words, top_words_legend
+from stori_pl.interpret.viz.words import (
+    emphasis,
+    markdown_top_words,
+    top_words,
+    top_words_legend,
+)
 
 CLASSES = ["striped red circle", "dotted red circle", "striped blue square"]
 # "a small striped red circle on a white background ." : defining = striped, red, circle (3 of 10 words)

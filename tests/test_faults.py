@@ -27,7 +27,9 @@ from fakedata import make_fake
 
 from stori_pl.cli import main
 from stori_pl.lightning.checkpoint import UnreadableCheckpointError, read_checkpoint
-from stori_pl.lightning.cli import run_lightning_cli  # raises user errors (`stori` prints them as one line)
+from stori_pl.lightning.cli import (
+    run_lightning_cli,  # raises user errors (`stori` prints them as one line)
+)
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent

@@ -214,3 +214,15 @@ def test_fault_missing_image_skipped_by_datamodule(tmp_path, tiny_clip, monkeypa
     with pytest.raises(FileNotFoundError, match=rf"(?s){n} of {n} test images .*missing.*Check `root`") as e:
         dm(skip_bad_images=True).setup("test")
     assert "skip_bad_images" not in str(e.value)  # already on: not suggested
+
+
+def test_augment_scale_reaches_the_crop_and_the_cache_key(tiny_clip):
+    """Dassl's crop scale (0.08-1) and Tip-Adapter's (0.5-1) give different cached views, so different keys."""
+    from torchvision import transforms as T
+
+    model, preprocess, _ = tiny_clip
+    crops = [t for t in F.augment_transform(preprocess, (0.5, 1.0)).transforms if isinstance(t, T.RandomResizedCrop)]
+    assert crops and crops[0].scale == (0.5, 1.0)
+    key = lambda views, scale: F.feature_key(["a.png"], "stori-tiny", None, preprocess, views, model, scale)  # noqa: E731
+    assert key(10, (0.08, 1.0)) != key(10, (0.5, 1.0))
+    assert key(0, (0.08, 1.0)) == key(0, (0.5, 1.0))  # no views: the scale plays no part

@@ -120,13 +120,14 @@ def data_section(method: str, dataset: str, shots: int) -> dict:
 def config(method: str, dataset: str, shots: int) -> dict:
     """One flat, complete experiment."""
     name = f"{method}/{dataset}_{shots}shot"
-    callbacks = [{"class_path": "stori_pl.lightning.callbacks.WeightPlotCallback", "init_args": {"every_n_epochs": 1}}] \
-        if method == "stori" else []
+    toy_stori = method == "stori" and dataset == "toy_shapes"  # as the demo: plots every 20 epochs, val every 5
+    callbacks = [{"class_path": "stori_pl.lightning.callbacks.WeightPlotCallback",
+                  "init_args": {"every_n_epochs": 20 if toy_stori else 1}}] if method == "stori" else []
     return {
         "seed_everything": 1,
         "trainer": {
             "accelerator": "auto", "devices": 1, "precision": "32-true", "max_epochs": epochs(method, dataset, shots),
-            "check_val_every_n_epoch": 1, "log_every_n_steps": 1,
+            "check_val_every_n_epoch": 5 if toy_stori else 1, "log_every_n_steps": 1,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "runs", "name": name}},
             "callbacks": callbacks,
@@ -137,6 +138,14 @@ def config(method: str, dataset: str, shots: int) -> dict:
         "test_ckpt": "last",
         "test_after_fit": True,
     }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for mappings, flow style for lists of numbers (``search_scale: [13.0, 13.0]``)."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence(
+    "tag:yaml.org,2002:seq", v, flow_style=all(isinstance(x, (int, float)) for x in v)))
 
 
 def header(method: str, dataset: str, shots: int) -> str:
@@ -154,7 +163,7 @@ def main() -> None:
         (out / method).mkdir(parents=True, exist_ok=True)
         for dataset in DATASETS:
             for shots in SHOTS:
-                text = header(method, dataset, shots) + yaml.safe_dump(config(method, dataset, shots), sort_keys=False, default_flow_style=None)
+                text = header(method, dataset, shots) + yaml.dump(config(method, dataset, shots), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
                 (out / method / f"{dataset}_{shots}shot.yaml").write_text(text)
                 n += 1
     print(f"wrote {n} configs to {out}/<method>/")

@@ -5,7 +5,9 @@
 (b) ``WeightedTextEncoder`` inference vs ``encode_text`` on the same prompts;
 (c) peak memory of the chunked (gradient-caching) step at N_large vs N_small prompts
     (each measured in a fresh subprocess);
-(d) achieved FLOP/s of the fast training step as a fraction of a plain GEMM's FLOP/s.
+(d) achieved FLOP/s of the fast training step as a fraction of a plain GEMM's FLOP/s;
+(e) a CoOp training step (forward + backward to the context vectors, one prompt per class): the encoder's
+    EOT cut and length buckets vs the same step on all 77 positions (the official code's path).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _memory(n: int, model: str, pretrained: str | None, prompts: str | None, sta
 
 def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: int = 7, prompts: str | None = None,
           n_prompts: int = 256, memory_prompts: tuple[int, int] = (1000, 10000), chunk_size: int = 256,
-          repeats: int = 3, skip_memory: bool = False, device: str | None = None) -> int:
+          repeats: int = 3, skip_memory: bool = False, device: str | None = None, coop_classes: int = 100) -> int:
     """Measure (a)-(d) and print a table of raw figures and ratios.
 
     Args:
@@ -112,6 +114,7 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
         repeats: Timed repeats (the best is reported) after one warm-up.
         skip_memory: Skip (c) (two subprocesses).
         device: Torch device (default: cuda when available, else cpu).
+        coop_classes: Classes of the CoOp step (e); 0 skips it.
 
     Returns:
         Exit status 0.
@@ -132,6 +135,8 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
     prep = enc.prepare(tokens)  # length buckets of the default size
     times = {"prepare": time.perf_counter() - t0, **time_encoders(enc, prep, tokens, chunk_size, repeats, sync)}
     rows = speed_rows(times, flop_rates(prep, tokens, times["fast"], repeats, sync))
+    if coop_classes:
+        rows += coop_rows(time_coop(model, pretrained, coop_classes, device, repeats, sync))
     if not skip_memory:
         small, large = (_memory(n, model, pretrained, prompts, start_block, chunk_size) for n in memory_prompts)
         rows += memory_rows(memory_prompts, small, large)
@@ -226,3 +231,54 @@ def format_rows(rows: list[tuple[str, str, str]]) -> str:
     """Aligned text table: figure, raw value (right-aligned), ratio."""
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {raw:>16}  {ratio}".rstrip() for name, raw, ratio in rows)
+
+
+def class_names(n: int) -> list[str]:
+    """``n`` class names: DTD's (cycled, numbered past 47) when the CuPL file is present, else generated."""
+    names = list(json.loads(DTD_CUPL.read_text())) if DTD_CUPL.is_file() else ["pattern", "striped fabric", "stone"]
+    return [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(n)]
+
+
+def naive_coop_encode(model) -> torch.Tensor:
+    """CoOp's text features the way the official code runs them: all 77 positions, every block in full."""
+    from stori_pl.text.clip import tokenize
+
+    enc = model.__dict__["_encoder"]
+    tokens = tokenize([f"{' '.join(['X'] * len(model.ctx))} {n}." for n in model.classnames], model.tokenizer)
+    tokens = tokens.to(model.ctx.device)  # [C, 77]
+    with torch.no_grad():
+        emb = enc.tower.token_embedding(tokens).float()  # [C, 77, W]
+    ctx = model.ctx.unsqueeze(0).expand(len(tokens), -1, -1)
+    x = torch.cat([emb[:, :1], ctx, emb[:, 1 + len(model.ctx):]], dim=1)
+    x = enc.run_blocks(enc.embed_tokens(tokens, x), enc.tower.blocks, enc.tower.causal_mask)
+    x = enc.tower.ln_final(x)
+    return enc.tower.project(x[torch.arange(len(x)), enc.eot_positions(tokens)])  # [C, D]
+
+
+def time_coop(model: str, pretrained: str | None, n_classes: int, device: str, repeats: int, sync) -> dict:
+    """(e): best-of-``repeats`` seconds of one CoOp step, ours (EOT cut, buckets) vs all 77 positions."""
+    from stori_pl.data.base import PromptSet
+    from stori_pl.models.coop import CoOp
+
+    names = class_names(n_classes)
+    prompts = PromptSet(names, [[f"a photo of a {n}."] for n in names], [[] for _ in names])
+    coop = CoOp(model, pretrained, prompts=prompts.to_dict()).to(device)
+
+    def step(fn):
+        def run():
+            _loss(fn()).backward()
+            coop.ctx.grad = None
+            sync()
+        return run
+
+    return {"classes": n_classes, "coop_fast": _timeit(step(coop.class_embeddings), repeats),
+            "coop_naive": _timeit(step(lambda: naive_coop_encode(coop)), repeats)}
+
+
+def coop_rows(t: dict) -> list[tuple[str, str, str]]:
+    """Table rows of (e)."""
+    return [
+        (f"(e) CoOp train step, {t['classes']} classes, 77 positions", f"{t['coop_naive']:.4g} s", ""),
+        (f"(e) CoOp train step, {t['classes']} classes, EOT cut + buckets", f"{t['coop_fast']:.4g} s",
+         f"{t['coop_naive'] / t['coop_fast']:.2f}x faster"),
+    ]
