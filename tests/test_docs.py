@@ -163,11 +163,15 @@ def logical_lines(block: Block) -> list[tuple[int, str]]:
 
 def stori_commands(line: str) -> list[list[str]]:
     """Argument lists of the ``stori ...`` commands in one shell line (after ``&&``, ``;``, ``do`` ...)."""
-    lex = shlex.shlex(strip_comment(line), posix=True, punctuation_chars=";&|")
+    lex = shlex.shlex(strip_comment(line), posix=True, punctuation_chars=";&|<>")
     lex.whitespace_split, lex.commenters = True, ""
-    segments, current = [], []
+    segments, current, redirect = [], [], False
     for token in lex:
-        if token and set(token) <= set(";&|"):
+        if token and set(token) <= set("<>"):
+            redirect = True  # `> file`, `< file`: the next token is a file, not an argument
+        elif redirect:
+            redirect = False
+        elif token and set(token) <= set(";&|"):
             segments.append(current)
             current = []
         else:
@@ -189,8 +193,12 @@ def command_cases():
             if block.info not in SHELL_FENCES:
                 continue
             for number, line in logical_lines(block):
+                try:
+                    commands = stori_commands(line)
+                except ValueError as err:  # unbalanced quotes: name the line
+                    raise ValueError(f"{rel(path)}:{number}: {err}: {line}") from None
                 cases += [pytest.param(path, number, argv, id=f"{rel(path)}:{number}:{' '.join(argv[:1])}")
-                          for argv in stori_commands(line)]
+                          for argv in commands]
     return cases
 
 
@@ -257,7 +265,7 @@ def test_commands_are_found_in_the_docs():
     """The extraction itself: continuation lines, `$ ` prompts, loops and `&&` chains."""
     cases = {" ".join(p.values[2][:2]) for p in command_cases()}
     for expected in ("fit --config", "retrieve --images", "embed a photo of a (red:1.5) (supercalifragilistic:0.5) car",
-                     "explain runs/dtd_16shot/version_0/checkpoints/last.ckpt", "retrieval-eval --config", "report runs/"):
+                     "explain runs/stori/dtd_16shot/version_0/checkpoints/last.ckpt", "retrieval-eval --config", "report runs/"):
         assert expected in cases, (expected, sorted(cases))
     block = Block("", 10, ["$ stori embed \"a (b\" \\", "    --out x.npy", "stori embed: error", "$ ls"])
     assert logical_lines(block) == [(10, 'stori embed "a (b"  --out x.npy'), (13, "ls")]
