@@ -317,3 +317,17 @@ def test_documented_module_paths_import(name):
             obj = getattr(obj, attr)
         return
     raise AssertionError(f"{name} does not import")
+
+
+def test_tests_cited_in_the_docs_exist():
+    """docs/reliability.md (and any page) cites tests as `tests/test_x.py::name` or `::name` after one: each exists."""
+    defined = {f.name: set(re.findall(r"^def (test_\w+)", f.read_text(encoding="utf-8"), re.M))
+               for f in (REPO / "tests").glob("test_*.py")}
+    cited = 0
+    for path in DOC_FILES:
+        current = None
+        for m in re.finditer(r"`(?:tests/(test_\w+\.py))?::(\w+)", path.read_text(encoding="utf-8")):
+            current = m.group(1) or current
+            assert current and m.group(2) in defined.get(current, set()), f"{rel(path)} cites a missing test: {current}::{m.group(2)}"
+            cited += 1
+    assert cited >= 20  # docs/reliability.md's table cites every fault's test
