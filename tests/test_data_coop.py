@@ -92,9 +92,9 @@ def test_empty_val_is_drawn_from_unused_train():
     assert [e[1] for e in fs["train"]][::2] == [1, 0, 2]  # labels in order of first appearance
 
 
-def test_classes_with_few_images_keep_all():
-    fs = coop.few_shot_split(_toy_split(), 16, 3)
-    assert len(fs["train"]) == 18 and fs["val"] == []
+def test_classes_with_few_images_are_repeated_to_k():
+    fs = coop.few_shot_split(_toy_split(), 16, 3)  # 3 classes of 6 training images, no val list
+    assert len(fs["train"]) == 3 * 16 and len({e[0] for e in fs["train"]}) == 18 and fs["val"] == []
 
 
 @pytest.mark.parametrize("shots,seed",
@@ -138,3 +138,17 @@ def test_fewshot_file_from_another_split_is_rejected(tmp_path):
     assert coop.load_fewshot_file(f, split)["train"] == [["c2/3.jpg", 2, "class_2"]]
     with pytest.raises(FileNotFoundError, match="fewshot_file not found"):
         coop.load_fewshot_file(tmp_path / "nope.json", split)
+
+
+def test_class_with_fewer_images_than_shots_is_sampled_with_replacement():
+    """Dassl's generate_fewshot_dataset(repeat=True): random.choices for a short class, sample for the others."""
+    import random
+
+    entries = [[f"a{i}.jpg", 0, "a"] for i in range(20)] + [[f"b{i}.jpg", 1, "b"] for i in range(3)]
+    out = coop.few_shot_split({"train": entries, "val": entries}, shots=8, seed=1)
+    rng = random.Random(1)  # the reference, written from Dassl's loop
+    expected = rng.sample(entries[:20], 8) + rng.choices(entries[20:], k=8)
+    assert out["train"] == expected
+    b = [e for e in out["train"] if e[1] == 1]
+    assert len(b) == 8 and len({e[0] for e in b}) <= 3  # repeats
+    assert len([e for e in out["val"] if e[1] == 1]) == 3  # val keeps what there is (min(8, 4) = 4 > 3)

@@ -69,21 +69,27 @@ def classnames_from_split(split: dict[str, list[Entry]], where: str = "split") -
     return [names[i] for i in range(len(names))]
 
 
-def _sample_per_label(entries: list[Entry], k: int, rng: random.Random) -> list[Entry]:
+def _sample_per_label(entries: list[Entry], k: int, rng: random.Random, repeat: bool = False) -> list[Entry]:
+    """Dassl's ``generate_fewshot_dataset``: ``sample(items, k)`` per label; a label with fewer than ``k`` items
+    gets ``choices(items, k=k)`` (with replacement) when ``repeat``, else all its items."""
     by_label: dict[int, list[Entry]] = defaultdict(list)  # insertion order = first appearance
     for e in entries:
         by_label[e[1]].append(e)
     out: list[Entry] = []
     for items in by_label.values():
-        out.extend(rng.sample(items, k) if len(items) >= k else items)
+        if len(items) >= k:
+            out.extend(rng.sample(items, k))
+        else:
+            out.extend(rng.choices(items, k=k) if repeat else items)
     return out
 
 
 def few_shot_split(split: dict[str, list[Entry]], shots: int, seed: int) -> dict[str, list[Entry]]:
     """CoOp's few-shot subset: ``shots`` train and ``min(shots, 4)`` val images per class.
 
-    ``random.Random(seed)``; labels in order of first appearance; ``sample(items, k)`` per label (all items
-    when a class has fewer); then the same over val. When the split has no val list (ImageNet), val is
+    ``random.Random(seed)``; labels in order of first appearance; ``sample(items, k)`` per label (a class with
+    fewer training images is sampled with replacement, as Dassl's ``generate_fewshot_dataset(repeat=True)``;
+    none of the six benchmarks has one); then the same over val (all of a class's images when it has fewer). When the split has no val list (ImageNet), val is
     drawn the same way from the train images not picked for training (CoOp itself validates on test there).
 
     Args:
@@ -96,7 +102,7 @@ def few_shot_split(split: dict[str, list[Entry]], shots: int, seed: int) -> dict
     """
     check_shots_seed(shots, seed)
     rng = random.Random(seed)
-    train = _sample_per_label(split["train"], shots, rng)
+    train = _sample_per_label(split["train"], shots, rng, repeat=True)
     val_pool = split.get("val") or _without(split["train"], train)
     val = _sample_per_label(val_pool, min(shots, 4), rng)
     return {"train": train, "val": val}
