@@ -94,7 +94,8 @@ def test_empty_val_is_drawn_from_unused_train():
 
 def test_classes_with_few_images_are_repeated_to_k():
     fs = coop.few_shot_split(_toy_split(), 16, 3)  # 3 classes of 6 training images, no val list
-    assert len(fs["train"]) == 3 * 16 and fs["val"] == []  # each class drawn 16 times (with replacement)
+    assert len(fs["train"]) == 3 * 16  # each class drawn 16 times (with replacement)
+    assert not {e[0] for e in fs["val"]} & {e[0] for e in fs["train"]}  # val: only images never drawn for train
     assert all(sum(e[1] == c for e in fs["train"]) == 16 for c in (0, 1, 2))
 
 
