@@ -193,7 +193,7 @@ def test_nan_loss_stops_with_step_and_lr(tmp_path, tiny_clip):
 def test_taskres_trains_residual_only_and_zero_shot_refuses_fit(tmp_path, tiny_clip):
     dm = RandomFeatures()
     model = TaskRes(**TINY, lr=0.05)
-    trainer(tmp_path, max_epochs=2).fit(model, datamodule=dm)
+    trainer(tmp_path, max_epochs=5).fit(model, datamodule=dm)  # epoch 0 is the official warm-up at lr 1e-5
     assert list(model.state_dict()) == ["residual"] and model.residual.abs().sum() > 0
     assert model.method_name == "TaskRes (Base)"
     zero = ZeroShotCLIP(**TINY, use_cupl_prompts=False)
@@ -202,8 +202,8 @@ def test_taskres_trains_residual_only_and_zero_shot_refuses_fit(tmp_path, tiny_c
     # the logged metric is the fraction of argmax hits, recomputed here from the logits
     assert zero_acc == pytest.approx(logit_accuracy(zero, dm), abs=1e-6)
     assert taskres_acc == pytest.approx(logit_accuracy(model, dm), abs=1e-6)
-    # After these 2 epochs TaskRes scored 1.000 in 8/8 RandomFeatures seeds 0..7 and in 8/8 training seeds 0..7 on
-    # seed 0 (used here); the random tiny CLIP's zero-shot: 0.00-0.92 over data seeds, 0.042 on seed 0 (chance 1/3).
+    # After 5 epochs (Dassl schedule: 1 warm-up epoch) TaskRes scored 1.000 on RandomFeatures seeds 0..3 (2 epochs:
+    # 0.38-0.79); the random tiny CLIP's zero-shot: 0.00-0.92 over data seeds, 0.042 on seed 0 (chance 1/3).
     # 0.9 allows 2 of the 24 samples to be missed.
     assert taskres_acc >= 0.9 and taskres_acc > zero_acc, (taskres_acc, zero_acc)
     assert zero.method_name == "Zero-shot CLIP"
