@@ -61,16 +61,17 @@ def test_print_writes_one_parsable_command_per_cell(capsys):
 
 @pytest.fixture(scope="module")
 def toy_grid(tmp_path_factory):
-    """Every method, 16 shots, seed 1 on the toy benchmark (epochs cut to keep CI short; see OVERRIDES)."""
+    """Every method, 16 shots, seed 1 on the toy benchmark, epochs cut to 20 to keep CI short (the configs train
+    60 (SToRI) / 200 (TaskRes, CoOp) / 20 (Tip-Adapter-F) epochs; docs/baselines.md has the full-recipe grid)."""
+    import os
+
     work = tmp_path_factory.mktemp("grid")
-    # CI budget: at most 20 epochs per trained method (configs: 200 for SToRI / TaskRes / CoOp at 16 shots);
-    # measured on seed 1 with these overrides, each trained method is >= 2 points above zero-shot.
     overrides = ["--trainer.max_epochs", "20", "--trainer.accelerator", "cpu",
                  "--trainer.enable_progress_bar", "false", "--data.root", str(work / "data")]
     argv = ["grid", "--methods", ",".join(METHODS), "--datasets", "toy_shapes", "--shots", "16", "--seeds", "1",
             "--out_dir", str(work / "runs"), *overrides]
     proc = subprocess.run([sys.executable, "-m", "stori_pl", *argv], capture_output=True, text=True, cwd=work,
-                          env={"STORI_CACHE": str(work / "cache"), **dict(__import__("os").environ)})
+                          env={**os.environ, "STORI_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"})
     return work, proc
 
 
@@ -81,16 +82,19 @@ def test_toy_grid_runs_every_method_and_reports(toy_grid):
     assert "[9/9]" in proc.stderr and "about 0 s left" in proc.stderr
     rows = list(csv.DictReader(open(work / "runs" / "table2.csv", encoding="utf-8")))
     acc = {r["method"]: float(r["ToyShapes_mean"]) for r in rows}
-    names = {"SToRI", "TaskRes (Base)", "TaskRes (Base+CuPL)", "CoOp", "Tip-Adapter", "Tip-Adapter-F",
-             "Linear probe", "Zero-shot CLIP", "CuPL"}
-    assert set(acc) == names
-    zero_shot = max(acc["Zero-shot CLIP"], acc["CuPL"])
-    for method in names - {"Zero-shot CLIP", "CuPL"}:
-        assert acc[method] > zero_shot, (method, acc)
+    assert set(acc) == {"SToRI", "TaskRes (Base)", "TaskRes (Base+CuPL)", "CoOp", "Tip-Adapter", "Tip-Adapter-F",
+                        "Linear probe", "Zero-shot CLIP", "CuPL + templates"}
+    assert all(float(r["ToyShapes_wall_s"]) > 0 for r in rows)  # the wall time of each run is reported
     results = list((work / "runs").rglob("test_results.json"))
-    assert len(results) == 9
-    tested = {json.loads(p.read_text())["test_ckpt"] for p in results}
-    assert tested == {"last"}  # the paper protocol: the model after the last epoch
+    assert len(results) == 9 and {json.loads(p.read_text())["test_ckpt"] for p in results} == {"last"}
+    # What holds on the toy world (docs/baselines.md, full recipes, seeds 1-3, 16 shots): the template zero-shot
+    # classifier is at the image features' ceiling (96.7 %; the linear probe, image features only, 96.5 ± 0.4), so
+    # no method beats it by a measurable margin. Asserted with margins from the 20-epoch run of this test:
+    zero, cupl = acc["Zero-shot CLIP"], acc["CuPL + templates"]
+    assert acc["SToRI"] >= cupl + 5  # from its starting point (CuPL + templates, 86.3 %) towards the ceiling
+    for method in ("TaskRes (Base)", "Tip-Adapter", "Tip-Adapter-F"):  # start at zero-shot; training keeps it
+        assert acc[method] >= zero - 1.0, (method, acc)
+    assert acc["Linear probe"] >= 90 and acc["CoOp"] >= 85, acc  # full recipes: 96.5 ± 0.4, 91.0 ± 0.9
 
 
 @pytest.mark.slow
@@ -101,4 +105,5 @@ def test_toy_grid_skips_finished_cells(toy_grid):
                          capture_output=True, text=True, cwd=work)
     assert out.returncode == 0 and "2 cells, 2 already done" in out.stderr
     assert "SToRI" in out.stdout  # the report is printed again
+    assert "Tested: the weights after the last epoch" in out.stdout
     assert Path(work / "runs" / "table2.md").is_file()
