@@ -16,11 +16,13 @@ can switch with one string (``method="stori"`` or ``"prompt_weighting"``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from stori_pl.text.clip import PromptWarning
 from stori_pl.text.encoder import WeightedTextEncoder
 from stori_pl.text.syntax import tokenize_weighted
 
@@ -79,7 +81,9 @@ def encode_weighted(
         if method == "stori":
             emb = encoder(tokens, log_w)
         else:
-            empty, _ = tokenize_weighted([""], tokenizer, context_length=tokens.shape[1])  # [1, L]
+            with warnings.catch_warnings():  # the empty prompt is the baseline's reference, not a user mistake
+                warnings.simplefilter("ignore", PromptWarning)
+                empty, _ = tokenize_weighted([""], tokenizer, context_length=tokens.shape[1])  # [1, L]
             emb = prompt_weighting_encode(encoder, tokens, log_w, empty)
     emb = emb.float()
     return nn.functional.normalize(emb, dim=-1) if normalize else emb
