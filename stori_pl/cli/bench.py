@@ -243,7 +243,7 @@ def naive_coop_encode(model) -> torch.Tensor:
     """CoOp's text features the way the official code runs them: all 77 positions, every block in full."""
     from stori_pl.text.clip import tokenize
 
-    enc = model.__dict__["_encoder"]
+    enc = model.encoder
     tokens = tokenize([f"{' '.join(['X'] * len(model.ctx))} {n}." for n in model.classnames], model.tokenizer)
     tokens = tokens.to(model.ctx.device)  # [C, 77]
     with torch.no_grad():

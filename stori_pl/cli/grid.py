@@ -65,7 +65,10 @@ class Cell:
 
     def verb(self) -> str:
         """``test`` for methods that train nothing (zero-shot), else ``fit``."""
-        return "test" if "ZeroShotCLIP" in self.config.read_text(encoding="utf-8") else "fit"
+        import yaml
+
+        model = (yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}).get("model") or {}
+        return "test" if str(model.get("class_path", "")).endswith(".ZeroShotCLIP") else "fit"
 
     def state(self, out_dir: Path) -> str:
         """``done`` (results exist), ``resume`` (a last.ckpt without results) or ``new``."""

@@ -160,6 +160,13 @@ class ClipClassifier(L.LightningModule):
                 f"({_first_difference(list(names), self.classnames)}); the labels would be wrong"
             )
 
+    def at_last_fit_validation(self) -> bool:
+        """True during the validation of a fit's last epoch (not the sanity check, not ``stori validate``):
+        where models fitted in closed form (Tip-Adapter's search, the linear probe) do so, before last.ckpt."""
+        trainer = self.trainer
+        return (not trainer.sanity_checking and trainer.state.fn == "fit"
+                and trainer.current_epoch >= trainer.max_epochs - 1)
+
     def _check_ready(self) -> None:
         if self.prompt_set is None:
             raise ValueError(

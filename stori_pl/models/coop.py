@@ -96,6 +96,12 @@ class CoOp(ClipClassifier):
         self.register_buffer("token_prefix", emb[:, :1], persistent=False)  # [C, 1, W] SOS
         self.register_buffer("token_suffix", emb[:, 1 + len(ctx) :], persistent=False)  # [C, *, W] class . EOT
 
+    @property
+    def encoder(self) -> WeightedTextEncoder:
+        """The text encoder the prompts run through (start block 1, no weights)."""
+        self._require_built()
+        return self.__dict__["_encoder"]
+
     def prompt_embeddings(self) -> torch.Tensor:
         """Token embeddings of the class prompts ``[C, L', W]``: ``[SOS] ctx [CLASS] . [EOT]``."""
         ctx = self.ctx.to(self.token_prefix.dtype).unsqueeze(0).expand(len(self.tokens), -1, -1)  # [C, M, W]
@@ -103,7 +109,7 @@ class CoOp(ClipClassifier):
 
     def class_embeddings(self) -> torch.Tensor:
         """Class embeddings ``[C, D]`` (L2-normalized), differentiable w.r.t. ``ctx``."""
-        emb = self.__dict__["_encoder"](self.tokens, token_embeddings=self.prompt_embeddings())  # [C, D]
+        emb = self.encoder(self.tokens, token_embeddings=self.prompt_embeddings())  # [C, D]
         return F.normalize(emb.float(), dim=-1)
 
     def configure_optimizers(self) -> dict:

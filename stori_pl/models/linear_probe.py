@@ -115,10 +115,9 @@ class LinearProbe(ClipClassifier):
 
     def on_validation_epoch_start(self) -> None:
         """At the last epoch of a fit: search C on val, then fit on the training features with it."""
-        trainer = self.trainer
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.current_epoch < trainer.max_epochs - 1:
+        if not self.at_last_fit_validation():
             return
-        dm = trainer.datamodule
+        dm = self.trainer.datamodule
         train_x, train_y = dm.split_features("train")
         train = (train_x[:, 0] if train_x.ndim == 3 else train_x, train_y)  # eval-transform view, as the official
         val = dm.split_features("val")

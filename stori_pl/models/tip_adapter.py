@@ -137,10 +137,9 @@ class TipAdapter(ClipClassifier):
 
     def on_validation_epoch_start(self) -> None:
         """At the last epoch of a fit, search alpha/beta on the full val split (before last.ckpt is written)."""
-        trainer = self.trainer
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.current_epoch < trainer.max_epochs - 1:
+        if not self.at_last_fit_validation():
             return
-        feats, labels = trainer.datamodule.split_features("val")
+        feats, labels = self.trainer.datamodule.split_features("val")
         feats = F.normalize(feats.to(self.device).float(), dim=-1)
         beta, alpha = search_alpha_beta(feats, labels.to(self.device), self.clip_weights, self.cache_keys.detach(),
                                         self.cache_values,
