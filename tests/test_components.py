@@ -135,8 +135,9 @@ def test_act_grad_is_more_faithful_than_logit_lens(world):
 
     Measured (3 image seeds, 32 images, 4 deletions of k = 8): Act×Grad 0.511 / 0.517 / 0.522, Logit Lens
     0.517 / 0.523 / 0.532, Act×LogitLens 0.518 / 0.525 / 0.531, energy 0.542 / 0.544 / 0.557, random 0.561 /
-    0.569 / 0.570 — Logit Lens is 0.006–0.009 higher in every seed; asserted: > 0.002 higher in each seed
-    and > 0.004 on average, random > 0.02 higher.
+    0.569 / 0.570 — Logit Lens is 0.006–0.009 higher in every seed; with SAEs of seeds 1–3 (same images)
+    the gap is 0.008–0.013 in all 9 cases, random 0.04–0.07 higher. Asserted: > 0.002 higher in each seed and
+    > 0.004 on average, random > 0.02 higher.
     """
     gaps = []
     for seed in range(3):
@@ -181,8 +182,10 @@ def test_planted_shortcut_is_found_and_flagged(world):
 
     Measured (3 training seeds): with the shortcut the top component for 'circle' is labelled 'black' (share of
     the positive attribution 0.28 / 0.44 / 0.51) and the 'black'-labelled components of the top 5 hold
-    0.43 / 0.56 / 0.75 of it; without the shortcut 0 / 0 / 0.11. Asserted: top-2 holds a flagged 'black'
-    component with share > 0.15 in each seed, and the 'black' share exceeds the control's by > 0.2.
+    0.43 / 0.56 / 0.75 of it; without the shortcut 0 / 0 / 0.11. With SAEs of seeds 1–3 (9 more cases) the
+    top-1 component is 'black'-labelled every time, a flagged 'black' component is in the top 3 every time,
+    and the 'black' share exceeds the control's by 0.22–0.73. Asserted: top-1 is 'black', a flagged 'black'
+    component is in the top 3, and the share exceeds the control's by > 0.15, in each seed.
     """
     for seed in range(3):
         shares = {}
@@ -194,8 +197,9 @@ def test_planted_shortcut_is_found_and_flagged(world):
                                        world.empty, top=5)
             shares[shortcut] = sum(r.share for r in rows if r.label == "black")
             if shortcut:
-                assert any(r.label == "black" and r.flagged and r.share > 0.15 for r in rows[:2]), rows
-        assert shares[True] > shares[False] + 0.2, (seed, shares)
+                assert rows[0].label == "black", rows
+                assert any(r.label == "black" and r.flagged for r in rows[:3]), rows
+        assert shares[True] > shares[False] + 0.15, (seed, shares)
 
 
 def test_unexpected_reliance_score_and_rule():
