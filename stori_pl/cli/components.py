@@ -25,7 +25,7 @@ CLASS_LEGEND = ("score = mean Act×Grad over the class's images; unexpected = be
                 "component holds >= min_share of the class's positive attribution")
 
 
-def components(ckpt: str, sae: str, image: Path | None = None, class_name: str | None = None,
+def components(ckpt: str, sae: str | None = None, image: Path | None = None, class_name: str | None = None,
                split: Literal["train", "val", "test"] | None = None, top: int = 10, html: Path | None = None,
                compare: bool = False, vocabulary: Path | None = None,
                expected: Literal["class_name", "prompt_words", "cupl_sentences"] = "class_name", data: str = "ToyShapes",
@@ -35,7 +35,7 @@ def components(ckpt: str, sae: str, image: Path | None = None, class_name: str |
 
     Args:
         ckpt: Checkpoint of any stori-pl classifier (SToRI, zero-shot, TaskRes, CoOp, ...).
-        sae: Sparse-autoencoder checkpoint (stori fit --config sae/...) of the same CLIP.
+        sae: Sparse-autoencoder checkpoint (stori fit --config sae/...) of the same CLIP (required).
         image: Explain this image: its top components for --class_name (default: the predicted class).
         class_name: Class whose score is explained (default: predicted class; with --split: every class).
         split: Class level: aggregate over this split of --data and flag unexpected reliance.
@@ -120,10 +120,12 @@ def load_classifier(path: str, pretrained: str | None = None):
     return cls.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
 
 
-def load_matching_sae(path: str, classifier):
+def load_matching_sae(path: str | None, classifier):
     """The SAE module of ``path``, refused (both names) unless trained on the classifier's CLIP."""
     from stori_pl.models.sae import load_sae
 
+    if path is None:
+        raise ValueError("--sae SAE.ckpt is required (a sparse autoencoder trained with stori fit --config sae/...)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"SAE checkpoint {path} not found (stori fit --config sae/... writes one)")
     module = load_sae(path)

@@ -16,7 +16,7 @@ import torch
 from stori_pl.cli.common import function_kwargs, function_parser
 
 
-def components_eval(ckpt: str, sae: str, data: str = "ToyShapes", root: Path = Path("data"),
+def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", root: Path = Path("data"),
                     split: Literal["train", "val", "test"] = "test", steps: int = 10, max_images: int = 20,
                     batch_size: int = 32, keep_error: bool = True, seed: int = 0,
                     output: Path = Path("runs/components_eval"), pretrained: str | None = None) -> dict:
@@ -24,7 +24,7 @@ def components_eval(ckpt: str, sae: str, data: str = "ToyShapes", root: Path = P
 
     Args:
         ckpt: Checkpoint of any stori-pl classifier (SToRI, zero-shot, TaskRes, CoOp, ...).
-        sae: Sparse-autoencoder checkpoint of the same CLIP.
+        sae: Sparse-autoencoder checkpoint of the same CLIP (required).
         data: Datamodule (a class of stori_pl.data or stori_pl.toy.data, e.g. DTD, ToyShapes).
         root: Dataset root of --data.
         split: Split whose images are used (each image's target is its own class).
