@@ -35,7 +35,8 @@ from stori_pl.utils import atomic_path
 
 __all__ = [
     "ComponentTable", "describe_components", "top_activating", "concept_vectors", "clarity_score",
-    "text_embeddings", "concept_alignment", "load_vocabulary", "GENERAL_VOCABULARY", "TABLE_FORMAT",
+    "text_embeddings", "concept_alignment", "load_vocabulary", "image_embeddings", "GENERAL_VOCABULARY",
+    "TABLE_FORMAT",
 ]
 
 GENERAL_VOCABULARY = Path(__file__).resolve().parents[1] / "assets" / "vocabulary.txt"
@@ -229,6 +230,26 @@ class ComponentTable:
                    extra=meta.get("extra", {}), **tensors)
 
 
+def image_embeddings(paths: Sequence[str], acts: torch.Tensor, clip_model: str, pretrained: str | None, block: int,
+                     concept_model: str, concept_pretrained: str | None, cache_dir=None) -> torch.Tensor:
+    """Normalized image embeddings ``[N, D]`` for the concepts: read out of the CLS activations ``acts [N, d]``
+    when they come from the last block of the same CLIP (exact, :func:`~stori_pl.image.tower.cls_readout`),
+    else from the feature cache."""
+    from stori_pl.data.features import image_features
+    from stori_pl.image.tower import cls_readout, n_vision_blocks
+    from stori_pl.text.clip import load_clip
+
+    if (concept_model, concept_pretrained) == (clip_model, pretrained):
+        model, _, _ = load_clip(clip_model, pretrained)
+        if block == n_vision_blocks(model) and getattr(model.visual, "pool_type", "tok") == "tok":
+            with torch.no_grad():
+                out = [cls_readout(model, a.to(next(model.parameters()).device)).float().cpu()
+                       for a in acts.split(4096)]
+            return F.normalize(torch.cat(out), dim=-1)
+    emb, _ = image_features(paths, concept_model, concept_pretrained, cache_dir=cache_dir, progress=False)
+    return emb
+
+
 def describe_components(sae_module: torch.nn.Module, clip_model: str, image_paths: Sequence[str | Path],
                         vocabulary: str | Path | Sequence[str] | None = None, top_n: int = 16, *,
                         pretrained: str | None = "from_sae", concept_model: str | None = None,
@@ -255,7 +276,7 @@ def describe_components(sae_module: torch.nn.Module, clip_model: str, image_path
     Raises:
         ValueError: SAE of another CLIP/block (both named), empty vocabulary; BadImageError: unreadable image.
     """
-    from stori_pl.data.features import cls_activations, image_features
+    from stori_pl.data.features import cls_activations
 
     words = load_vocabulary(vocabulary)
     h = sae_module.hparams
@@ -265,7 +286,7 @@ def describe_components(sae_module: torch.nn.Module, clip_model: str, image_path
     cpre = pretrained if concept_model is None else concept_pretrained
     paths = [str(p) for p in image_paths]
     acts = cls_activations(paths, clip_model, pretrained, h.block, cache_dir, progress=False)  # [N, d]
-    emb, _ = image_features(paths, cmodel, cpre, cache_dir=cache_dir, progress=False)  # [N, D] normalized
+    emb = image_embeddings(paths, acts, clip_model, pretrained, int(h.block), cmodel, cpre, cache_dir)  # [N, D]
     values, index = top_activating(sae_module.sae, acts, top_n, batch_size)
     concept = concept_vectors(emb, index)
     text = text_embeddings(cmodel, cpre, [*words, ""])

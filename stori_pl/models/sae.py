@@ -7,7 +7,8 @@ AdamW with lr 2e-4, eps 1e-7 and torch's default weight decay 0.01 (their ``get_
 theirs on), optionally MultiStepLR (``milestones``, gamma 0.1, per epoch; theirs [24, 28] of 30 epochs); their
 gradient clipping (1.0) is a trainer option in the configs.
 
-Logged to TensorBoard: ``train/loss``, ``train/explained_variance`` (per step), ``train/dead_fraction``
+Logged to TensorBoard: ``train/loss``, ``train/explained_variance`` (per step; on L2-normalized activations and
+reconstructions, what the scale-free loss fits), ``train/dead_fraction``
 (latents that did not fire in the last ``dead_window`` training activations, see
 :class:`~stori_pl.interpret.sae.DeadLatentTracker`), and per epoch ``val/loss``, ``val/explained_variance``
 (over the whole val split), ``val/dead_fraction`` (latents that fire on no val activation).
@@ -22,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from stori_pl.image.tower import resolve_block_of, vision_shape
 from stori_pl.interpret.sae import DeadLatentTracker, TopKSAE, explained_variance
@@ -98,7 +100,8 @@ class SparseAutoencoder(L.LightningModule):
         with torch.no_grad():
             x_hat, z = self.sae.reconstruct(x)
             self.tracker.update(z)
-        self.log_dict({"train/loss": loss, "train/explained_variance": explained_variance(x, x_hat),
+        ev = explained_variance(F.normalize(x, dim=-1), F.normalize(x_hat, dim=-1))
+        self.log_dict({"train/loss": loss, "train/explained_variance": ev,
                        "train/dead_fraction": self.tracker.dead_fraction()}, prog_bar=True)
         return loss
 
@@ -107,6 +110,7 @@ class SparseAutoencoder(L.LightningModule):
         x_hat, z = self.sae.reconstruct(x)
         v = self._val
         v["loss"] = v.get("loss", 0.0) + self.sae.loss(x).item() * x.shape[0]
+        x, x_hat = F.normalize(x, dim=-1), F.normalize(x_hat, dim=-1)  # explained variance of directions
         v["n"] = v.get("n", 0) + x.shape[0]
         v["sse"] = v.get("sse", 0.0) + (x - x_hat).pow(2).sum().item()
         v["sum"] = v.get("sum", 0) + x.double().sum(0)
