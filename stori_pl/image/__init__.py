@@ -8,8 +8,11 @@ from stori_pl.image.tower import (
     n_vision_blocks,
     residual_stream,
     resolve_block,
+    resolve_block_of,
+    vision_shape,
 )
 
 __all__ = [
     "cls_activation", "cls_readout", "embed_with_cls_edit", "n_vision_blocks", "resolve_block", "residual_stream",
+    "resolve_block_of", "vision_shape",
 ]

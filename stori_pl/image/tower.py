@@ -24,7 +24,7 @@ from torch import nn
 
 __all__ = [
     "vision_tower", "n_vision_blocks", "resolve_block", "embed_images", "run_vision_blocks", "residual_stream",
-    "cls_activation", "pool_tokens", "cls_readout", "embed_with_cls_edit",
+    "cls_activation", "pool_tokens", "cls_readout", "embed_with_cls_edit", "vision_shape", "resolve_block_of",
 ]
 
 
@@ -151,3 +151,31 @@ def embed_with_cls_edit(model: nn.Module, images: torch.Tensor, block: int,
         x = torch.cat([cls[:, None].to(x.dtype), x[:, 1:]], dim=1)
     x = run_vision_blocks(model, x, b + 1, n_vision_blocks(model))
     return pool_tokens(model, x)
+
+
+def vision_shape(clip_model: str) -> tuple[int, int]:
+    """``(width d, number of blocks)`` of a named open_clip architecture's image tower, from its config alone
+    (no weights are loaded): ``(128, 4)`` for ``stori-toy``, ``(768, 12)`` for ``ViT-B-16``.
+
+    Raises:
+        ValueError: unknown model name, or a tower without ``vision_cfg`` width/layers (timm towers).
+    """
+    import open_clip
+
+    from stori_pl.text.clip import register_model_configs
+
+    register_model_configs()
+    cfg = open_clip.get_model_config(clip_model)
+    vision = (cfg or {}).get("vision_cfg") or {}
+    if not isinstance(vision.get("layers"), int) or "width" not in vision or vision.get("timm_model_name"):
+        raise ValueError(f"unknown CLIP model {clip_model!r} or an image tower without a ViT config")
+    return int(vision["width"]), int(vision["layers"])
+
+
+def resolve_block_of(clip_model: str, block: int) -> int:
+    """:func:`resolve_block` for a model name (from its config, no weights loaded)."""
+    _, n = vision_shape(clip_model)
+    if isinstance(block, bool) or not isinstance(block, int) or block == 0 or not -n <= block <= n:
+        raise ValueError(f"vision block of {clip_model} must be an int in 1..{n} (or -{n}..-1 from the end), "
+                         f"got {block!r}")
+    return block if block > 0 else n + block + 1
