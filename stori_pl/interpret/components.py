@@ -38,6 +38,7 @@ from stori_pl.image.tower import (
     resolve_block,
     run_vision_blocks,
 )
+from stori_pl.interpret.concepts import concept_alignment
 
 METHODS: tuple[str, ...] = ("act_grad", "act_logit_lens", "logit_lens", "energy", "random")
 METHOD_LABELS = {"act_grad": "Act×Grad", "act_logit_lens": "Act×LogitLens", "logit_lens": "LogitLens",
@@ -200,20 +201,14 @@ class RelianceRow:
         return dict(self.__dict__)
 
 
-def alignment_scores(concepts: torch.Tensor, words: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
-    """Semantic alignment ``cos(c_k, T(w)) − cos(c_k, T(""))``, ``[m, W]``, as the authors'
-    experiments/find_relevant_semantics.py (concepts ``[m, D]``: mean embedding of each latent's top images)."""
-    c = F.normalize(concepts.float(), dim=-1)
-    return c @ F.normalize(words.float(), dim=-1).T - (c @ F.normalize(empty.float().reshape(-1), dim=0))[:, None]
-
-
 def unexpected_reliance(attribution: torch.Tensor, concepts: torch.Tensor, general: dict[str, torch.Tensor],
                         expected: dict[str, torch.Tensor], empty: torch.Tensor, top: int = 10,
                         margin: float = 0.05, min_share: float = 0.02) -> list[RelianceRow]:
     """A class's ``top`` components by mean Act×Grad, each flagged when it is unexpected reliance.
 
     The score: ``unexpected_k = max_{w ∈ G ∪ E} a_k(w) − max_{w ∈ E} a_k(w)`` with ``a_k`` the alignment of
-    :func:`alignment_scores`, ``E`` the class's expected vocabulary (its prompt words, CuPL sentences or a
+    :func:`stori_pl.interpret.concepts.concept_alignment` (the authors' ``cos(c_k, T(w)) − cos(c_k, T(""))``,
+    ``c_k`` the mean embedding of component k's top images), ``E`` the class's expected vocabulary (its prompt words, CuPL sentences or a
     user file) and ``G`` a general vocabulary. It is 0 when a class word explains the component best, and large
     when some outside concept (a background colour, a watermark) explains it much better than any class word.
     Rule: flagged when ``unexpected_k ≥ margin`` and the component carries at least ``min_share`` of the
@@ -233,8 +228,8 @@ def unexpected_reliance(attribution: torch.Tensor, concepts: torch.Tensor, gener
         raise ValueError("the class's expected vocabulary is empty (give class prompts, CuPL sentences or a file)")
     vocab = {**general, **expected}
     names, exp_names = list(vocab), list(expected)
-    align = alignment_scores(concepts, torch.stack([vocab[w] for w in names]), empty)  # [m, V]
-    exp_align = alignment_scores(concepts, torch.stack([expected[w] for w in exp_names]), empty)  # [m, E]
+    align = concept_alignment(concepts, torch.stack([vocab[w] for w in names]), empty)  # [m, V]
+    exp_align = concept_alignment(concepts, torch.stack([expected[w] for w in exp_names]), empty)  # [m, E]
     positive = attribution.clamp(min=0).sum().clamp(min=1e-12)
     rows = []
     for k in attribution.topk(min(top, len(attribution))).indices.tolist():
