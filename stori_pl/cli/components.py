@@ -19,7 +19,8 @@ from stori_pl.cli.common import function_parser, run_function
 
 COMPARED = {"Logit Lens": "logit_lens", "Act×LogitLens": "act_logit_lens"}
 IMAGE_LEGEND = ("score = Act×Grad z_k·∂y/∂z_k with y = cos(image embedding, class embedding): first-order effect "
-                "of removing component k; label/alignment/clarity from the component table")
+                "of removing component k (the image's active components, best first; negative = it lowers y); "
+                "label/alignment/clarity from the component table")
 CLASS_LEGEND = ("score = mean Act×Grad over the class's images; unexpected = best alignment of any vocabulary entry "
                 "minus the best alignment of the class's own words; flagged (UNEXPECTED) when >= margin and the "
                 "component holds >= min_share of the class's positive attribution")
@@ -30,7 +31,8 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
                compare: bool = False, vocabulary: Path | None = None,
                expected: Literal["class_name", "prompt_words", "cupl_sentences"] = "class_name", data: str = "ToyShapes",
                root: Path = Path("data"), max_images: int = 100, margin: float = 0.05, min_share: float = 0.02,
-               table: Path | None = None, concept_images: Path | None = None, pretrained: str | None = None) -> int:
+               table: Path | None = None, concept_images: Path | None = None, labels: str | None = None,
+               pretrained: str | None = None) -> int:
     """Top SAE components of one image (--image) or of a class over a split (--split).
 
     Args:
@@ -53,7 +55,9 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         table: Component table of the SAE (labels, alignment, clarity, top images; written by
             ComponentTable.save); default: SAE.components.safetensors beside the SAE checkpoint.
         concept_images: Describe the components over the images under this folder (e.g. the SAE's training
-            images; labels from the shipped general vocabulary) and keep the table beside the SAE checkpoint.
+            images) and keep the table beside the SAE checkpoint.
+        labels: With --concept_images: label vocabulary, a file (one entry per line) or "toy" (the toy world's
+            attribute words; the tiny CLIP knows no other words); default: the shipped general word list.
         pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
 
     Returns:
@@ -70,7 +74,7 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         raise ValueError(f"--top must be >= 1 (got {top})")
     classifier = load_classifier(ckpt, pretrained)
     sae_module = load_matching_sae(sae, classifier)
-    components_table = component_table(sae, sae_module, classifier, table, concept_images)
+    components_table = component_table(sae, sae_module, classifier, table, concept_images, labels)
     if image is not None:
         section = explain_image_components(classifier, sae_module, components_table, image, class_name, top, compare)
     else:
@@ -225,7 +229,7 @@ def default_table_path(sae: str | Path) -> Path:
 
 
 def component_table(sae: str | Path, module, classifier, table: Path | None = None,
-                    concept_images: Path | None = None):
+                    concept_images: Path | None = None, labels: str | None = None):
     """The SAE's :class:`~stori_pl.interpret.concepts.ComponentTable`: ``table``, else the one kept beside the
     SAE checkpoint (:func:`default_table_path`), else described over the images under ``concept_images`` (and
     kept there for the next call). Refused (both named) when made for another CLIP, block or SAE size."""
@@ -245,7 +249,12 @@ def component_table(sae: str | Path, module, classifier, table: Path | None = No
                          "components over, e.g. the SAE's training images) or --table TABLE")
     from stori_pl.data.features import list_images
 
-    described = describe_components(module, clip, list_images(concept_images), pretrained=classifier.hparams.pretrained)
+    if labels == "toy":
+        from stori_pl.toy.images import attribute_vocabulary
+
+        labels = list(attribute_vocabulary())
+    described = describe_components(module, clip, list_images(concept_images), labels,
+                                    pretrained=classifier.hparams.pretrained)
     described.save(kept)
     print(f"described {len(described)} components over {len(described.image_paths)} images; kept in {kept}")
     return described
@@ -279,9 +288,11 @@ def image_component_rows(classifier, sae_module, table, image: Path, class_name:
             emb = classifier.clip.encode_image(images).float()
         class_name = classifier.classnames[int(classifier(emb, targets).argmax())]
     c = classifier.classnames.index(check_class(classifier, class_name))
-    scores = component_scores(classifier.clip, sae_module.sae, images, sae_module.block, targets[c]).scores
-    order = scores["act_grad"][0].topk(top).indices.tolist()
-    rows = [table_row(table, k, scores["act_grad"][0, k]) for k in order]
+    result = component_scores(classifier.clip, sae_module.sae, images, sae_module.block, targets[c])
+    scores, z = result.scores, result.codes[0]
+    active = scores["act_grad"][0].masked_fill(z == 0, float("-inf"))  # rank the image's active components
+    order = active.topk(min(top, int((z != 0).sum()))).indices.tolist()
+    rows = [{**table_row(table, k, scores["act_grad"][0, k]), "activation": float(z[k])} for k in order]
     ranks = {label: scores[m][0].topk(top).indices.tolist() for label, m in COMPARED.items()} if compare else {}
     return class_name, rows, ranks
 
@@ -312,6 +323,7 @@ def explain_split(classifier, sae_module, table, data: str, root: Path, split: s
     general = dict(zip(table.vocabulary, table_embeddings(table, table.vocabulary)))
     empty = table_embeddings(table, [""])[0]
     sections, n_flagged = [], 0
+    print(f"({CLASS_LEGEND})")
     for name in names:
         if name not in paths:
             print(f"\n{name}: no {split} images")
@@ -331,7 +343,7 @@ def explain_split(classifier, sae_module, table, data: str, root: Path, split: s
         print()
         print(format_rows(rows, title, class_level=True))
         sections.append(components_section(title, rows, CLASS_LEGEND, class_level=True))
-    print(f"\n{n_flagged} component(s) flagged as unexpected reliance ({CLASS_LEGEND})")
+    print(f"\n{n_flagged} component(s) flagged as unexpected reliance (--margin {margin}, --min_share {min_share})")
     return sections
 
 

@@ -32,7 +32,7 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         max_images: At most this many images per class.
         batch_size: Images per forward pass.
         keep_error: Keep the SAE's reconstruction error (step 0 = CLIP's own score); false = the authors'
-            variant (the whole curve on the SAE reconstruction).
+            variant (the whole curve, and the Act×Grad gradients, on the SAE reconstruction).
         seed: Seed of the random baseline.
         output: Folder for curves.png, areas.json, areas.csv and TensorBoard events.
         pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
@@ -66,7 +66,7 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         chunk = items[start:start + batch_size]
         images = load_images(classifier, [p for p, _ in chunk])
         t = targets[torch.tensor([c for _, c in chunk])]
-        scores = component_scores(classifier.clip, module.sae, images, module.block, t, seed=seed + start)
+        scores = component_scores(classifier.clip, module.sae, images, module.block, t, seed + start, keep_error)
         for name, c in deletion_curves(classifier.clip, module.sae, images, module.block, t, scores.scores,
                                        steps, keep_error).items():
             curves.setdefault(name, []).append(c)

@@ -98,7 +98,7 @@ def cosine_target(model, resid: torch.Tensor, block: int, edit: Callable, target
     return F.cosine_similarity(emb, targets.to(emb).expand_as(emb), dim=-1)
 
 
-def act_grad(model, sae, images: torch.Tensor, block: int, targets: torch.Tensor
+def act_grad(model, sae, images: torch.Tensor, block: int, targets: torch.Tensor, keep_error: bool = True
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Act×Grad ``z_k · ∂y/∂z_k`` of each image's components.
 
@@ -108,6 +108,8 @@ def act_grad(model, sae, images: torch.Tensor, block: int, targets: torch.Tensor
         images: Preprocessed images ``[N, 3, H, W]``.
         block: Vision block whose output CLS residual the SAE reads (1..n, or negative from the end).
         targets: Target embeddings ``[N, D]`` (one per image) or ``[D]``.
+        keep_error: The residual trick (``y`` is CLIP's own score); False: the SAE reconstruction replaces the
+            CLS (the authors' eval_faithfulness.py with ``add_residual = False``; gradients at ``x̂``).
 
     Returns:
         ``(z, attribution, y)``: latents ``[N, m]``, Act×Grad ``[N, m]``, target ``[N]`` (all detached).
@@ -119,7 +121,7 @@ def act_grad(model, sae, images: torch.Tensor, block: int, targets: torch.Tensor
         z = sae_codes(sae, cls).detach().requires_grad_()  # a leaf: ∂y/∂z only through the decoder
         store["z"] = z
         x_hat = sae.decode(z)
-        return x_hat + (cls - x_hat).detach()  # == cls, gradient flows through z
+        return x_hat + (cls - x_hat).detach() if keep_error else x_hat  # == cls, gradient flows through z
 
     with torch.enable_grad():
         y = cosine_target(model, resid, b, edit, targets)  # [N]
@@ -138,7 +140,7 @@ def logit_lens(model, sae, targets: torch.Tensor) -> torch.Tensor:
 
 
 def component_scores(model, sae, images: torch.Tensor, block: int, targets: torch.Tensor,
-                     seed: int = 0) -> ComponentScores:
+                     seed: int = 0, keep_error: bool = True) -> ComponentScores:
     """All five scores (:data:`METHODS`) of each image's components for its target.
 
     Args:
@@ -148,8 +150,9 @@ def component_scores(model, sae, images: torch.Tensor, block: int, targets: torc
         block: The SAE's vision block.
         targets: ``[N, D]`` (one per image) or ``[D]``.
         seed: Seed of the random baseline.
+        keep_error: See :func:`act_grad`.
     """
-    z, attr, y = act_grad(model, sae, images, block, targets)
+    z, attr, y = act_grad(model, sae, images, block, targets, keep_error)
     t = targets if targets.ndim == 2 else targets.expand(len(z), -1)
     lens = logit_lens(model, sae, t).to(z)  # [N, m]
     with torch.no_grad():
@@ -234,7 +237,7 @@ def unexpected_reliance(attribution: torch.Tensor, concepts: torch.Tensor, gener
     rows = []
     for k in attribution.topk(min(top, len(attribution))).indices.tolist():
         best, best_exp = int(align[k].argmax()), int(exp_align[k].argmax())
-        gap = float(align[k, best] - exp_align[k, best_exp])
+        gap = max(float(align[k, best] - exp_align[k, best_exp]), 0.0)  # ≥ 0 (E ⊆ G ∪ E) up to rounding
         share = float(attribution[k] / positive)
         rows.append(RelianceRow(k, float(attribution[k]), share, names[best], float(align[k, best]),
                                 exp_names[best_exp], float(exp_align[k, best_exp]), gap,

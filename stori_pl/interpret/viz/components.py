@@ -1,6 +1,7 @@
 """Views of SAE component attributions: a terminal table and a self-contained HTML page with image strips.
 
-A *row* is a plain dict: ``component`` (latent index), ``score`` (Act×Grad, or the class mean), ``label``,
+A *row* is a plain dict: ``component`` (latent index), ``score`` (Act×Grad, or the class mean), optionally
+``activation`` (the latent's value on the image), ``label``,
 ``alignment``, ``clarity`` (from the component table), ``images`` (paths of its top-activating images) and,
 for class-level lists, ``share``, ``expected_label``, ``unexpected``, ``flagged``. ``compare`` maps a method
 label to its ranking (component indices), shown beside Act×Grad.
@@ -29,6 +30,9 @@ def format_rows(rows: Sequence[dict], title: str, compare: dict[str, list[int]] 
     """Terminal table of ``rows`` (best first) under ``title``; ``compare`` adds one column per method."""
     lines = [title]
     head = f"  {'#':>3} {'comp':>6} {'score':>9}"
+    acts = bool(rows) and "activation" in rows[0]
+    if acts:
+        head += f" {'z':>7}"
     if class_level:
         head += f" {'share':>6}"
     head += f"  {'label':<16} {'align':>6} {'clarity':>7}"
@@ -40,6 +44,8 @@ def format_rows(rows: Sequence[dict], title: str, compare: dict[str, list[int]] 
     lines.append(head)
     for rank, r in enumerate(rows, 1):
         line = f"  {rank:>3} {r['component']:>6} {r['score']:>+9.4f}"
+        if acts:
+            line += f" {r['activation']:>7.3f}"
         if class_level:
             line += f" {r['share']:>6.1%}"
         line += f"  {str(r.get('label', '?'))[:16]:<16} {r.get('alignment', float('nan')):>6.3f} " \
@@ -71,11 +77,12 @@ def rows_table_html(rows: Sequence[dict], compare: dict[str, list[int]] | None =
                     class_level: bool = False) -> str:
     """An HTML ``<table>`` of ``rows`` with a strip of each component's top-activating images."""
     compare = compare or {}
-    cols = ["#", "component", "score"] + (["share"] if class_level else []) + ["label", "alignment", "clarity"]
+    acts = bool(rows) and "activation" in rows[0]
+    cols = ["#", "component", "score"] + (["z"] if acts else []) + (["share"] if class_level else []) + ["label", "alignment", "clarity"]
     cols += (["class word", "unexpected"] if class_level else []) + list(compare) + ["top-activating images"]
     out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
     for rank, r in enumerate(rows, 1):
-        cells = [str(rank), str(r["component"]), f"{r['score']:+.4f}"]
+        cells = [str(rank), str(r["component"]), f"{r['score']:+.4f}"] + ([f"{r['activation']:.3f}"] if acts else [])
         if class_level:
             cells.append(f"{r['share']:.1%}")
         cells += [html.escape(str(r.get("label", "?"))), f"{r.get('alignment', float('nan')):.3f}",
