@@ -73,6 +73,14 @@ def test_act_grad_equals_the_authors_formulation(world):
         true = F.cosine_similarity(world.model.encode_image(images), targets, dim=-1)
     assert torch.allclose(y, true, atol=1e-5)
     assert ((attr != 0) <= (z != 0)).all() and (z != 0).sum(1).eq(world.sae.k).all()
+    # their faithfulness variant (add_residual = False: the reconstruction replaces the CLS)
+    world.sae.add_residual = False
+    try:
+        theirs_recon, _ = authors_act_grad(world.model, world.sae, images, targets)
+    finally:
+        world.sae.add_residual = True
+    _, attr_recon, _ = act_grad(world.model, world.sae, images, BLOCK, targets, keep_error=False)
+    assert torch.allclose(attr_recon, theirs_recon, atol=1e-6) and not torch.allclose(attr_recon, attr, atol=1e-6)
 
 
 def test_act_grad_first_order_meaning(world):

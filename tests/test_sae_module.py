@@ -14,11 +14,19 @@ import torch.nn.functional as F
 import stori_pl.data.features as features
 from stori_pl.data.features import BadImageError, cls_activations
 from stori_pl.image.tower import cls_activation
-from stori_pl.interpret.concepts import ComponentTable, describe_components, load_vocabulary
+from stori_pl.interpret.concepts import (
+    ComponentTable,
+    describe_components,
+    load_vocabulary,
+)
 from stori_pl.lightning.cli import CONFIG_DIR, run_lightning_cli
 from stori_pl.models.sae import SparseAutoencoder, load_sae
 from stori_pl.text.clip import load_clip
-from stori_pl.toy.images import attribute_vocabulary, toy_images_folder, write_toy_images
+from stori_pl.toy.images import (
+    attribute_vocabulary,
+    toy_images_folder,
+    write_toy_images,
+)
 
 N_IMAGES = 48
 
@@ -124,6 +132,14 @@ def test_component_table_matches_the_authors_formulas(fitted):
         z = module.sae.topk(module.sae.encode(acts))[:, k]
     torch.testing.assert_close(z, table.top_activation[k], atol=1e-5, rtol=1e-5)
     assert (table.top_activation[k].diff() <= 0).all()
+    # toy purity of labelled components (stori_pl.toy.components), recomputed for each row
+    from stori_pl.toy.components import label_purity
+
+    toy = attribute_vocabulary()
+    for row in label_purity(table, fitted["attrs"]):
+        attr, value = toy[row["label"]]
+        share = sum(fitted["attrs"][i][attr] == value for i in table.top_index[row["component"]].tolist()) / 5
+        assert row["attribute"] == attr and row["purity"] == share
     # round trip
     path = fitted["tmp"] / "components.safetensors"
     table.save(path)

@@ -13,6 +13,10 @@ reconstructions, what the scale-free loss fits), ``train/dead_fraction``
 :class:`~stori_pl.interpret.sae.DeadLatentTracker`), and per epoch ``val/loss``, ``val/explained_variance``
 (over the whole val split), ``val/dead_fraction`` (latents that fire on no val activation).
 
+For attribution, ``module.sae(cls)`` returns ``(x_out, z_pre, z)`` with ``x_out`` equal to ``cls`` and gradients
+through ``z``; pass ``lambda c: module.sae(c)[0]`` (keeping ``z``) as the edit of
+:func:`stori_pl.image.tower.embed_with_cls_edit` at ``module.block``.
+
 The checkpoint holds the SAE tensors only (no CLIP weights) and a ``"stori"`` entry naming the CLIP, the
 block (resolved to 1..n) and the SAE shape; :func:`load_sae` reads it with ``weights_only=True``.
 """
@@ -86,7 +90,7 @@ class SparseAutoencoder(L.LightningModule):
                 "(stori fit --config sae/...)")
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "block") and hasattr(dm, "clip_model"):
             self.check_compatible(dm.clip_model, dm.block)
 
