@@ -142,3 +142,36 @@ def test_explained_variance_and_dead_tracker():
 def test_bad_k_refused():
     with pytest.raises(ValueError, match="k must be"):
         TopKSAE(8, 4, k=5)
+
+
+def test_top_activating_streams_like_a_full_sort():
+    from stori_pl.interpret.concepts import top_activating
+
+    torch.manual_seed(1)
+    sae = TopKSAE(16, 40, 3)
+    acts = torch.randn(300, 16)
+    values, index = top_activating(sae, acts, top_n=7, batch_size=64)  # 5 chunks
+    with torch.no_grad():
+        z = sae.topk(sae.encode(acts))  # [300, 40]
+    ref_v, ref_i = z.T.topk(7, dim=1)
+    fires = ref_v > 0
+    torch.testing.assert_close(values, torch.where(fires, ref_v, 0.0))
+    assert torch.equal(index, torch.where(fires, ref_i, -1))
+    # a latent that never fires gets -1 everywhere
+    sae.encoder.bias.data[0] = -1e4
+    assert (top_activating(sae, acts, 7)[1][0] == -1).all()
+
+
+def test_clarity_and_concepts_with_fewer_images():
+    from stori_pl.interpret.concepts import clarity_score, concept_vectors
+
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    index = torch.tensor([[0, 3, -1], [0, 1, 2], [2, -1, -1], [-1, -1, -1]])
+    clarity = clarity_score(emb, index)
+    assert clarity[0] == pytest.approx(1.0)  # two images in the same direction
+    # three images: mean pairwise cosine of (1,0), (0,1), (1,1)/sqrt2 = (0 + 0.7071 + 0.7071) / 3
+    assert clarity[1] == pytest.approx((2 * 2 ** -0.5) / 3, abs=1e-6)
+    assert clarity[2].isnan() and clarity[3].isnan()
+    concepts = concept_vectors(emb, index)
+    torch.testing.assert_close(concepts[0], torch.tensor([1.0, 0.0]))
+    assert concepts[3].abs().sum() == 0

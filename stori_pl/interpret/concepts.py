@@ -77,23 +77,32 @@ def top_activating(sae: torch.nn.Module, activations: torch.Tensor, top_n: int =
     return values, index
 
 
+def _per_latent(fn, embeddings: torch.Tensor, index: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Apply ``fn(picked [c, n, D], mask [c, n, 1])`` to chunks of latents (memory ``chunk · n · D``)."""
+    out = []
+    for rows in index.split(chunk):
+        mask = (rows >= 0).unsqueeze(-1).float()  # [c, n, 1]
+        out.append(fn(embeddings[rows.clamp_min(0)] * mask, mask))
+    return torch.cat(out)
+
+
 def concept_vectors(embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Normalized mean embedding of each latent's top images: ``[N, D]``, ``[m, n]`` (-1 = none) -> ``[m, D]``
     (a zero row for a latent that never fires)."""
-    mask = (index >= 0).unsqueeze(-1).float()  # [m, n, 1]
-    picked = embeddings[index.clamp_min(0)] * mask  # [m, n, D]
-    return F.normalize(picked.sum(1), dim=-1)
+    return _per_latent(lambda v, mask: F.normalize(v.sum(1), dim=-1), embeddings.float(), index)
 
 
 def clarity_score(embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Mean pairwise cosine of each latent's top images (the authors' ``clarity_score``, with a variable
     number of images): ``[N, D]``, ``[m, n]`` -> ``[m]``; NaN for a latent with fewer than two images."""
-    mask = (index >= 0).unsqueeze(-1).float()
-    v = F.normalize(embeddings.float(), dim=-1)[index.clamp_min(0)] * mask  # [m, n, D]
-    count = mask.sum((1, 2))  # [m]
-    summed = v.sum(1).pow(2).sum(-1)  # ‖Σ v̂‖² = n + Σ_{i≠j} cos
-    clarity = (summed - count) / (count * (count - 1)).clamp_min(1)
-    return torch.where(count >= 2, clarity, torch.full_like(clarity, float("nan")))
+
+    def clarity(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        count = mask.sum((1, 2))  # [c]
+        summed = v.sum(1).pow(2).sum(-1)  # ‖Σ v̂‖² = n + Σ_{i≠j} cos
+        value = (summed - count) / (count * (count - 1)).clamp_min(1)
+        return torch.where(count >= 2, value, torch.full_like(value, float("nan")))
+
+    return _per_latent(clarity, F.normalize(embeddings.float(), dim=-1), index)
 
 
 @torch.no_grad()
