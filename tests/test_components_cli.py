@@ -67,7 +67,8 @@ def image_of(root, name: str = "striped red circle"):
 def test_image_view_compare_html_and_kept_table(env, capsys):
     html = env / "components.html"
     argv = ["components", str(env / "zero_shot.ckpt"), "--sae", str(env / "sae.ckpt"), "--image", str(image_of(env)),
-            "--top", "5", "--compare", "true", "--html", str(html), "--concept_images", str(env / "concepts")]
+            "--top", "5", "--compare", "true", "--html", str(html), "--concept_images", str(env / "concepts"),
+            "--labels", "toy"]
     assert stori_main(argv) == 0
     out = capsys.readouterr().out
     assert "top 5 components for" in out and "Logit Lens" in out and "Act×LogitLens" in out
@@ -75,7 +76,12 @@ def test_image_view_compare_html_and_kept_table(env, capsys):
     assert len(table) == 5
     page = html.read_text(encoding="utf-8")
     assert page.count("<tr>") == 6 and "data:image/png;base64," in page  # header + 5 rows, image strips
-    assert (env / "sae.ckpt.components.safetensors").is_file()
+    from stori_pl.interpret.concepts import ComponentTable
+    from stori_pl.toy.images import attribute_vocabulary
+
+    kept = ComponentTable.load(env / "sae.ckpt.components.safetensors")  # toy labels, embedded through prompts
+    assert set(kept.labels) <= {*attribute_vocabulary(), ""} and len(set(kept.labels)) > 3
+    assert kept.extra["label_prompts"]["black background"] == "a shape on a black background."
     # the kept table is reused; another class is explained on request
     assert stori_main(argv[:6] + ["--class_name", "dotted blue square", "--top", "3"]) == 0
     out = capsys.readouterr().out

@@ -57,7 +57,8 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         concept_images: Describe the components over the images under this folder (e.g. the SAE's training
             images) and keep the table beside the SAE checkpoint.
         labels: With --concept_images: label vocabulary, a file (one entry per line) or "toy" (the toy world's
-            attribute words; the tiny CLIP knows no other words); default: the shipped general word list.
+            attribute values, embedded through caption-style prompts: the tiny CLIP saw only captions);
+            default: the shipped general word list.
         pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
 
     Returns:
@@ -249,22 +250,41 @@ def component_table(sae: str | Path, module, classifier, table: Path | None = No
                          "components over, e.g. the SAE's training images) or --table TABLE")
     from stori_pl.data.features import list_images
 
-    if labels == "toy":
-        from stori_pl.toy.images import attribute_vocabulary
-
-        labels = list(attribute_vocabulary())
-    described = describe_components(module, clip, list_images(concept_images), labels,
+    prompts = toy_label_prompts() if labels == "toy" else {}
+    described = describe_components(module, clip, list_images(concept_images), list(prompts.values()) or labels,
                                     pretrained=classifier.hparams.pretrained)
+    if prompts:  # short labels; the prompts stay the vocabulary (what was embedded)
+        short = {prompt: label for label, prompt in prompts.items()}
+        described.labels = [short.get(label, label) for label in described.labels]
+        described.extra["label_prompts"] = prompts
     described.save(kept)
     print(f"described {len(described)} components over {len(described.image_paths)} images; kept in {kept}")
     return described
 
 
+def toy_label_prompts() -> dict[str, str]:
+    """Toy label -> the caption-style prompt that embeds it (``"black background"`` -> ``"a shape on a black
+    background."``): the tiny CLIP saw only captions, and labels bare words poorly (docs/components.md)."""
+    from stori_pl.toy.images import attribute_vocabulary
+    from stori_pl.toy.world import attribute_prompts
+
+    return {label: attribute_prompts(key)[value][0] for label, (key, value) in attribute_vocabulary().items()}
+
+
 def table_embeddings(table, texts: list[str]) -> torch.Tensor:
-    """Normalized text embeddings ``[T, D]`` of ``texts`` by the table's concept CLIP (as its labels)."""
+    """Normalized text embeddings ``[T, D]`` of ``texts`` by the table's concept CLIP (as its labels; a text with
+    a prompt in the table's ``extra["label_prompts"]`` is embedded through that prompt)."""
     from stori_pl.interpret.concepts import text_embeddings
 
-    return text_embeddings(table.concept_model or table.clip_model, table.concept_pretrained, texts)
+    prompts = table.extra.get("label_prompts", {})
+    return text_embeddings(table.concept_model or table.clip_model, table.concept_pretrained,
+                           [prompts.get(t, t) for t in texts])
+
+
+def table_vocabulary(table) -> dict[str, torch.Tensor]:
+    """The table's label vocabulary: label -> text embedding ``[D]``."""
+    short = {prompt: label for label, prompt in table.extra.get("label_prompts", {}).items()}
+    return {short.get(t, t): e for t, e in zip(table.vocabulary, table_embeddings(table, table.vocabulary))}
 
 
 def table_row(table, k: int, score: float) -> dict:
@@ -320,7 +340,7 @@ def explain_split(classifier, sae_module, table, data: str, root: Path, split: s
 
     paths = split_images(data, root, split, classifier, max_images)
     targets = classifier.eval_class_embeddings()
-    general = dict(zip(table.vocabulary, table_embeddings(table, table.vocabulary)))
+    general = table_vocabulary(table)
     empty = table_embeddings(table, [""])[0]
     sections, n_flagged = [], 0
     print(f"({CLASS_LEGEND})")

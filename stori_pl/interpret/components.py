@@ -207,7 +207,8 @@ class RelianceRow:
 def unexpected_reliance(attribution: torch.Tensor, concepts: torch.Tensor, general: dict[str, torch.Tensor],
                         expected: dict[str, torch.Tensor], empty: torch.Tensor, top: int = 10,
                         margin: float = 0.05, min_share: float = 0.02) -> list[RelianceRow]:
-    """A class's ``top`` components by mean Act×Grad, each flagged when it is unexpected reliance.
+    """A class's ``top`` components by mean Act×Grad (those with a non-zero mean), each flagged when it is
+    unexpected reliance.
 
     The score: ``unexpected_k = max_{w ∈ G ∪ E} a_k(w) − max_{w ∈ E} a_k(w)`` with ``a_k`` the alignment of
     :func:`stori_pl.interpret.concepts.concept_alignment` (the authors' ``cos(c_k, T(w)) − cos(c_k, T(""))``,
@@ -235,7 +236,8 @@ def unexpected_reliance(attribution: torch.Tensor, concepts: torch.Tensor, gener
     exp_align = concept_alignment(concepts, torch.stack([expected[w] for w in exp_names]), empty)  # [m, E]
     positive = attribution.clamp(min=0).sum().clamp(min=1e-12)
     rows = []
-    for k in attribution.topk(min(top, len(attribution))).indices.tolist():
+    ranked = attribution.masked_fill(attribution == 0, float("-inf"))  # components active on the class's images
+    for k in ranked.topk(min(top, int((attribution != 0).sum()))).indices.tolist():
         best, best_exp = int(align[k].argmax()), int(exp_align[k].argmax())
         gap = max(float(align[k, best] - exp_align[k, best_exp]), 0.0)  # ≥ 0 (E ⊆ G ∪ E) up to rounding
         share = float(attribution[k] / positive)
