@@ -24,6 +24,8 @@ UTILITY_COMMANDS = {
     "retrieval-eval": "stori_pl.cli.retrieval_eval",
     "explain": "stori_pl.cli.explain",
     "explain-eval": "stori_pl.cli.explain_eval",
+    "components": "stori_pl.cli.components",
+    "components-eval": "stori_pl.cli.components_eval",
     "bench": "stori_pl.cli.bench",
     "report": "stori_pl.cli.report",
     "grid": "stori_pl.cli.grid",

@@ -35,17 +35,24 @@ OVERRIDE_SECTIONS = ("data", "model")
 
 
 class ImageEncoder(L.LightningModule):
-    """Frozen CLIP image encoder for ``Trainer.predict``: batch -> normalized features (+ indices)."""
+    """Frozen CLIP image encoder for ``Trainer.predict``: batch -> normalized features (+ indices); with
+    ``block`` (1..n) the CLS residual after that vision block instead."""
 
-    def __init__(self, clip_model: str, pretrained: str | None):
+    def __init__(self, clip_model: str, pretrained: str | None, block: int | None = None):
         super().__init__()
         from stori_pl.text.clip import load_clip
 
         self.clip, self.preprocess, _ = load_clip(clip_model, pretrained)
+        self.block = block
 
     def predict_step(self, batch, batch_idx):
         images, indices, bad = batch
-        feats = F.encode_batch(self.clip, images, self.device) if images is not None else None
+        if images is None:
+            feats = None
+        elif self.block is None:
+            feats = F.encode_batch(self.clip, images, self.device)
+        else:
+            feats = F.encode_cls_batch(self.clip, images, self.device, self.block)
         return {"features": feats, "indices": indices, "bad": torch.tensor(bad, dtype=torch.long)}
 
 
@@ -68,11 +75,20 @@ class ShardWriter(BasePredictionWriter):
 
 
 def encode_with_trainer(paths, clip_model, pretrained, trainer: L.Trainer, *, cache_dir=None, batch_size=64,
-                        num_workers=2, skip_bad_images=False, views=0, augment_scale=F.AUGMENT_SCALE) -> bool:
-    """Encode ``paths`` into the feature cache with ``trainer`` (all ranks call this). True if it encoded."""
+                        num_workers=2, skip_bad_images=False, views=0, augment_scale=F.AUGMENT_SCALE,
+                        block: int | None = None) -> bool:
+    """Encode ``paths`` into the feature cache with ``trainer`` (all ranks call this). True if it encoded.
+
+    ``block`` (1-indexed, negative from the end): cache the CLS activations after that vision block instead
+    (the file :func:`stori_pl.data.features.cls_activations` reads; ``views`` is then ignored)."""
     module = ImageEncoder(clip_model, pretrained)
+    if block is not None:
+        from stori_pl.image.tower import resolve_block
+
+        module.block, views = resolve_block(module.clip, block), 0
     paths = [str(p) for p in paths]
-    key = F.feature_key(paths, clip_model, pretrained, module.preprocess, views, module.clip, augment_scale)
+    key = F.feature_key(paths, clip_model, pretrained, module.preprocess, views, module.clip, augment_scale,
+                        module.block)
     target = F.cache_file(key, cache_dir)
     if F.load_cached(target, key, len(paths), require_all=not skip_bad_images) is not None:
         return False
@@ -86,7 +102,8 @@ def encode_with_trainer(paths, clip_model, pretrained, trainer: L.Trainer, *, ca
         trainer.callbacks.remove(writer)
     trainer.strategy.barrier()
     if trainer.global_rank == 0:
-        _merge(shards, target, key, paths, skip_bad_images, f"{clip_model}|{pretrained}|views={views}")
+        what = f"views={views}" if module.block is None else f"cls_activation@block{module.block}"
+        _merge(shards, target, key, paths, skip_bad_images, f"{clip_model}|{pretrained}|{what}")
     trainer.strategy.barrier()
     return True
 
@@ -168,7 +185,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 # A list default (never mutated) rather than a tuple: jsonargparse's `--parts+ X` appends to a list default.
 def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["train", "val", "test"],  # noqa: B006
           accelerator: str = "auto", devices: int | str = "auto", batch_size: int = 256, num_workers: int | None = None,
-          overrides: dict[str, str] | None = None) -> int:
+          activations_block: int | None = None, overrides: dict[str, str] | None = None) -> int:
     """Encode the images of a training config's datamodule into the feature cache.
 
     Args:
@@ -178,6 +195,8 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
         devices: Devices sharing the work, e.g. 4 GPUs, or auto.
         batch_size: Images per encoder call.
         num_workers: Image decoding workers (default: the config's data.num_workers).
+        activations_block: Also cache each image's CLS residual-stream activation after this vision block
+            (1-indexed, -1 = last), what a sparse autoencoder reads (docs/components.md).
         overrides: ``{"data.root": "/data", "model.pretrained": "openai", ...}`` (values parsed as YAML).
 
     Returns:
@@ -202,6 +221,14 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
                                   augment_scale=dm.augment_scale)
         if trainer.global_rank == 0:
             print(f"{cls.__name__} {part}: {len(paths)} images {'encoded' if did else 'already cached'}")
+        if activations_block is None:
+            continue
+        did = encode_with_trainer(paths, dm.clip_model, dm.pretrained, trainer, cache_dir=dm.cache_dir,
+                                  batch_size=batch_size, num_workers=workers,
+                                  skip_bad_images=dm.skip_bad_images, block=activations_block)
+        if trainer.global_rank == 0:
+            print(f"{cls.__name__} {part}: CLS activations after block {activations_block} "
+                  f"{'encoded' if did else 'already cached'}")
     return 0
 
 

@@ -21,7 +21,7 @@ DEFAULT_SHOWN = 10  # classes printed without --classes / --all_classes
 def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = False, top: int = 10,
             html: Path | None = None, png: Path | None = None, image: Path | None = None,
             color: Literal["auto", "always", "never"] = "auto", pretrained: str | None = None,
-            absolute: bool = False, target: Literal["log_prob", "logit"] = "log_prob") -> int:
+            absolute: bool = False, target: Literal["log_prob", "logit"] = "log_prob", sae: str | None = None) -> int:
     """Print a StoriClassifier checkpoint's word weights (and, with --image, word attributions).
 
     Args:
@@ -39,6 +39,8 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
             average, to tell "this word went up" from "the other words went down".
         target: With --image: attribute the class's log-probability (why this class and not the others) or its
             raw logit.
+        sae: With --image: also list the image's top SAE components of CLIP's image tower from this sparse-
+            autoencoder checkpoint (as stori components; --html then writes words and components on one page).
 
     Returns:
         Exit status 0.
@@ -60,7 +62,12 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
     print(f"{ckpt}: {type(model).__name__} on CLIP {hp.clip_model} ({hp.pretrained}), "
           f"{len(weights)} classes, {n_prompts} reweighted prompts")
     if image is not None:
-        return explain_image(model, image, shown if classes else None, top, png, use_color, target)
+        status = explain_image(model, image, shown if classes else None, top, png, use_color, target)
+        if sae is not None:
+            from stori_pl.cli.components import explain_with_components
+
+            explain_with_components(model, sae, image, shown if classes else None, top, html, target)
+        return status
     print_weights(weights, shown, top, use_color, absolute)
     if html is not None:
         viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}", absolute=absolute,

@@ -1,5 +1,7 @@
-"""Datamodules of the few-shot benchmarks (CoOp splits, CuPL prompts, cached CLIP image features)."""
+"""Datamodules of the few-shot benchmarks (CoOp splits, CuPL prompts, cached CLIP image features), and the
+activation data of sparse autoencoders (:mod:`.activations`)."""
 
+from stori_pl.data.activations import ActivationData
 from stori_pl.data.base import FeatureDataset, FewShotDataModule, PromptSet
 from stori_pl.data.caltech101 import Caltech101
 from stori_pl.data.dtd import DTD
@@ -10,4 +12,5 @@ from stori_pl.data.imagenet import ImageNet
 from stori_pl.data.sun397 import SUN397
 
 __all__ = ["FewShotDataModule", "PromptSet", "FeatureDataset", "ImageNet", "DTD", "SUN397", "Flowers102",
-           "Caltech101", "Food101", "ImageFolder"]
+           "Caltech101", "Food101", "ImageFolder",
+           "ActivationData"]

@@ -1,7 +1,7 @@
 """Feature cache files: key, location, checksum, validated load and atomic save.
 
 A cache file ``<cache_root>/features/<key>.safetensors`` holds ``features`` ([N, D] or [N, 1+V, D] float32,
-L2-normalized) and ``kept`` ([N] int64, indices of the readable input images); its metadata holds the key,
+L2-normalized; for an activation cache [N, d], the CLS residual after one vision block, not normalized) and ``kept`` ([N] int64, indices of the readable input images); its metadata holds the key,
 the format version, the number of input paths and a SHA-256 checksum of both tensors. The key hashes the model
 fingerprint, the preprocess transform, the number of augmented views and every path with its size and mtime,
 so a changed image or model makes a new key. Encoding lives in :mod:`stori_pl.data.features`.
@@ -33,9 +33,11 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 
 def feature_key(paths: Sequence[str | Path], clip_model: str, pretrained: str | None, preprocess, views=0,
-                model: torch.nn.Module | None = None, augment_scale: Sequence[float] | None = None) -> str:
+                model: torch.nn.Module | None = None, augment_scale: Sequence[float] | None = None,
+                block: int | None = None) -> str:
     """Content hash naming a cache file (model, preprocess, views and their crop scale, each path with size
-    and mtime)."""
+    and mtime; for an activation cache the vision block, 1-indexed — None, the embedding cache, leaves the key
+    as before)."""
     from stori_pl.text.clip import model_fingerprint
 
     fingerprint = model_fingerprint(clip_model, pretrained)
@@ -49,7 +51,8 @@ def feature_key(paths: Sequence[str | Path], clip_model: str, pretrained: str | 
         except OSError:
             files.append((os.path.abspath(p), -1, -1))
     augment = [int(views)] + ([float(x) for x in augment_scale] if views and augment_scale is not None else [])
-    return content_hash(FORMAT_VERSION, fingerprint, repr(preprocess), *augment, files, length=24)
+    target = [] if block is None else [f"cls_activation@{int(block)}"]
+    return content_hash(FORMAT_VERSION, fingerprint, repr(preprocess), *augment, *target, files, length=24)
 
 
 def cache_file(key: str, cache_dir: str | Path | None = None) -> Path:

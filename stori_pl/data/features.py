@@ -33,8 +33,9 @@ from stori_pl.data.feature_cache import (
 
 __all__ = [
     "FORMAT_VERSION", "IMAGE_EXTENSIONS", "BadImageError", "ImageFolderDataset", "ImagePathDataset",
-    "augment_transform", "autocast_for", "bad_image_error", "cache_file", "cache_problems", "collate_images",
-    "encode_batch", "encode_paths", "feature_key", "image_features", "list_images", "load_cached", "save_cached",
+    "augment_transform", "autocast_for", "bad_image_error", "cache_file", "cache_problems", "cls_activations",
+    "collate_images", "encode_batch", "encode_cls_batch", "encode_paths", "feature_key", "image_features",
+    "list_images", "load_cached", "save_cached",
     "tensor_checksum", "warn_skipped_images",
 ]
 
@@ -163,6 +164,17 @@ def encode_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.dev
     return feats.reshape(*shape[:-3], feats.shape[-1])
 
 
+@torch.no_grad()
+def encode_cls_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device, block: int) -> torch.Tensor:
+    """[B, 3, H, W] -> the CLS residual after vision ``block`` (1-indexed), float32 [B, d] on the CPU, not
+    normalized (:func:`stori_pl.image.tower.cls_activation`)."""
+    from stori_pl.image.tower import cls_activation
+
+    with autocast_for(device):
+        acts = cls_activation(model, images.to(device, non_blocking=True), block)  # [B, d]
+    return acts.float().cpu()
+
+
 def bad_image_error(paths: Sequence[str], bad: Sequence[int]) -> BadImageError:
     """The error for unreadable or missing images: names the first five and says how to go on.
 
@@ -198,6 +210,7 @@ def encode_paths(
     augment_scale: tuple[float, float] = AUGMENT_SCALE,
     progress: bool = True,
     desc: str = "encoding",
+    block: int | None = None,
 ) -> tuple[list[torch.Tensor], list[int], list[int]]:
     """Encode images with ``model`` on ``device`` (no cache); the model is moved back afterwards.
 
@@ -209,6 +222,8 @@ def encode_paths(
         batch_size, num_workers, views, augment_scale, progress: As for :func:`image_features`.
         skip_bad_images: Collect unreadable or missing images instead of raising :class:`BadImageError`.
         desc: Progress-bar label.
+        block: Encode the CLS residual after this vision block (1..n, :func:`encode_cls_batch`) instead of the
+            normalized image embedding.
 
     Returns:
         ``(chunks, kept, bad)``: feature chunks (``[b, D]`` or ``[b, 1+V, D]``, concatenating to the ``kept``
@@ -228,7 +243,8 @@ def encode_paths(
                     raise bad_image_error(paths, bad_idx)
                 bad.extend(bad_idx)
                 if images is not None:
-                    chunks.append(encode_batch(model, images, device))
+                    chunks.append(encode_batch(model, images, device) if block is None
+                                  else encode_cls_batch(model, images, device, block))
                     kept.extend(idx.tolist())
                 bar.update(len(idx) + len(bad_idx))
     finally:
@@ -249,6 +265,7 @@ def image_features(
     views: int = 0,
     augment_scale: tuple[float, float] = AUGMENT_SCALE,
     progress: bool = True,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """CLIP image features of ``paths``, from the cache or encoded once and cached.
 
@@ -266,6 +283,8 @@ def image_features(
             random-resized-crop + flip, so the cache is reproducible.
         augment_scale: Crop scale range of the views (Dassl, for CoOp / TaskRes: (0.08, 1); Tip-Adapter: (0.5, 1)).
         progress: Show a progress bar while encoding.
+        block: Cache the CLS residual-stream activation after this vision block (1-indexed, negative from the
+            end) instead of the image embedding: ``[N, d]``, not normalized (needs ``views=0``).
 
     Returns:
         ``(features [N, D] float32 L2-normalized, kept)``: ``kept`` lists the indices of ``paths`` that
@@ -277,7 +296,13 @@ def image_features(
     if not paths:
         raise ValueError("image_features: no image paths given")
     model, preprocess, _ = load_clip(clip_model, pretrained)
-    key = feature_key(paths, clip_model, pretrained, preprocess, views, model, augment_scale)
+    if block is not None:
+        from stori_pl.image.tower import resolve_block
+
+        block = resolve_block(model, block)
+        if views:
+            raise ValueError("CLS activations are cached for the plain view only: use views=0 with block")
+    key = feature_key(paths, clip_model, pretrained, preprocess, views, model, augment_scale, block)
     path = cache_file(key, cache_dir)
     cached = load_cached(path, key, len(paths), require_all=not skip_bad_images)
     if cached is not None:
@@ -286,11 +311,49 @@ def image_features(
     chunks, kept, bad = encode_paths(
         model, preprocess, paths, device=device, batch_size=batch_size, num_workers=num_workers,
         skip_bad_images=skip_bad_images, views=views, augment_scale=augment_scale, progress=progress,
-        desc=f"encoding {len(paths)} images ({clip_model})")
+        desc=f"encoding {len(paths)} images ({clip_model}{'' if block is None else f', block {block}'})", block=block)
     if bad:
         warn_skipped_images(paths, bad, stacklevel=2)
     if not chunks:
         raise BadImageError(f"none of the {len(paths)} images could be read (first: {paths[:3]})")
     feats = torch.cat(chunks)  # [N', D] or [N', 1+V, D]
-    save_cached(path, key, feats, kept, len(paths), info=f"{clip_model}|{pretrained}|views={views}")
+    target = f"views={views}" if block is None else f"cls_activation@block{block}"
+    save_cached(path, key, feats, kept, len(paths), info=f"{clip_model}|{pretrained}|{target}")
     return feats, kept
+
+
+def cls_activations(
+    paths: Sequence[str | Path],
+    clip_model: str,
+    pretrained: str | None,
+    block: int,
+    cache_dir: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The CLS residual-stream activation after vision ``block`` for every image, cached like the features.
+
+    Encoded once per (model, block, files) and stored beside the feature cache (same file format, key and
+    checksums; :func:`image_features` with ``block``).
+
+    Args:
+        paths: Image files.
+        clip_model: open_clip model name.
+        pretrained: Its weights (tag, file, ``"builtin"`` or None).
+        block: 1-indexed vision block, or negative from the end (``-1`` = last; the authors' ``layer_idx``).
+        cache_dir: Cache folder (default ``$STORI_CACHE`` or ``~/.cache/stori_pl``).
+        batch_size, num_workers, device, progress: As for :func:`image_features`.
+
+    Returns:
+        ``[N, d]`` float32 (``d`` = the vision width, 768 for ViT-B), row ``i`` = ``paths[i]``.
+
+    Raises:
+        BadImageError: an image is missing or unreadable (the message names it).
+        ValueError: ``block`` outside the tower.
+    """
+    acts, _ = image_features(paths, clip_model, pretrained, cache_dir=cache_dir, batch_size=batch_size,
+                             num_workers=num_workers, device=device, progress=progress, block=block)
+    return acts

@@ -76,7 +76,7 @@ class StoriCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         self.started = time.monotonic()  # for the wall time in test_results.json
         import stori_pl.data  # noqa: F401  (registers the datamodules for --data NAME)
-        from stori_pl.models import ClipClassifier
+        import stori_pl.models  # noqa: F401  (registers the models for --model NAME)
 
         try:  # the toy world's datamodule, when present
             import stori_pl.toy.data  # noqa: F401
@@ -89,7 +89,7 @@ class StoriCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         super().__init__(
-            model_class=ClipClassifier,
+            model_class=L.LightningModule,  # the classifiers (ClipClassifier) and SparseAutoencoder
             datamodule_class=L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

@@ -1,0 +1,396 @@
+"""Which SAE components of CLIP's image tower drive a classifier's score for an image (or a class over a split).
+
+Examples::
+
+    stori components runs/zero_shot/version_0/checkpoints/last.ckpt --sae runs/sae/version_0/checkpoints/last.ckpt --image photo.png
+    stori components last.ckpt --sae sae.ckpt --image photo.png --compare true --html components.html
+    stori components last.ckpt --sae sae.ckpt --split test --class_name "striped red circle" --root data
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from stori_pl.cli.common import function_parser, run_function
+
+COMPARED = {"Logit Lens": "logit_lens", "Act×LogitLens": "act_logit_lens"}
+IMAGE_LEGEND = ("score = Act×Grad z_k·∂y/∂z_k with y = cos(image embedding, class embedding): first-order effect "
+                "of removing component k (the image's active components, best first; negative = it lowers y); "
+                "label/alignment/clarity from the component table")
+CLASS_LEGEND = ("score = mean Act×Grad over the class's images; unexpected = best alignment of any vocabulary entry "
+                "minus the best alignment of the class's own words; flagged (UNEXPECTED) when >= margin and the "
+                "component holds >= min_share of the class's positive attribution")
+
+
+def components(ckpt: str, sae: str | None = None, image: Path | None = None, class_name: str | None = None,
+               split: Literal["train", "val", "test"] | None = None, top: int = 10, html: Path | None = None,
+               compare: bool = False, vocabulary: Path | None = None,
+               expected: Literal["class_name", "prompt_words", "cupl_sentences"] = "class_name", data: str = "ToyShapes",
+               root: Path = Path("data"), max_images: int = 100, margin: float = 0.05, min_share: float = 0.02,
+               table: Path | None = None, concept_images: Path | None = None, labels: str | None = None,
+               pretrained: str | None = None) -> int:
+    """Top SAE components of one image (--image) or of a class over a split (--split).
+
+    Args:
+        ckpt: Checkpoint of any stori-pl classifier (SToRI, zero-shot, TaskRes, CoOp, ...).
+        sae: Sparse-autoencoder checkpoint (stori fit --config sae/...) of the same CLIP (required).
+        image: Explain this image: its top components for --class_name (default: the predicted class).
+        class_name: Class whose score is explained (default: predicted class; with --split: every class).
+        split: Class level: aggregate over this split of --data and flag unexpected reliance.
+        top: Components listed.
+        html: Also write a self-contained HTML page (tables with strips of top-activating images).
+        compare: Show the Logit Lens and Act×LogitLens rankings beside Act×Grad.
+        vocabulary: JSON file {class: [words or phrases]} of each class's expected concepts (default: --expected).
+        expected: Expected concepts of a class without --vocabulary: the words of its name, the content words of
+            its prompts, or its CuPL sentences.
+        data: Datamodule of --split (a class of stori_pl.data or stori_pl.toy.data, e.g. DTD, ToyShapes).
+        root: Dataset root of --data.
+        max_images: At most this many images per class with --split.
+        margin: Unexpected-reliance threshold on the alignment gap.
+        min_share: Least share of a class's positive attribution for a flag.
+        table: Component table of the SAE (labels, alignment, clarity, top images; written by
+            ComponentTable.save); default: SAE.components.safetensors beside the SAE checkpoint.
+        concept_images: Describe the components over the images under this folder (e.g. the SAE's training
+            images) and keep the table beside the SAE checkpoint.
+        labels: With --concept_images: label vocabulary, a file (one entry per line) or "toy" (the toy world's
+            attribute values, embedded through caption-style prompts: the tiny CLIP saw only captions);
+            default: the shipped general word list.
+        pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
+
+    Returns:
+        Exit status 0.
+
+    Raises:
+        FileNotFoundError: No such checkpoint, SAE, image or vocabulary file.
+        ValueError: An SAE of another CLIP or block (both named), an unreadable image (its path), an unknown
+            class, an empty vocabulary file, or neither/both of --image and --split.
+    """
+    if (image is None) == (split is None):
+        raise ValueError("give either --image IMG (one image) or --split test (class level), not both/neither")
+    if top < 1:
+        raise ValueError(f"--top must be >= 1 (got {top})")
+    classifier = load_classifier(ckpt, pretrained)
+    sae_module = load_matching_sae(sae, classifier)
+    components_table = component_table(sae, sae_module, classifier, table, concept_images, labels)
+    if image is not None:
+        section = explain_image_components(classifier, sae_module, components_table, image, class_name, top, compare)
+    else:
+        expected_words = expected_vocabulary(classifier, vocabulary, expected)
+        names = [check_class(classifier, class_name)] if class_name else list(classifier.classnames)
+        section = explain_split(classifier, sae_module, components_table, data, root, split, names, expected_words, top,
+                                max_images, margin, min_share)
+    if html is not None:
+        from stori_pl.interpret.viz.components import page
+        from stori_pl.utils import atomic_write
+
+        with atomic_write(html, "w", encoding="utf-8") as f:
+            f.write(page(f"SAE components — {Path(ckpt).name}", section,
+                         intro=f"{ckpt}; SAE {sae} (CLIP {classifier.hparams.clip_model}, block {sae_module.block})"))
+        print(f"\nwrote {html}")
+    return 0
+
+
+def build_parser():
+    """Command-line options of ``stori components`` (from :func:`components`' signature and docstring)."""
+    return function_parser(components, "stori components", __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``stori components``; returns the exit status."""
+    return run_function(components, build_parser(), argv)
+
+
+# ----------------------------------------------------------------------------------- loading
+def load_classifier(path: str, pretrained: str | None = None):
+    """Any stori-pl classifier checkpoint (the class named in its ``"stori"`` entry), on CPU, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a stori-pl classifier checkpoint.
+    """
+    import stori_pl.models as models
+    from stori_pl.lightning.checkpoint import read_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
+    name = (read_checkpoint(path).get("stori") or {}).get("model")
+    cls = getattr(models, str(name), None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, models.ClipClassifier):
+        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not a stori-pl classifier")
+    kwargs = {} if pretrained is None else {"pretrained": pretrained}
+    return cls.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
+
+
+def load_matching_sae(path: str | None, classifier):
+    """The SAE module of ``path``, refused (both names) unless trained on the classifier's CLIP."""
+    from stori_pl.models.sae import load_sae
+
+    if path is None:
+        raise ValueError("--sae SAE.ckpt is required (a sparse autoencoder trained with stori fit --config sae/...)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"SAE checkpoint {path} not found (stori fit --config sae/... writes one)")
+    module = load_sae(path)
+    module.check_compatible(classifier.hparams.clip_model, module.block)
+    return module.eval().requires_grad_(False)
+
+
+def load_images(classifier, paths: list[Path]) -> torch.Tensor:
+    """Preprocessed images ``[N, 3, H, W]``; an unreadable one raises ValueError naming its path."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                out.append(classifier.preprocess(im.convert("RGB")))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"image {path} not found") from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+    return torch.stack(out)
+
+
+def check_class(classifier, name: str) -> str:
+    """``name`` if it is one of the classifier's classes, else ValueError with close names."""
+    import difflib
+
+    if name not in classifier.classnames:
+        close = difflib.get_close_matches(name, list(classifier.classnames), n=3)
+        raise ValueError(f"unknown class {name!r}" + (f" (did you mean: {', '.join(close)})" if close else ""))
+    return name
+
+
+def split_images(data: str, root: Path, split: str, classifier, max_images: int) -> dict[str, list[Path]]:
+    """Image paths of ``split`` per class of the classifier (at most ``max_images`` each, in split order)."""
+    import importlib
+
+    cls = None
+    for module in ("stori_pl.data", "stori_pl.toy.data"):
+        cls = cls or getattr(importlib.import_module(module), data, None)
+    if cls is None:
+        raise ValueError(f"unknown datamodule {data!r}: name a class of stori_pl.data (DTD, ...) or ToyShapes")
+    dm = cls(root=str(root), clip_model=classifier.hparams.clip_model, pretrained=classifier.hparams.pretrained)
+    out: dict[str, list[Path]] = {}
+    for impath, _, name in dm.subsets()[split]:
+        name = name.replace("_", " ")
+        if name in classifier.classnames and len(out.setdefault(name, [])) < max_images:
+            out[name].append(dm.image_root() / impath)
+    if not out:
+        raise ValueError(f"{data} {split} split under {root} has none of the classifier's classes")
+    return out
+
+
+def expected_vocabulary(classifier, path: Path | None, source: str = "class_name") -> dict[str, list[str]]:
+    """Each class's expected concepts: the JSON file ``{class: [entries]}``, else from the classifier's prompts:
+    ``class_name`` (the words of the class name), ``prompt_words`` (content words of its template and CuPL
+    prompts) or ``cupl_sentences`` (its CuPL sentences, whole).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty, not such a JSON object, or has an empty list.
+    """
+    if path is None:
+        from stori_pl.interpret.function_words import is_function_word
+
+        ps, out = classifier.prompt_set, {}
+        for name, base, cupl in zip(ps.classnames, ps.base, ps.cupl):
+            texts = [name] if source == "class_name" else cupl if source == "cupl_sentences" else base + cupl
+            if source == "cupl_sentences":
+                out[name] = list(texts) or [name]
+                continue
+            words = [w.strip(".,;:!?()\"'").lower() for t in texts for w in t.split()]
+            out[name] = list(dict.fromkeys(w for w in words if w and not is_function_word(w)))
+        return out
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file {path} not found")
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError(f"vocabulary file {path} is empty: give a JSON object {{class: [words or phrases]}}")
+    try:
+        vocab = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"vocabulary file {path} is not JSON ({err}); give {{class: [words or phrases]}}") from err
+    if not isinstance(vocab, dict) or not vocab:
+        raise ValueError(f"vocabulary file {path} must be a non-empty JSON object {{class: [words or phrases]}}")
+    empty = [c for c, v in vocab.items() if not isinstance(v, list) or not [w for w in v if str(w).strip()]]
+    if empty:
+        raise ValueError(f"vocabulary file {path}: no entries for class(es) {', '.join(map(repr, empty))}")
+    return {c: [str(w) for w in v if str(w).strip()] for c, v in vocab.items()}
+
+
+# ----------------------------------------------------------------------------------- explanations
+def default_table_path(sae: str | Path) -> Path:
+    """Where the component table of the SAE checkpoint ``sae`` is kept: ``<sae>.components.safetensors``."""
+    return Path(f"{sae}.components.safetensors")
+
+
+def component_table(sae: str | Path, module, classifier, table: Path | None = None,
+                    concept_images: Path | None = None, labels: str | None = None):
+    """The SAE's :class:`~stori_pl.interpret.concepts.ComponentTable`: ``table``, else the one kept beside the
+    SAE checkpoint (:func:`default_table_path`), else described over the images under ``concept_images`` (and
+    kept there for the next call). Refused (both named) when made for another CLIP, block or SAE size."""
+    from stori_pl.interpret.concepts import ComponentTable, describe_components
+
+    clip, kept = classifier.hparams.clip_model, default_table_path(sae)
+    path = table if table is not None else kept if kept.is_file() and concept_images is None else None
+    if path is not None:
+        loaded = ComponentTable.load(path)
+        if loaded.clip_model != clip or int(loaded.block) != module.block or len(loaded) != module.sae.n_latents:
+            raise ValueError(f"component table {path} describes an SAE of CLIP {loaded.clip_model!r} block "
+                             f"{loaded.block} with {len(loaded)} latents, not this SAE of CLIP {clip!r} block "
+                             f"{module.block} with {module.sae.n_latents}")
+        return loaded
+    if concept_images is None:
+        raise ValueError(f"no component table for {sae}: give --concept_images DIR once (images to describe the "
+                         "components over, e.g. the SAE's training images) or --table TABLE")
+    from stori_pl.data.features import list_images
+
+    prompts = toy_label_prompts() if labels == "toy" else {}
+    described = describe_components(module, clip, list_images(concept_images), list(prompts.values()) or labels,
+                                    pretrained=classifier.hparams.pretrained)
+    if prompts:  # short labels; the prompts stay the vocabulary (what was embedded)
+        short = {prompt: label for label, prompt in prompts.items()}
+        described.labels = [short.get(label, label) for label in described.labels]
+        described.extra["label_prompts"] = prompts
+    described.save(kept)
+    print(f"described {len(described)} components over {len(described.image_paths)} images; kept in {kept}")
+    return described
+
+
+def toy_label_prompts() -> dict[str, str]:
+    """Toy label -> the caption-style prompt that embeds it (``"black background"`` -> ``"a shape on a black
+    background."``): the tiny CLIP saw only captions, and labels bare words poorly (docs/components.md)."""
+    from stori_pl.toy.images import attribute_vocabulary
+    from stori_pl.toy.world import attribute_prompts
+
+    return {label: attribute_prompts(key)[value][0] for label, (key, value) in attribute_vocabulary().items()}
+
+
+def table_embeddings(table, texts: list[str]) -> torch.Tensor:
+    """Normalized text embeddings ``[T, D]`` of ``texts`` by the table's concept CLIP (as its labels; a text with
+    a prompt in the table's ``extra["label_prompts"]`` is embedded through that prompt)."""
+    from stori_pl.interpret.concepts import text_embeddings
+
+    prompts = table.extra.get("label_prompts", {})
+    return text_embeddings(table.concept_model or table.clip_model, table.concept_pretrained,
+                           [prompts.get(t, t) for t in texts])
+
+
+def table_vocabulary(table) -> dict[str, torch.Tensor]:
+    """The table's label vocabulary: label -> text embedding ``[D]``."""
+    short = {prompt: label for label, prompt in table.extra.get("label_prompts", {}).items()}
+    return {short.get(t, t): e for t, e in zip(table.vocabulary, table_embeddings(table, table.vocabulary))}
+
+
+def table_row(table, k: int, score: float) -> dict:
+    """A view row (see :mod:`stori_pl.interpret.viz.components`) of component ``k`` from the component table."""
+    from stori_pl.interpret.viz.components import STRIP_IMAGES
+
+    return {"component": int(k), "score": float(score), "label": table.labels[k],
+            "alignment": float(table.alignment[k]), "clarity": float(table.clarity[k]),
+            "images": table.top_paths(k, STRIP_IMAGES)}
+
+
+def image_component_rows(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
+                         compare: bool) -> tuple[str, list[dict], dict[str, list[int]]]:
+    """``(class explained, rows by Act×Grad, rankings of the compared methods)`` for one image."""
+    from stori_pl.interpret.components import component_scores
+
+    images = load_images(classifier, [Path(image)])  # [1, 3, H, W]
+    targets = classifier.eval_class_embeddings()  # [C, D]
+    if class_name is None:
+        with torch.no_grad():
+            emb = classifier.clip.encode_image(images).float()
+        class_name = classifier.classnames[int(classifier(emb, targets).argmax())]
+    c = classifier.classnames.index(check_class(classifier, class_name))
+    result = component_scores(classifier.clip, sae_module.sae, images, sae_module.block, targets[c])
+    scores, z = result.scores, result.codes[0]
+    active = scores["act_grad"][0].masked_fill(z == 0, float("-inf"))  # rank the image's active components
+    order = active.topk(min(top, int((z != 0).sum()))).indices.tolist()
+    rows = [{**table_row(table, k, scores["act_grad"][0, k]), "activation": float(z[k])} for k in order]
+    ranks = {label: scores[m][0].topk(top).indices.tolist() for label, m in COMPARED.items()} if compare else {}
+    return class_name, rows, ranks
+
+
+def explain_image_components(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
+                             compare: bool, color: bool = False) -> list[str]:
+    """Print one image's top components; returns the HTML sections."""
+    from stori_pl.interpret.viz.components import components_section, format_rows
+
+    name, rows, ranks = image_component_rows(classifier, sae_module, table, image, class_name, top, compare)
+    title = f"{image}: top {len(rows)} components for {name!r} (Act×Grad)"
+    print()
+    print(format_rows(rows, title, ranks))
+    print(f"  ({IMAGE_LEGEND}" + ("; the compared columns list those methods' top components" if ranks else "")
+          + ")")
+    return [components_section(title, rows, IMAGE_LEGEND, image=image, compare=ranks)]
+
+
+def explain_split(classifier, sae_module, table, data: str, root: Path, split: str, names: list[str],
+                  expected: dict[str, list[str]], top: int, max_images: int, margin: float,
+                  min_share: float) -> list[str]:
+    """Class-level lists (mean Act×Grad over the split's images of each class, unexpected reliance flagged)."""
+    from stori_pl.interpret.components import class_attribution, unexpected_reliance
+    from stori_pl.interpret.viz.components import components_section, format_rows
+
+    paths = split_images(data, root, split, classifier, max_images)
+    targets = classifier.eval_class_embeddings()
+    general = table_vocabulary(table)
+    empty = table_embeddings(table, [""])[0]
+    sections, n_flagged = [], 0
+    print(f"({CLASS_LEGEND})")
+    for name in names:
+        if name not in paths:
+            print(f"\n{name}: no {split} images")
+            continue
+        words = expected.get(name)
+        if not words:
+            raise ValueError(f"no expected vocabulary for class {name!r} (add it to the vocabulary file)")
+        images = load_images(classifier, paths[name])
+        attr = class_attribution(classifier.clip, sae_module.sae, images, sae_module.block,
+                                 targets[classifier.classnames.index(name)])
+        found = unexpected_reliance(attr, table.concept, general, dict(zip(words, table_embeddings(table, words))),
+                                    empty, top=top, margin=margin, min_share=min_share)
+        rows = [{**table_row(table, r.component, r.attribution), **r.to_dict(), "score": r.attribution}
+                for r in found]
+        n_flagged += sum(r.flagged for r in found)
+        title = f"{name}: top {len(rows)} components over {len(images)} {split} images (mean Act×Grad)"
+        print()
+        print(format_rows(rows, title, class_level=True))
+        sections.append(components_section(title, rows, CLASS_LEGEND, class_level=True))
+    print(f"\n{n_flagged} component(s) flagged as unexpected reliance (--margin {margin}, --min_share {min_share})")
+    return sections
+
+
+def explain_with_components(classifier, sae: str, image: Path, classes: list[str] | None, top: int,
+                            html: Path | None, target: str = "log_prob", table: Path | None = None,
+                            concept_images: Path | None = None) -> None:
+    """``stori explain --image IMG --sae SAE``: the image's top components for ``classes`` (default: the
+    predicted class) after the word attributions; with ``html`` one page with both."""
+    module = load_matching_sae(sae, classifier)
+    table = component_table(sae, module, classifier, table, concept_images)
+    names = classes or [None]
+    sections = [s for name in names
+                for s in explain_image_components(classifier, module, table, image, name, top, compare=False)]
+    if html is None:
+        return
+    from stori_pl.interpret.attribution import as_image_feature, attribute
+    from stori_pl.interpret.viz import render_html
+    from stori_pl.interpret.viz.components import insert_sections
+    from stori_pl.utils import atomic_write
+
+    feature = as_image_feature(classifier, image)
+    if classes is None:
+        classes = [classifier.classnames[int(classifier.classify_features(feature[None])[0].argmax())]]
+    words = {name: attribute(classifier, feature, classifier.classnames.index(name), target=target).prompts
+             for name in classes}
+    document = render_html(words, title=f"Why {Path(image).name}: words and image components", signed=True,
+                           intro=f"word attributions (d {target} / d word log-weight), then SAE components")
+    with atomic_write(html, "w", encoding="utf-8") as f:
+        f.write(insert_sections(document, sections))
+    print(f"\nwrote {html}")
