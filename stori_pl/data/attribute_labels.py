@@ -279,6 +279,7 @@ def clip_labeller(datamodule, parts: Sequence[str], vocabulary: str | None = Non
         raise ValueError(f"template must contain {{adjective}} and {{classname}}, got {template!r}")
     words = load_vocabulary(vocabulary)
     model, _, tokenizer = load_clip(datamodule.clip_model, datamodule.pretrained)
+    datamodule.subsets()  # class names follow the split (and classes / subsample_classes)
     names, text, labels = datamodule.classnames, {}, {}
     for part in parts:
         feats, classes = datamodule.split_features(part)  # [N, D] or [N, 1+V, D]
