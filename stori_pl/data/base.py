@@ -56,10 +56,16 @@ class PromptSet:
 
 
 class FeatureDataset(Dataset):
-    """Cached features with labels; with augmented views ([N, V, D]) a random view is drawn per access."""
+    """Cached features with labels; with augmented views ([N, V, D]) a random view is drawn per access.
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, random_view: bool = False):
+    ``attributes`` (LongTensor ``[N]``, set by ``FewShotDataModule(attribute_labels=...)``): each image's index
+    into the datamodule's ``attribute_words`` (-1: no label); items then carry ``"attribute"`` too.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, random_view: bool = False,
+                 attributes: torch.Tensor | None = None):
         self.features, self.labels, self.random_view = features, labels, random_view
+        self.attributes = attributes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,7 +74,10 @@ class FeatureDataset(Dataset):
         f = self.features[i]
         if f.ndim == 2:  # [V, D]
             f = f[torch.randint(len(f), ()).item()] if self.random_view else f[0]
-        return {"features": f, "label": self.labels[i]}
+        item = {"features": f, "label": self.labels[i]}
+        if self.attributes is not None:
+            item["attribute"] = self.attributes[i]
+        return item
 
 
 class FewShotDataModule(L.LightningDataModule):
@@ -95,6 +104,13 @@ class FewShotDataModule(L.LightningDataModule):
         augment_scale: Crop scale range of the views (Dassl, CoOp / TaskRes: [0.08, 1]; Tip-Adapter: [0.5, 1]).
         templates: Override the dataset's base templates.
         drop_blank_prompts: Drop blank CuPL sentences with a warning (default: they are an error).
+        subsample_classes: CoCoOp's base-to-novel split (``base``: the first half of the classes, ``new``: the
+            rest, ``all``), applied after the few-shot sampling and ``classes`` (see
+            :func:`stori_pl.data.coop.subsample_classes`); labels and class names follow the relabelling.
+        attribute_labels: Per-image attribute words (IntCoOp): a labeller name (``toy``, ``clip``, ``file``,
+            ``blip2``: this dataset's default label file, made on the fly for ``toy`` and ``clip``) or a label
+            file; every batch then carries ``"attribute"`` (LongTensor [B], index into ``attribute_words``,
+            -1 = no label). See :mod:`stori_pl.data.attribute_labels`.
     """
 
     folder: ClassVar[str] = ""
@@ -128,9 +144,14 @@ class FewShotDataModule(L.LightningDataModule):
         templates: list[str] | None = None,
         augment_scale: tuple[float, float] = (0.08, 1.0),
         drop_blank_prompts: bool = False,
+        subsample_classes: str = "all",
+        attribute_labels: str | None = None,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
+        if subsample_classes not in coop.SUBSAMPLE_MODES:
+            raise ValueError(f"subsample_classes must be one of {', '.join(coop.SUBSAMPLE_MODES)}, "
+                             f"got {subsample_classes!r}")
         if prompts_per_class is not None and prompts_per_class < 1:
             raise ValueError(f"prompts_per_class must be >= 1 or None, got {prompts_per_class}")
         if augment_views < 0:
@@ -148,6 +169,9 @@ class FewShotDataModule(L.LightningDataModule):
         if templates:
             self.templates = tuple(templates)
         self.drop_blank_prompts = drop_blank_prompts
+        self.subsample_classes, self.attribute_labels = subsample_classes, attribute_labels
+        self._attributes = None  # AttributeLabels once loaded
+        self._keys: dict[str, list[str]] = {}
         self.classnames: list[str] = []
         self._subsets: dict[str, list[coop.Entry]] | None = None
         self._data: dict[str, FeatureDataset] = {}
@@ -241,6 +265,10 @@ class FewShotDataModule(L.LightningDataModule):
             self._label_ids = list(range(len(names)))
             if self.classes:
                 subsets = self._restrict(subsets, names)
+            if self.subsample_classes != "all":
+                subsets, selected = coop.subsample_classes(subsets, self.subsample_classes)
+                self.classnames = [self.classnames[i] for i in selected]
+                self._label_ids = [self._label_ids[i] for i in selected]
             self._subsets = subsets
         return self._subsets
 
@@ -283,6 +311,36 @@ class FewShotDataModule(L.LightningDataModule):
             entries = self.subsets()[part]
             labels = torch.tensor([entries[k][1] for k in kept], dtype=torch.long)  # [N]
             self._data[part] = FeatureDataset(feats, labels, random_view=part == "train")
+            self._keys[part] = [entries[k][0] for k in kept]
+        if self.attribute_labels and todo:
+            self._attach_attributes(todo)
+
+    def _attach_attributes(self, parts) -> None:
+        """Each part's attribute indices (labels made first for the offline labellers, see ``attribute_labels``)."""
+        from stori_pl.data.attribute_labels import attribute_index, datamodule_labels
+
+        self._attributes = datamodule_labels(self, parts)
+        for part in parts:
+            self._data[part].attributes = attribute_index(self._attributes, self._keys[part], part, self.image_root())
+
+    def image_keys(self, part: str) -> list[str]:
+        """The images of one part's cached features, in order, as paths relative to :meth:`image_root`
+        (the keys of attribute label files): ``image_keys(part)[i]`` is the image of ``split_features(part)[0][i]``."""
+        if part not in self._keys:
+            self._features_for((part,))
+        return list(self._keys[part])
+
+    @property
+    def attribute_words(self) -> list[str]:
+        """The attribute vocabulary of ``attribute_labels`` (sorted unique words); batches' ``"attribute"``
+        index into it. Empty without ``attribute_labels``."""
+        if not self.attribute_labels:
+            return []
+        if self._attributes is None:
+            self._features_for(("train",))  # loads (or makes) the labels
+        if self._attributes is None:  # train was loaded before attribute_labels was set
+            self._attach_attributes(("train",))
+        return list(self._attributes.words)
 
     def split_features(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """All cached features and labels of one part (``"train"``, ``"val"``, ``"test"``).
