@@ -27,7 +27,7 @@ from stori_pl.toy.world import render, sample_object
 WORDS = {"size": ["large", "small"], "background": ["black", "gray", "white"]}
 
 
-def toy_split(seed: int, shots: int = 16, n_test: int = 20, attribute: str = "background") -> dict:
+def toy_split(seed: int, shots: int = 16, n_test: int = 20, attribute: str = "size") -> dict:
     """Image features, class labels and attribute-word indices of a toy few-shot split.
 
     Returns:
@@ -106,7 +106,7 @@ def attribute_accuracy(model, part: tuple) -> float:
     return 100.0 * float((index[:, 0].cpu() == part[2]).float().mean())
 
 
-def run_seed(seed: int, epochs: int = 50, shots: int = 16, n_test: int = 20, attribute: str = "background",
+def run_seed(seed: int, epochs: int = 50, shots: int = 16, n_test: int = 20, attribute: str = "size",
              **intcoop_args) -> dict[str, float]:
     """One seed of every figure: zero-shot / CoOp / IntCoOp (oracle and shuffled labels) base, new, HM, and
     IntCoOp's attribute accuracy on base and new test images."""
@@ -121,8 +121,10 @@ def run_seed(seed: int, epochs: int = 50, shots: int = 16, n_test: int = 20, att
         warnings.simplefilter("ignore")
         models = {"zero-shot": None}
         torch.manual_seed(seed)
-        models["CoOp"] = train(CoOp(**clip, n_ctx=4, ctx_init="a photo of a", prompts=prompts("base")),
-                               base_train, epochs, seed=seed)
+        models["CoOp"] = train(CoOp(**clip, prompts=prompts("base")), base_train, epochs, seed=seed)  # its recipe
+        torch.manual_seed(seed)
+        models["CoOp (a photo of a)"] = train(CoOp(**clip, ctx_init="a photo of a", prompts=prompts("base")),
+                                              base_train, epochs, seed=seed)
         for name, shuffle in (("IntCoOp", False), ("IntCoOp (shuffled labels)", True)):
             words = base_train[2][torch.randperm(len(base_train[2]), generator=torch.Generator().manual_seed(seed))] \
                 if shuffle else base_train[2]
@@ -152,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--n_test", type=int, default=20)
-    p.add_argument("--attribute", choices=sorted(WORDS), default="background")
+    p.add_argument("--attribute", choices=sorted(WORDS), default="size")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     runs = [run_seed(s, args.epochs, args.shots, args.n_test, args.attribute) for s in args.seeds]
     for key in runs[0]:
         values = [r[key] for r in runs]

@@ -16,8 +16,8 @@ Per image ``I`` and class ``c`` the prompt is ``[SOS] ctx(I)_1 … ctx(I)_M  A(I
   (word, class) pair, without grad). Logged as ``train/loss_ce``, ``train/loss_attr``, ``train/loss_reg``.
 
 Instance prompts cost ``B × C`` text encodings per step. They run through the CoOp encoder path (EOT cut), the
-classes sorted by prompt length and taken ``class_chunk`` at a time; while training each chunk is
-gradient-checkpointed, so memory is one chunk's graph.
+classes sorted by prompt length and taken ``class_chunk`` at a time; while training with more than one chunk,
+each chunk is gradient-checkpointed, so memory is one chunk's graph.
 
 Choices the paper's text does not fix (constructor arguments; the defaults are ours): ``n_ctx = 4`` initialized
 from ``"a photo of a"`` (CoCoOp's base-to-novel setting, so the prompt starts as the hand-crafted one);
@@ -189,9 +189,10 @@ class IntCoOp(CoOp):
 
     def instance_text(self, ctx: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
         """Normalized text embeddings of every (image, class) prompt: ``[B, M, W], [B, W] -> [B, C, D]``."""
-        train = torch.is_grad_enabled() and (ctx.requires_grad or attr.requires_grad)
+        chunks = self.class_order.split(self.hparams.class_chunk)
+        train = len(chunks) > 1 and torch.is_grad_enabled() and (ctx.requires_grad or attr.requires_grad)
         parts = []
-        for index in self.class_order.split(self.hparams.class_chunk):
+        for index in chunks:
             if train:
                 parts.append(checkpoint(self._encode_chunk, index, ctx, attr, use_reentrant=False))
             else:
