@@ -76,6 +76,7 @@ class IntCoOp(CoOp):
     """
 
     supports_new_classes = True
+    ATTRIBUTE_TABLE_ROWS = 8  # validation images in the per-epoch TensorBoard table
     trained_state = ("ctx", "extractor", "conditioner", "visual_prompt")
 
     def __init__(
@@ -274,6 +275,34 @@ class IntCoOp(CoOp):
         self.log_dict(self.metrics[f"{stage}_"], prog_bar=stage != "test")
         return loss
 
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if batch_idx == 0:  # a few validation images for the per-epoch attribute table
+            n = self.ATTRIBUTE_TABLE_ROWS
+            self._shown = (self.image_features(batch)[:n].detach(), batch["label"][:n], self.word_index(batch)[:n])
+
+    def on_validation_epoch_end(self) -> None:
+        """TensorBoard text ``val/attributes``: predicted attribute words of the first validation images."""
+        shown = getattr(self, "_shown", None)
+        experiment = getattr(getattr(self, "logger", None), "experiment", None)
+        if shown is None or not hasattr(experiment, "add_text") or self.trainer.sanity_checking:
+            return
+        from stori_pl.interpret.prompt_words import attribute_table
+
+        experiment.add_text("val/attributes", attribute_table(self, *shown), global_step=self.current_epoch)
+
+    def encode_images(self, images, batch_size: int = 64) -> torch.Tensor:
+        """L2-normalized image embeddings ``[N, D]`` (through the visual prompts when the model has them)."""
+        if not self.hparams.visual_prompts:
+            return super().encode_images(images, batch_size)
+        if not isinstance(images, torch.Tensor):
+            images = [images] if not isinstance(images, (list, tuple)) else images
+            images = torch.stack([self.preprocess(im.convert("RGB")) for im in images])  # [N, 3, H, W]
+        images = images if images.ndim == 4 else images[None]
+        with torch.no_grad():
+            return torch.cat([F.normalize(self.visual_prompt.encode(self.clip.visual, chunk).float(), dim=-1)
+                              for chunk in images.split(batch_size)])
+
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = {k: v for k, v in batch.items() if k not in ("features", "image")}
         out["probs"] = self(self.image_features(batch)).softmax(dim=-1)  # [B, C]
@@ -288,9 +317,28 @@ class IntCoOp(CoOp):
         if self.hparams.visual_prompts and dm is not None and not getattr(dm, "return_images", False):
             raise ValueError(f"IntCoOp(visual_prompts={self.hparams.visual_prompts}) trains on images: set "
                              f"`return_images: true` in the config's data.init_args for {type(dm).__name__}")
+        names = getattr(dm, "classnames", None)
+        if self.prompt_set is not None and hasattr(dm, "prompt_set") and names and list(names) != self.classnames:
+            self.build(dm.prompt_set())  # new classes (base-to-novel): same trained parts, the datamodule's names
         super().setup(stage)
         ours = {w: i for i, w in enumerate(self.attribute_words)}
         self._label_map = torch.tensor([ours.get(w, -1) for w in words], dtype=torch.long) if words else None
+
+    def checkpoint_info(self) -> dict:
+        """The classifiers' entry plus the attribute vocabulary (what ``stori explain`` names ``A(I)`` with)."""
+        return {**super().checkpoint_info(), "attribute_words": self.attribute_words}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """As the classifiers', except that other class names are accepted (the trained parts do not depend on
+        the classes): a model already built for a datamodule's new classes keeps them."""
+        info = dict(checkpoint.get("stori") or {})
+        if self.prompt_set is not None and info.get("prompts") and \
+                list(info["prompts"]["classnames"]) != self.classnames:
+            info["prompts"] = self.prompt_set.to_dict()
+            checkpoint = {**checkpoint, "stori": info}
+        super().on_load_checkpoint(checkpoint)
+        if info.get("attribute_words") and info["attribute_words"] != self.attribute_words:
+            self.set_attribute_words(info["attribute_words"])
 
     def configure_optimizers(self) -> dict:
         """SGD + Dassl schedule (as CoOp) over every trained part."""
