@@ -18,6 +18,7 @@ Everything else (few-shot sampling, missing-image checks, cached features, promp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import warnings
@@ -282,6 +283,20 @@ class FewShotDataModule(L.LightningDataModule):
         self.classnames = [self.classnames[i] for i in ids]
         self._label_ids = ids
         return {k: [[e[0], new[e[1]], e[2]] for e in v if e[1] in new] for k, v in subsets.items()}
+
+    def with_subsample(self, subsample_classes: str) -> FewShotDataModule:
+        """A fresh copy of this datamodule (same data, shots, seed, cache, labels) on another class subset
+        (``base`` | ``new`` | ``all``): the base-to-novel test after training on the base classes."""
+        if subsample_classes not in coop.SUBSAMPLE_MODES:
+            raise ValueError(f"subsample_classes must be one of {', '.join(coop.SUBSAMPLE_MODES)}, "
+                             f"got {subsample_classes!r}")
+        other = copy.copy(self)
+        other.subsample_classes, other.classnames, other.trainer = subsample_classes, [], None
+        other._subsets, other._data, other._prompts, other._attributes, other._keys = None, {}, None, None, {}
+        if "subsample_classes" in self.hparams:  # the copy's own hyperparameters, as logged for its runs
+            other._hparams = copy.copy(self._hparams)
+            other._hparams["subsample_classes"] = subsample_classes
+        return other
 
     def image_root(self) -> Path:
         return self.dataset_dir() / self.image_dir
