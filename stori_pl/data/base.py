@@ -18,8 +18,8 @@ Everything else (few-shot sampling, missing-image checks, cached features, promp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from stori_pl.data import coop, cupl
 from stori_pl.data.features import image_features
-from stori_pl.utils import cache_root, content_hash, write_json
 
 
 @dataclasses.dataclass
@@ -283,6 +282,20 @@ class FewShotDataModule(L.LightningDataModule):
         self._label_ids = ids
         return {k: [[e[0], new[e[1]], e[2]] for e in v if e[1] in new] for k, v in subsets.items()}
 
+    def with_subsample(self, subsample_classes: str) -> FewShotDataModule:
+        """A fresh copy of this datamodule (same data, shots, seed, cache, labels) on another class subset
+        (``base`` | ``new`` | ``all``): the base-to-novel test after training on the base classes."""
+        if subsample_classes not in coop.SUBSAMPLE_MODES:
+            raise ValueError(f"subsample_classes must be one of {', '.join(coop.SUBSAMPLE_MODES)}, "
+                             f"got {subsample_classes!r}")
+        other = copy.copy(self)
+        other.subsample_classes, other.classnames, other.trainer = subsample_classes, [], None
+        other._subsets, other._data, other._prompts, other._attributes, other._keys = None, {}, None, None, {}
+        if "subsample_classes" in self.hparams:  # the copy's own hyperparameters, as logged for its runs
+            other._hparams = copy.copy(self._hparams)
+            other._hparams["subsample_classes"] = subsample_classes
+        return other
+
     def image_root(self) -> Path:
         return self.dataset_dir() / self.image_dir
 
@@ -387,34 +400,12 @@ class FewShotDataModule(L.LightningDataModule):
         return prompts
 
     def _select(self, prompts: list[list[str]]) -> list[list[str]]:
-        """Top-N prompts per class, cached as JSON (text encoding of every sentence is the slow part)."""
+        """Top-N prompts per class by similarity to the class's training images (cached, see cupl.py)."""
         self._features_for(("train",))
         data = self._data["train"]
         feats = data.features if data.features.ndim == 2 else data.features[:, 0]  # [N, D]
-        from stori_pl.text.clip import model_fingerprint
-
-        key = content_hash(model_fingerprint(self.clip_model, self.pretrained), prompts,
-                           feats.sum(0).tolist(), data.labels.tolist(), self.prompts_per_class)
-        path = cache_root(self.cache_dir) / "prompts" / f"{key}.json"
-        if path.is_file() and self.pretrained is not None:
-            try:
-                out = json.loads(path.read_text(encoding="utf-8"))
-                if len(out) == len(prompts) and all(set(o) <= set(p) for o, p in zip(out, prompts)):
-                    return out
-            except (json.JSONDecodeError, TypeError):
-                pass
-        from stori_pl.text.clip import load_clip
-
-        model, _, tokenizer = load_clip(self.clip_model, self.pretrained)
-        original = next(model.parameters()).device
-        model.to("cuda" if torch.cuda.is_available() else original)
-        try:
-            out = cupl.top_prompts(prompts, feats, data.labels, self.prompts_per_class,
-                                   lambda t: cupl.sentence_features(t, model, tokenizer))
-        finally:
-            model.to(original)
-        write_json(path, out)
-        return out
+        return cupl.cached_top_prompts(prompts, feats, data.labels, self.prompts_per_class, self.clip_model,
+                                       self.pretrained, self.cache_dir)
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
