@@ -91,10 +91,10 @@ def test_explain_prints_attribute_prompt_and_context_words(fitted, capsys):
 def test_attribute_accuracy_well_above_chance_and_noise_ablation(one_thread):
     """(a) nearest-word accuracy of A(f(I)) on test images (size: chance 50 %); (c) shuffled labels.
 
-    Measured at this budget (4 shots, 10 epochs, 5 test images per class), seeds 1-3: oracle attribute accuracy
-    100 / 100 / 100 % (base and new test images); shuffled labels 76.7 / ... . Asserted: oracle >= 85 % (15 points
-    of margin under every measured seed), and shuffling loses >= 10 points on average over the base and new
-    images."""
+    Measured at this budget (4 shots, 10 epochs, 5 test images per class, `study.run_seed(s, 10, 4, 5)`), seeds
+    1-5: oracle attribute accuracy 100 % on base and new test images for every seed; shuffled labels (base, new)
+    76.7/63.3, 63.3/53.3, 60.0/53.3, 40.0/63.3, 73.3/73.3 (mean of the two: 51.7-73.3). Asserted: oracle >= 85 %
+    (15 points under every measured seed), and shuffling loses >= 10 points (the smallest measured loss is 26.7)."""
     out = study.run_seed(1, epochs=10, shots=4, n_test=5)
     for half in ("base", "new"):
         assert out[f"IntCoOp attribute {half}"] >= 85.0, out
@@ -104,3 +104,34 @@ def test_attribute_accuracy_well_above_chance_and_noise_ablation(one_thread):
     # toy base-to-novel at this budget: no method leaves the toy world's ceiling (docs/intcoop.md); IntCoOp keeps
     # the zero-shot accuracy on the new classes within 5 points
     assert out["IntCoOp new"] >= out["zero-shot new"] - 5.0, out
+
+
+def test_visual_prompts_train_on_images(fitted):
+    import lightning as L
+
+    from stori_pl.models import IntCoOp
+
+    base = fitted[0]
+
+    def run(return_images: bool):
+        dm = toy.ToyShapes(root=str(base), shots=1, batch_size=6, attribute_labels="toy", subsample_classes="base",
+                           return_images=return_images)
+        model = IntCoOp("stori-toy", "builtin", visual_prompts=2, visual_prompt_depth=2)
+        start = model_tokens = None
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dm.setup("fit")
+            model.build(dm.prompt_set())
+            start = model.visual_prompt.tokens.detach().clone()
+            trainer.fit(model, dm)
+            model_tokens = model.visual_prompt.tokens.detach()
+        return start, model_tokens, dm
+
+    with pytest.raises(ValueError, match="return_images: true"):
+        run(False)
+    start, trained, dm = run(True)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, 64, 64) and "attribute" in batch
+    assert not torch.equal(start, trained)  # the visual prompt tokens learned

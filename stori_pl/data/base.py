@@ -110,6 +110,8 @@ class FewShotDataModule(L.LightningDataModule):
             ``blip2``: this dataset's default label file, made on the fly for ``toy`` and ``clip``) or a label
             file; every batch then carries ``"attribute"`` (LongTensor [B], index into ``attribute_words``,
             -1 = no label). See :mod:`stori_pl.data.attribute_labels`.
+        return_images: Batches also carry ``"image"`` (the CLIP's eval transform, decoded by ``num_workers``
+            workers) for models that run the image tower (IntCoOp's ``visual_prompts``).
     """
 
     folder: ClassVar[str] = ""
@@ -145,6 +147,7 @@ class FewShotDataModule(L.LightningDataModule):
         drop_blank_prompts: bool = False,
         subsample_classes: str = "all",
         attribute_labels: str | None = None,
+        return_images: bool = False,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
@@ -169,6 +172,7 @@ class FewShotDataModule(L.LightningDataModule):
             self.templates = tuple(templates)
         self.drop_blank_prompts = drop_blank_prompts
         self.subsample_classes, self.attribute_labels = subsample_classes, attribute_labels
+        self.return_images = return_images
         self._attributes = None  # AttributeLabels once loaded
         self._keys: dict[str, list[str]] = {}
         self.classnames: list[str] = []
@@ -411,6 +415,10 @@ class FewShotDataModule(L.LightningDataModule):
     def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
         if part not in self._data:
             self._features_for((part,))
+        if self.return_images:  # IntCoOp's visual prompts run the image tower on every step
+            from stori_pl.data.images import images_loader
+
+            return images_loader(self, self._data[part], part, shuffle)
         return DataLoader(self._data[part], batch_size=self.batch_size, shuffle=shuffle, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:

@@ -317,10 +317,7 @@ class IntCoOp(CoOp):
         if self.hparams.visual_prompts and dm is not None and not getattr(dm, "return_images", False):
             raise ValueError(f"IntCoOp(visual_prompts={self.hparams.visual_prompts}) trains on images: set "
                              f"`return_images: true` in the config's data.init_args for {type(dm).__name__}")
-        names = getattr(dm, "classnames", None)
-        if self.prompt_set is not None and hasattr(dm, "prompt_set") and names and list(names) != self.classnames:
-            self.build(dm.prompt_set())  # new classes (base-to-novel): same trained parts, the datamodule's names
-        super().setup(stage)
+        super().setup(stage)  # new classes (base-to-novel): the same trained parts, the datamodule's names
         ours = {w: i for i, w in enumerate(self.attribute_words)}
         self._label_map = torch.tensor([ours.get(w, -1) for w in words], dtype=torch.long) if words else None
 
@@ -329,14 +326,9 @@ class IntCoOp(CoOp):
         return {**super().checkpoint_info(), "attribute_words": self.attribute_words}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """As the classifiers', except that other class names are accepted (the trained parts do not depend on
-        the classes): a model already built for a datamodule's new classes keeps them."""
-        info = dict(checkpoint.get("stori") or {})
-        if self.prompt_set is not None and info.get("prompts") and \
-                list(info["prompts"]["classnames"]) != self.classnames:
-            info["prompts"] = self.prompt_set.to_dict()
-            checkpoint = {**checkpoint, "stori": info}
+        """As the classifiers' (new class names are accepted), then the checkpoint's attribute vocabulary."""
         super().on_load_checkpoint(checkpoint)
+        info = checkpoint.get("stori") or {}
         if info.get("attribute_words") and info["attribute_words"] != self.attribute_words:
             self.set_attribute_words(info["attribute_words"])
 
