@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from stori_pl.data.blip2 import BLIP2_MODEL, BLIP2_QUESTION
+from stori_pl.data.blip2 import BLIP2_MODEL, BLIP2_QUESTION, blip2_labels
 from stori_pl.utils import cache_root, content_hash, write_json
 
 LABEL_FORMAT = 1
@@ -349,7 +349,7 @@ def blip2_labeller(datamodule, parts: Sequence[str], question: str = BLIP2_QUEST
         device: Where BLIP-2 runs (default: CUDA when available).
         generator: ``fn(images, prompts) -> answers`` standing in for BLIP-2 (tests).
     """
-    from stori_pl.data.blip2 import blip2_labels, load_blip2_generator
+    from stori_pl.data.blip2 import load_blip2_generator
 
     entries = [e for part in parts for e in datamodule.subsets()[part]]
     images = [datamodule.image_root() / e[0] for e in entries]
@@ -364,4 +364,4 @@ LABELLERS.update({"clip": clip_labeller, "file": file_labeller, "blip2": blip2_l
 __all__ = ["AttributeLabels", "LABELLERS", "NAMING_OPTIONS", "attribute_index", "command", "datamodule_labels",
            "default_label_file", "get_labeller", "label_words", "load_vocabulary", "make_labels", "normalize_label",
            "read_label_file", "read_labels", "resolve_label_file", "write_labels", "clip_labeller", "file_labeller",
-           "blip2_labeller"]
+           "blip2_labeller", "blip2_labels", "BLIP2_MODEL", "BLIP2_QUESTION"]

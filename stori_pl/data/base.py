@@ -295,9 +295,10 @@ class FewShotDataModule(L.LightningDataModule):
         other = copy.copy(self)
         other.subsample_classes, other.classnames, other.trainer = subsample_classes, [], None
         other._subsets, other._data, other._prompts, other._attributes, other._keys = None, {}, None, None, {}
-        if "subsample_classes" in self.hparams:  # the copy's own hyperparameters, as logged for its runs
-            other._hparams = copy.copy(self._hparams)
-            other._hparams["subsample_classes"] = subsample_classes
+        for name in ("_hparams", "_hparams_initial"):  # the copy's own hyperparameters, as logged for its runs
+            if "subsample_classes" in getattr(self, name, {}):
+                setattr(other, name, copy.copy(getattr(self, name)))
+                getattr(other, name)["subsample_classes"] = subsample_classes
         return other
 
     def image_root(self) -> Path:
