@@ -107,17 +107,6 @@ def read_prompt(model, feature: torch.Tensor, classname: str, k: int = 3) -> Pro
     return PromptReading(best[0], best[1], rest, context, " ".join(words) + ".")
 
 
-def attribute_table(model, features: torch.Tensor, labels: torch.Tensor, words: torch.Tensor | None = None) -> str:
-    """Markdown table of predicted attributes (TensorBoard text): image, class, label word, prediction, cosine."""
-    rows = ["| image | class | label | predicted | cosine |", "|---|---|---|---|---|"]
-    for i, top in enumerate(predicted_attributes(model, features, 1)):
-        label = "—"
-        if words is not None and int(words[i]) >= 0 and int(words[i]) < len(model.attribute_words):
-            label = model.attribute_words[int(words[i])]
-        rows.append(f"| {i} | {model.classnames[int(labels[i])]} | {label} | {top[0][0]} | {top[0][1]:.3f} |")
-    return "\n".join(rows)
-
-
 PROMPT_MODELS = ("CoOp", "IntCoOp")  # checkpoints `stori explain` reads with this module
 
 

@@ -41,6 +41,7 @@ from stori_pl.models.intcoop_parts import (
     AttributeExtractor,
     InstanceContext,
     attribute_loss,
+    nearest_words,
     word_embeddings,
 )
 from stori_pl.models.visual_prompts import VisualPrompts
@@ -287,9 +288,22 @@ class IntCoOp(CoOp):
         experiment = getattr(getattr(self, "logger", None), "experiment", None)
         if shown is None or not hasattr(experiment, "add_text") or self.trainer.sanity_checking:
             return
-        from stori_pl.interpret.prompt_words import attribute_table
+        experiment.add_text("val/attributes", self.attribute_table(*shown), global_step=self.current_epoch)
 
-        experiment.add_text("val/attributes", attribute_table(self, *shown), global_step=self.current_epoch)
+    def attribute_table(self, features: torch.Tensor, labels: torch.Tensor, words: torch.Tensor) -> str:
+        """Markdown table of predicted attributes ``A(f(I))`` (nearest label word by cosine) of image embeddings
+        ``[N, D]`` with their class labels ``[N]`` and attribute labels ``[N]`` (-1: none)."""
+        rows = ["| image | class | label | predicted | cosine |", "|---|---|---|---|---|"]
+        if not len(self.word_table):
+            return "(no attribute vocabulary)"
+        with torch.no_grad():
+            sim, index = nearest_words(self.extractor(features), self.word_table)
+        for i in range(len(features)):
+            w = int(words[i])
+            label = self.attribute_words[w] if w >= 0 else "—"
+            rows.append(f"| {i} | {self.classnames[int(labels[i])]} | {label} | "
+                        f"{self.attribute_words[int(index[i, 0])]} | {float(sim[i, 0]):.3f} |")
+        return "\n".join(rows)
 
     def encode_images(self, images, batch_size: int = 64) -> torch.Tensor:
         """L2-normalized image embeddings ``[N, D]`` (through the visual prompts when the model has them)."""
