@@ -158,3 +158,24 @@ def test_visual_prompts_need_images_and_change_the_embedding():
     loss = m.losses({"image": images, "label": torch.tensor([0, 1])})[2]
     loss.backward()
     assert float(m.visual_prompt.tokens.grad.abs().sum()) > 0
+
+
+def test_context_words_of_coop_and_the_prompt_reading():
+    """CoOp's interpretation: a context initialized from a phrase reads back as that phrase (distance 0), for
+    plain CoOp and IntCoOp; IntCoOp's reading names A(I)'s word and writes the prompt."""
+    from stori_pl.interpret.prompt_words import context_words, read_prompt
+    from stori_pl.models import CoOp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coop = CoOp("stori-tiny", None, ctx_init="a photo of a", prompts=prompt_set())
+    m = make()
+    for model in (coop, m):
+        words = context_words(model, k=2)
+        assert [w[0][0] for w in words] == ["a", "photo", "of", "a"]
+        assert all(w[0][1] < 1e-3 < w[1][1] for w in words), words  # cdist: float error ~1e-4
+    with torch.no_grad():
+        m.extractor.net[2].bias.copy_(m.word_table[1])  # A(I) = e("small") for every image
+    reading = read_prompt(m, torch.randn(32), "hot_dog", k=2)
+    assert reading.attribute == "small" and reading.similarity == pytest.approx(1.0, abs=1e-5)
+    assert reading.prompt == "a photo of a small hot dog."
