@@ -30,6 +30,8 @@ datamodule); the default (0) trains on cached features.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -328,6 +330,10 @@ class IntCoOp(CoOp):
         words = list(getattr(dm, "attribute_words", None) or [])
         if words and not self.attribute_words:
             self.set_attribute_words(words)
+        if stage == "fit" and not self.attribute_words:
+            warnings.warn("IntCoOp without attribute labels: set data.init_args.attribute_labels (toy, clip, file, "
+                          "blip2 or a label file); until then A is trained by the classification loss only",
+                          stacklevel=2)
         if self.hparams.visual_prompts and dm is not None and not getattr(dm, "return_images", False):
             raise ValueError(f"IntCoOp(visual_prompts={self.hparams.visual_prompts}) trains on images: set "
                              f"`return_images: true` in the config's data.init_args for {type(dm).__name__}")
