@@ -130,7 +130,8 @@ def data_section(method: str, dataset: str, shots: int) -> dict:
     if dataset == "imagenet" and method.startswith("taskres"):
         args["templates"] = IMAGENET_BASE
     if method == INTCOOP:
-        args.update(subsample_classes="all", attribute_labels="toy" if dataset == "toy_shapes" else "blip2")
+        args.update(subsample_classes="all", attribute_labels="toy" if dataset == "toy_shapes" else "blip2",
+                    return_images=False)  # true with model visual_prompts > 0
     return {"class_path": DATASETS[dataset], "init_args": args}
 
 
