@@ -7,7 +7,7 @@ import re
 import pytest
 
 from stori_pl.cli import main
-from stori_pl.cli.bench import format_rows, memory_rows, speed_rows
+from stori_pl.cli.bench import format_rows, intcoop_rows, memory_rows, speed_rows
 
 NUM = r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
 
@@ -54,6 +54,20 @@ def test_rows_are_computed_from_the_figures():
     check_consistent(out, memory=True)
 
 
+def check_intcoop(out: str) -> None:
+    """(f): the ratio is the IntCoOp step over the CoOp step at the same batch."""
+    f = figures(out)
+    (coop, _), = (v for k, v in f.items() if k.startswith("(f) CoOp train step"))
+    (intcoop, ratio), = (v for k, v in f.items() if k.startswith("(f) IntCoOp train step"))
+    assert coop > 0 and intcoop > 0 and ratio == pytest.approx(intcoop / coop, rel=2e-3, abs=0.006)
+
+
+def test_intcoop_rows_are_computed_from_the_figures():
+    out = format_rows(intcoop_rows({"classes": 10, "batch": 4, "intcoop": 3.0, "coop": 0.5}))
+    assert "(f) IntCoOp train step, 10 classes x batch 4 prompts" in out and "6.00x the CoOp step" in out
+    check_intcoop(out)
+
+
 @pytest.mark.slow
 def test_bench_prints_consistent_figures(capsys):
     rc = main(["bench", "--model", "stori-tiny", "--start_block", "3", "--n_prompts", "12",
@@ -65,3 +79,4 @@ def test_bench_prints_consistent_figures(capsys):
     assert re.search(r"\(c\) ratio large / small \(peak RSS\) .* (\d+\.\d+)x", out)
     assert re.search(r"\(d\) fast train step, matmul FLOP/s .* (\d+\.\d)% of GEMM", out)
     check_consistent(out, memory=True)
+    check_intcoop(out)

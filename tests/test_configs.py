@@ -152,3 +152,49 @@ def test_config_parses_and_builds(path, parser, tiny12, monkeypatch):
         warnings.simplefilter("ignore")
         model.build(ps.to_dict())
     assert model.class_embeddings().shape == (2, 32)
+
+
+# ------------------------------------------------------------------------------------------------ IntCoOp
+INTCOOP_STEMS = ([f"{d}_{k}shot" for d in DATASETS for k in SHOTS] + [f"{d}_b2n_16shot" for d in DATASETS]
+                 + ["toy_shapes"])
+
+
+def test_intcoop_configs_cover_every_dataset_shot_and_base_to_novel():
+    names = sorted(p.stem for p in (CONFIGS / "intcoop").glob("*.yaml"))
+    assert names == sorted(INTCOOP_STEMS)
+    for stem in INTCOOP_STEMS:
+        cfg = yaml.safe_load((CONFIGS / "intcoop" / f"{stem}.yaml").read_text())
+        dataset = stem.split("_b2n")[0] if "_b2n" in stem else ("toy_shapes" if stem == "toy_shapes" else NAME.match(stem + ".yaml").group(1))
+        toy = dataset == "toy_shapes"
+        # CoCoOp's recipe for what IntCoOp's text leaves open (vit_b16_c4_ep10_batch1_ctxv1.yaml): ctx 4 from
+        # "a photo of a", SGD lr 0.002, 10 epochs; the toy world: toy labels, 50 epochs (the demo: 20)
+        want = {"model.class_path": "stori_pl.models.IntCoOp", "model.init_args.n_ctx": 4,
+                "model.init_args.ctx_init": "a photo of a", "model.init_args.lr": 0.002,
+                "model.init_args.visual_prompts": 0, "data.init_args.augment_views": 10,
+                "data.init_args.attribute_labels": "toy" if toy else "blip2",
+                "data.init_args.subsample_classes": "base" if "_b2n" in stem else "all",
+                "trainer.max_epochs": 20 if stem == "toy_shapes" else 50 if toy else 10,
+                "data.init_args.batch_size": 32 if toy else 4,
+                "trainer.logger.init_args.name": f"intcoop/{stem}"}
+        for key, value in want.items():
+            assert dig(cfg, key) == value, (stem, key)
+        assert dig(cfg, "data.class_path").endswith("." + DATASETS[dataset])
+
+
+@pytest.mark.parametrize("stem", ["dtd_b2n_16shot", "toy_shapes_4shot"])
+def test_intcoop_config_parses_and_builds(stem, parser, tiny12, monkeypatch):
+    import torch
+
+    import stori_pl.text.clip
+    from stori_pl.data.base import PromptSet
+
+    real = stori_pl.text.clip.load_clip
+    monkeypatch.setattr(stori_pl.text.clip, "load_clip", lambda name, pretrained=None, **kw: real(tiny12, None))
+    cfg = parser.parse_args(["--config", str(CONFIGS / "intcoop" / f"{stem}.yaml")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        init = parser.instantiate_classes(cfg)
+        model = init.model
+        model.build(PromptSet(["a", "b"], [["a photo of a."], ["a photo of b."]], [[], []]).to_dict())
+    assert init.data.subsample_classes == ("base" if "b2n" in stem else "all")
+    assert model(torch.randn(3, 32)).shape == (3, 2)

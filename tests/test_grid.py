@@ -19,9 +19,12 @@ METHODS = ["stori", "taskres_base", "taskres_cupl", "coop", "tip_adapter", "tip_
 
 def test_every_method_has_configs_for_every_dataset():
     configs = available()
-    assert sorted(configs) == sorted(METHODS)
+    assert sorted(configs) == sorted(METHODS + ["intcoop"])
+    datasets = {"imagenet", "dtd", "sun397", "flowers102", "caltech101", "food101", "toy_shapes"}
     for method in METHODS:
-        assert configs[method] == {"imagenet", "dtd", "sun397", "flowers102", "caltech101", "food101", "toy_shapes"}
+        assert configs[method] == datasets
+    assert configs["intcoop"] == datasets | {f"{d}_b2n" for d in datasets}  # + the base-to-novel variants
+    assert [c.name for c in plan("intcoop", "dtd_b2n", "16", "1")] == ["intcoop/dtd_b2n_16shot/seed1"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

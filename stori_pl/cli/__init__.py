@@ -30,6 +30,7 @@ UTILITY_COMMANDS = {
     "report": "stori_pl.cli.report",
     "grid": "stori_pl.cli.grid",
     "cache": "stori_pl.cli.cache",
+    "attributes": "stori_pl.cli.attributes",
     "toy-pretrain": "stori_pl.cli.toy_pretrain",
 }
 LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.lightning.cli) and their one-line summaries

@@ -7,7 +7,9 @@
     (each measured in a fresh subprocess);
 (d) achieved FLOP/s of the fast training step as a fraction of a plain GEMM's FLOP/s;
 (e) a CoOp training step (forward + backward to the context vectors, one prompt per class): the encoder's
-    EOT cut and length buckets vs the same step on all 77 positions (the official code's path).
+    EOT cut and length buckets vs the same step on all 77 positions (the official code's path);
+(f) an IntCoOp training step (B × C instance prompts, the three losses, backward to every trained part) vs a CoOp
+    step (C prompts) at the same batch of B image features.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def _memory(n: int, model: str, pretrained: str | None, prompts: str | None, sta
 
 def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: int = 7, prompts: str | None = None,
           n_prompts: int = 256, memory_prompts: tuple[int, int] = (1000, 10000), chunk_size: int = 256,
-          repeats: int = 3, skip_memory: bool = False, device: str | None = None, coop_classes: int = 100) -> int:
+          repeats: int = 3, skip_memory: bool = False, device: str | None = None, coop_classes: int = 100,
+          intcoop_batch: int = 4) -> int:
     """Measure (a)-(d) and print a table of raw figures and ratios.
 
     Args:
@@ -114,7 +117,8 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
         repeats: Timed repeats (the best is reported) after one warm-up.
         skip_memory: Skip (c) (two subprocesses).
         device: Torch device (default: cuda when available, else cpu).
-        coop_classes: Classes of the CoOp step (e); 0 skips it.
+        coop_classes: Classes of the CoOp step (e) and of the IntCoOp comparison (f); 0 skips both.
+        intcoop_batch: Image features per step in (f); 0 skips it.
 
     Returns:
         Exit status 0.
@@ -137,6 +141,8 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
     rows = speed_rows(times, flop_rates(prep, tokens, times["fast"], repeats, sync))
     if coop_classes:
         rows += coop_rows(time_coop(model, pretrained, coop_classes, device, repeats, sync))
+    if coop_classes and intcoop_batch:
+        rows += intcoop_rows(time_intcoop(model, pretrained, coop_classes, intcoop_batch, device, repeats, sync))
     if not skip_memory:
         small, large = (_memory(n, model, pretrained, prompts, start_block, chunk_size) for n in memory_prompts)
         rows += memory_rows(memory_prompts, small, large)
@@ -281,4 +287,46 @@ def coop_rows(t: dict) -> list[tuple[str, str, str]]:
         (f"(e) CoOp train step, {t['classes']} classes, 77 positions", f"{t['coop_naive']:.4g} s", ""),
         (f"(e) CoOp train step, {t['classes']} classes, EOT cut + buckets", f"{t['coop_fast']:.4g} s",
          f"{t['coop_naive'] / t['coop_fast']:.2f}x faster"),
+    ]
+
+
+def time_intcoop(model: str, pretrained: str | None, n_classes: int, batch: int, device: str, repeats: int,
+                 sync) -> dict:
+    """(f): best-of-``repeats`` seconds of one training step (forward, loss, backward) at the same batch of
+    ``batch`` random image features: IntCoOp (``batch × n_classes`` prompts, CE + attribute + regularizer losses)
+    vs CoOp (``n_classes`` prompts, CE), both with 4 context vectors from "a photo of a"."""
+    from stori_pl.data.base import PromptSet
+    from stori_pl.models.coop import CoOp
+    from stori_pl.models.intcoop import IntCoOp
+
+    names = class_names(n_classes)
+    prompts = PromptSet(names, [[f"a photo of a {n}."] for n in names], [[] for _ in names]).to_dict()
+    words = ["red", "small", "striped", "wooden"]
+    intcoop = IntCoOp(model, pretrained, attribute_words=words, prompts=prompts).to(device)
+    coop = CoOp(model, pretrained, ctx_init="a photo of a", prompts=prompts).to(device)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(batch, intcoop.clip.text_projection.shape[1], generator=g).to(device)
+    batch_dict = {"features": feats, "label": torch.randint(n_classes, (batch,), generator=g).to(device),
+                  "attribute": torch.randint(len(words), (batch,), generator=g).to(device)}
+    intcoop.handcrafted_text(batch_dict["attribute"], batch_dict["label"])  # the one-off cache, not per step
+
+    def step(module, loss_fn):
+        def run():
+            loss_fn().backward()
+            module.zero_grad(set_to_none=True)
+            sync()
+        return run
+
+    coop_loss = lambda: torch.nn.functional.cross_entropy(coop(feats), batch_dict["label"])  # noqa: E731
+    return {"classes": n_classes, "batch": batch,
+            "intcoop": _timeit(step(intcoop, lambda: intcoop.losses(batch_dict)[2]), repeats),
+            "coop": _timeit(step(coop, coop_loss), repeats)}
+
+
+def intcoop_rows(t: dict) -> list[tuple[str, str, str]]:
+    """Table rows of (f)."""
+    return [
+        (f"(f) CoOp train step, {t['classes']} classes, batch {t['batch']}", f"{t['coop']:.4g} s", ""),
+        (f"(f) IntCoOp train step, {t['classes']} classes x batch {t['batch']} prompts", f"{t['intcoop']:.4g} s",
+         f"{t['intcoop'] / t['coop']:.2f}x the CoOp step"),
     ]

@@ -22,10 +22,12 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
             html: Path | None = None, png: Path | None = None, image: Path | None = None,
             color: Literal["auto", "always", "never"] = "auto", pretrained: str | None = None,
             absolute: bool = False, target: Literal["log_prob", "logit"] = "log_prob", sae: str | None = None) -> int:
-    """Print a StoriClassifier checkpoint's word weights (and, with --image, word attributions).
+    """Print a StoriClassifier checkpoint's word weights (and, with --image, word attributions); for a CoOp or
+    IntCoOp checkpoint, the nearest words of its context vectors (and, with --image, IntCoOp's predicted attribute
+    and the image's prompt as text).
 
     Args:
-        ckpt: Checkpoint of a StoriClassifier (e.g. runs/stori/version_0/checkpoints/last.ckpt).
+        ckpt: Checkpoint of a StoriClassifier, CoOp or IntCoOp (e.g. runs/stori/version_0/checkpoints/last.ckpt).
         classes: Classes to show, e.g. --classes+ banded --classes+ striped (default: all classes if at most
             10, else the 10 whose weights moved most).
         all_classes: Show every class.
@@ -53,6 +55,11 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
 
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
+    from stori_pl.interpret import prompt_words
+
+    if prompt_words.checkpoint_model(ckpt) in prompt_words.PROMPT_MODELS:  # CoOp / IntCoOp: words of the prompt
+        print(prompt_words.explain_prompt_checkpoint(ckpt, image, top, pretrained))
+        return 0
     model = load_stori_checkpoint(ckpt, pretrained=pretrained)
     use_color = viz.use_color() if color == "auto" else color == "always"
     shown = select_classes(model.word_weights(), classes or [], all_classes)  # by normalized movement

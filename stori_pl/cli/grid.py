@@ -133,8 +133,9 @@ def grid(methods: str, datasets: str, shots: str = "1,2,4,8,16", seeds: str = "1
 
     Args:
         methods: Comma-separated methods (folders of ``configs/``: stori, taskres_base, taskres_cupl, coop,
-            tip_adapter, tip_adapter_f, linear_probe, zero_shot, cupl).
-        datasets: Comma-separated datasets (imagenet, dtd, sun397, flowers102, caltech101, food101, toy_shapes).
+            tip_adapter, tip_adapter_f, linear_probe, zero_shot, cupl, intcoop).
+        datasets: Comma-separated datasets (imagenet, dtd, sun397, flowers102, caltech101, food101, toy_shapes;
+            intcoop also has <dataset>_b2n, the base-to-novel configs, at 16 shots).
         shots: Comma-separated shots (1, 2, 4, 8, 16).
         seeds: Comma-separated seeds (CoOp: 1, 2, 3).
         out_dir: Folder of the runs and of ``table2.md`` / ``table2.csv``.

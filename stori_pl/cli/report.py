@@ -5,9 +5,15 @@ Every ``stori test`` (and ``stori fit``, which tests the selected checkpoint) wr
 recursively), groups by method × shots (rows) and dataset (columns) and prints mean±std over seeds
 in percent, with an AVG column, as Markdown; ``--csv`` also writes the numbers as CSV.
 
-Example::
+Runs on a class subset (``--data.subsample_classes base|new``) get their own columns (``DTD (base)``).
+``--base_to_novel true`` prints CoCoOp's base-to-novel table instead: per method, shots and dataset the base
+and new accuracies and their harmonic mean HM (from the runs trained with ``subsample_classes: base``, whose
+``test_results.json`` holds both).
+
+Examples::
 
     stori report runs/ --csv table2.csv --markdown table2.md
+    stori report runs/ --base_to_novel true
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], d
             print(f"stori report: skipping {path}: no {metric!r} ({err.__class__.__name__}: {err})", file=sys.stderr)
             continue
         shots = 0 if r.get("method") in TRAINED_NOTHING else int(r.get("shots") or 0)
-        key = (r.get("method_name") or r.get("method") or "?", shots, r.get("dataset") or "?")
+        dataset, subsample = r.get("dataset") or "?", r.get("subsample_classes") or "all"
+        dataset = dataset if subsample == "all" else f"{dataset} ({subsample})"
+        key = (r.get("method_name") or r.get("method") or "?", shots, dataset)
         seed = r.get("seed")
         if seed in table[key]:
             print(f"stori report: {key} seed {seed} appears twice; using {path}", file=sys.stderr)
@@ -129,7 +137,82 @@ def write_csv(path: str, datasets: list[str], rows: list[dict]) -> None:
             w.writerow([r["method"], r["shots"], *vals, f"{r['avg']:.4f}"])
 
 
-def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, markdown: Path | None = None) -> int:
+def harmonic_mean(base: float, new: float) -> float:
+    """CoCoOp's HM of base and new accuracy: ``2·b·n / (b + n)`` (0 when both are 0)."""
+    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+
+
+def load_base_to_novel(files: list[Path]) -> dict[tuple[str, int, str], dict]:
+    """``{(method, shots, dataset): {seed: (base, new)}}`` of the runs tested on the base classes (``new`` is NaN
+    where the method cannot classify new classes); a later file (by mtime) wins for the same seed."""
+    table: dict[tuple[str, int, str], dict] = defaultdict(dict)
+    for path in sorted(files, key=lambda p: p.stat().st_mtime):
+        try:
+            r = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            print(f"stori report: skipping {path}: {err}", file=sys.stderr)
+            continue
+        if r.get("subsample_classes") != "base" or "test/acc" not in r.get("metrics", {}):
+            continue
+        shots = 0 if r.get("method") in TRAINED_NOTHING else int(r.get("shots") or 0)
+        key = (r.get("method_name") or r.get("method") or "?", shots, r.get("dataset") or "?")
+        table[key][r.get("seed")] = (float(r.get("base_acc", r["metrics"]["test/acc"])), float(r.get("new_acc", math.nan)))
+    return table
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def base_to_novel_rows(table: dict) -> list[dict]:
+    """Rows ``{method, shots, dataset, base, new, hm, n}`` in percent: ``base``/``new`` = (mean, std) over seeds,
+    ``hm`` = (HM of the mean base and mean new accuracy as in CoCoOp's tables, std of the per-seed HMs)."""
+    rows = []
+    methods = _order({k[0] for k in table}, METHOD_ORDER)
+    for key in sorted(table, key=lambda k: (methods.index(k[0]), k[1], _order({k[2]}, DATASET_ORDER)[0])):
+        runs = list(table[key].values())
+        base, new = _mean_std([100 * b for b, _ in runs]), _mean_std([100 * n for _, n in runs])
+        hms = [100 * harmonic_mean(b, n) for b, n in runs]
+        hm = (harmonic_mean(base[0], new[0]), _mean_std(hms)[1])
+        rows.append({"method": key[0], "shots": key[1], "dataset": key[2], "base": base, "new": new, "hm": hm,
+                     "n": len(runs)})
+    return rows
+
+
+def base_to_novel_markdown(rows: list[dict]) -> str:
+    """One row per method × shots × dataset: base, new, HM (mean±std %) and the number of seeds."""
+    lines = ["| Method | Shots | Dataset | Base | New | HM | Seeds |", "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = ["–" if math.isnan(r[k][0]) else f"{r[k][0]:.1f}±{r[k][1]:.1f}" for k in ("base", "new", "hm")]
+        lines.append(f"| {r['method']} | {r['shots']} | {r['dataset']} | " + " | ".join(cells) + f" | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_base_to_novel(files: list[Path], runs: list[str], csv: Path | None, markdown: Path | None) -> int:
+    """``stori report --base_to_novel true``: print (and write) the base / new / HM table."""
+    table = load_base_to_novel(files)
+    if not table:
+        print(f"stori report: no {RESULTS_FILE} of a run on the base classes under {', '.join(runs)} (train with "
+              "--data.subsample_classes base)", file=sys.stderr)
+        return 1
+    rows = base_to_novel_rows(table)
+    text = base_to_novel_markdown(rows)
+    print(text, end="")
+    if markdown is not None:
+        with atomic_write(markdown, "w", encoding="utf-8") as f:
+            f.write(text)
+    if csv is not None:
+        with atomic_write(csv, "w", newline="", encoding="utf-8") as f:
+            w = csv_writer(f)
+            w.writerow(["method", "shots", "dataset", "base_mean", "base_std", "new_mean", "new_std", "hm", "hm_std", "n"])
+            for r in rows:
+                w.writerow([r["method"], r["shots"], r["dataset"], *(f"{x:.4f}" for k in ("base", "new", "hm")
+                                                                     for x in r[k]), r["n"]])
+    return 0
+
+
+def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, markdown: Path | None = None,
+           base_to_novel: bool = False) -> int:
     """Print the Table-2 summary of the test results found under ``runs``.
 
     Args:
@@ -137,6 +220,8 @@ def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, m
         metric: Metric to tabulate.
         csv: Also write the table as CSV (mean, std, number of seeds per dataset) to this file.
         markdown: Also write the Markdown table to this file.
+        base_to_novel: Print CoCoOp's base-to-novel table instead (base, new and harmonic-mean accuracy of the
+            runs trained on the base classes, mean ± std over seeds).
 
     Returns:
         Exit status 0, or 1 when no result holds ``metric``.
@@ -145,6 +230,8 @@ def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, m
         FileNotFoundError: A run folder or file that does not exist.
     """
     files = find_results(runs)
+    if base_to_novel:
+        return report_base_to_novel(files, runs, csv, markdown)
     table = load_results(files, metric)
     if not table:
         print(f"stori report: no {RESULTS_FILE} with {metric!r} under {', '.join(runs)} "

@@ -18,8 +18,8 @@ Everything else (few-shot sampling, missing-image checks, cached features, promp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from stori_pl.data import coop, cupl
 from stori_pl.data.features import image_features
-from stori_pl.utils import cache_root, content_hash, write_json
 
 
 @dataclasses.dataclass
@@ -56,10 +55,16 @@ class PromptSet:
 
 
 class FeatureDataset(Dataset):
-    """Cached features with labels; with augmented views ([N, V, D]) a random view is drawn per access."""
+    """Cached features with labels; with augmented views ([N, V, D]) a random view is drawn per access.
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, random_view: bool = False):
+    ``attributes`` (LongTensor ``[N]``, set by ``FewShotDataModule(attribute_labels=...)``): each image's index
+    into the datamodule's ``attribute_words`` (-1: no label); items then carry ``"attribute"`` too.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, random_view: bool = False,
+                 attributes: torch.Tensor | None = None):
         self.features, self.labels, self.random_view = features, labels, random_view
+        self.attributes = attributes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,7 +73,10 @@ class FeatureDataset(Dataset):
         f = self.features[i]
         if f.ndim == 2:  # [V, D]
             f = f[torch.randint(len(f), ()).item()] if self.random_view else f[0]
-        return {"features": f, "label": self.labels[i]}
+        item = {"features": f, "label": self.labels[i]}
+        if self.attributes is not None:
+            item["attribute"] = self.attributes[i]
+        return item
 
 
 class FewShotDataModule(L.LightningDataModule):
@@ -95,6 +103,15 @@ class FewShotDataModule(L.LightningDataModule):
         augment_scale: Crop scale range of the views (Dassl, CoOp / TaskRes: [0.08, 1]; Tip-Adapter: [0.5, 1]).
         templates: Override the dataset's base templates.
         drop_blank_prompts: Drop blank CuPL sentences with a warning (default: they are an error).
+        subsample_classes: CoCoOp's base-to-novel split (``base``: the first half of the classes, ``new``: the
+            rest, ``all``), applied after the few-shot sampling and ``classes`` (see
+            :func:`stori_pl.data.coop.subsample_classes`); labels and class names follow the relabelling.
+        attribute_labels: Per-image attribute words (IntCoOp): a labeller name (``toy``, ``clip``, ``file``,
+            ``blip2``: this dataset's default label file, made on the fly for ``toy`` and ``clip``) or a label
+            file; every batch then carries ``"attribute"`` (LongTensor [B], index into ``attribute_words``,
+            -1 = no label). See :mod:`stori_pl.data.attribute_labels`.
+        return_images: Batches also carry ``"image"`` (the CLIP's eval transform, decoded by ``num_workers``
+            workers) for models that run the image tower (IntCoOp's ``visual_prompts``).
     """
 
     folder: ClassVar[str] = ""
@@ -128,9 +145,15 @@ class FewShotDataModule(L.LightningDataModule):
         templates: list[str] | None = None,
         augment_scale: tuple[float, float] = (0.08, 1.0),
         drop_blank_prompts: bool = False,
+        subsample_classes: str = "all",
+        attribute_labels: str | None = None,
+        return_images: bool = False,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
+        if subsample_classes not in coop.SUBSAMPLE_MODES:
+            raise ValueError(f"subsample_classes must be one of {', '.join(coop.SUBSAMPLE_MODES)}, "
+                             f"got {subsample_classes!r}")
         if prompts_per_class is not None and prompts_per_class < 1:
             raise ValueError(f"prompts_per_class must be >= 1 or None, got {prompts_per_class}")
         if augment_views < 0:
@@ -148,6 +171,10 @@ class FewShotDataModule(L.LightningDataModule):
         if templates:
             self.templates = tuple(templates)
         self.drop_blank_prompts = drop_blank_prompts
+        self.subsample_classes, self.attribute_labels = subsample_classes, attribute_labels
+        self.return_images = return_images
+        self._attributes = None  # AttributeLabels once loaded
+        self._keys: dict[str, list[str]] = {}
         self.classnames: list[str] = []
         self._subsets: dict[str, list[coop.Entry]] | None = None
         self._data: dict[str, FeatureDataset] = {}
@@ -241,6 +268,10 @@ class FewShotDataModule(L.LightningDataModule):
             self._label_ids = list(range(len(names)))
             if self.classes:
                 subsets = self._restrict(subsets, names)
+            if self.subsample_classes != "all":
+                subsets, selected = coop.subsample_classes(subsets, self.subsample_classes)
+                self.classnames = [self.classnames[i] for i in selected]
+                self._label_ids = [self._label_ids[i] for i in selected]
             self._subsets = subsets
         return self._subsets
 
@@ -254,6 +285,21 @@ class FewShotDataModule(L.LightningDataModule):
         self.classnames = [self.classnames[i] for i in ids]
         self._label_ids = ids
         return {k: [[e[0], new[e[1]], e[2]] for e in v if e[1] in new] for k, v in subsets.items()}
+
+    def with_subsample(self, subsample_classes: str) -> FewShotDataModule:
+        """A fresh copy of this datamodule (same data, shots, seed, cache, labels) on another class subset
+        (``base`` | ``new`` | ``all``): the base-to-novel test after training on the base classes."""
+        if subsample_classes not in coop.SUBSAMPLE_MODES:
+            raise ValueError(f"subsample_classes must be one of {', '.join(coop.SUBSAMPLE_MODES)}, "
+                             f"got {subsample_classes!r}")
+        other = copy.copy(self)
+        other.subsample_classes, other.classnames, other.trainer = subsample_classes, [], None
+        other._subsets, other._data, other._prompts, other._attributes, other._keys = None, {}, None, None, {}
+        for name in ("_hparams", "_hparams_initial"):  # the copy's own hyperparameters, as logged for its runs
+            if "subsample_classes" in getattr(self, name, {}):
+                setattr(other, name, copy.copy(getattr(self, name)))
+                getattr(other, name)["subsample_classes"] = subsample_classes
+        return other
 
     def image_root(self) -> Path:
         return self.dataset_dir() / self.image_dir
@@ -283,6 +329,36 @@ class FewShotDataModule(L.LightningDataModule):
             entries = self.subsets()[part]
             labels = torch.tensor([entries[k][1] for k in kept], dtype=torch.long)  # [N]
             self._data[part] = FeatureDataset(feats, labels, random_view=part == "train")
+            self._keys[part] = [entries[k][0] for k in kept]
+        if self.attribute_labels and todo:
+            self._attach_attributes(todo)
+
+    def _attach_attributes(self, parts) -> None:
+        """Each part's attribute indices (labels made first for the offline labellers, see ``attribute_labels``)."""
+        from stori_pl.data.attribute_labels import attribute_index, datamodule_labels
+
+        self._attributes = datamodule_labels(self, parts)
+        for part in parts:
+            self._data[part].attributes = attribute_index(self._attributes, self._keys[part], part, self.image_root())
+
+    def image_keys(self, part: str) -> list[str]:
+        """The images of one part's cached features, in order, as paths relative to :meth:`image_root`
+        (the keys of attribute label files): ``image_keys(part)[i]`` is the image of ``split_features(part)[0][i]``."""
+        if part not in self._keys:
+            self._features_for((part,))
+        return list(self._keys[part])
+
+    @property
+    def attribute_words(self) -> list[str]:
+        """The attribute vocabulary of ``attribute_labels`` (sorted unique words); batches' ``"attribute"``
+        index into it. Empty without ``attribute_labels``."""
+        if not self.attribute_labels:
+            return []
+        if self._attributes is None:
+            self._features_for(("train",))  # loads (or makes) the labels
+        if self._attributes is None:  # train was loaded before attribute_labels was set
+            self._attach_attributes(("train",))
+        return list(self._attributes.words)
 
     def split_features(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """All cached features and labels of one part (``"train"``, ``"val"``, ``"test"``).
@@ -329,39 +405,21 @@ class FewShotDataModule(L.LightningDataModule):
         return prompts
 
     def _select(self, prompts: list[list[str]]) -> list[list[str]]:
-        """Top-N prompts per class, cached as JSON (text encoding of every sentence is the slow part)."""
+        """Top-N prompts per class by similarity to the class's training images (cached, see cupl.py)."""
         self._features_for(("train",))
         data = self._data["train"]
         feats = data.features if data.features.ndim == 2 else data.features[:, 0]  # [N, D]
-        from stori_pl.text.clip import model_fingerprint
-
-        key = content_hash(model_fingerprint(self.clip_model, self.pretrained), prompts,
-                           feats.sum(0).tolist(), data.labels.tolist(), self.prompts_per_class)
-        path = cache_root(self.cache_dir) / "prompts" / f"{key}.json"
-        if path.is_file() and self.pretrained is not None:
-            try:
-                out = json.loads(path.read_text(encoding="utf-8"))
-                if len(out) == len(prompts) and all(set(o) <= set(p) for o, p in zip(out, prompts)):
-                    return out
-            except (json.JSONDecodeError, TypeError):
-                pass
-        from stori_pl.text.clip import load_clip
-
-        model, _, tokenizer = load_clip(self.clip_model, self.pretrained)
-        original = next(model.parameters()).device
-        model.to("cuda" if torch.cuda.is_available() else original)
-        try:
-            out = cupl.top_prompts(prompts, feats, data.labels, self.prompts_per_class,
-                                   lambda t: cupl.sentence_features(t, model, tokenizer))
-        finally:
-            model.to(original)
-        write_json(path, out)
-        return out
+        return cupl.cached_top_prompts(prompts, feats, data.labels, self.prompts_per_class, self.clip_model,
+                                       self.pretrained, self.cache_dir)
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
         if part not in self._data:
             self._features_for((part,))
+        if self.return_images:  # IntCoOp's visual prompts run the image tower on every step
+            from stori_pl.data.images import images_loader
+
+            return images_loader(self, self._data[part], part, shuffle)
         return DataLoader(self._data[part], batch_size=self.batch_size, shuffle=shuffle, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:

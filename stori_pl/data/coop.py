@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import shutil
 from collections import defaultdict
@@ -265,3 +266,37 @@ def undo_on_failure(folders: list[Path]) -> Iterator[None]:
             raise DownloadError(f"download failed ({type(err).__name__}: {err}); what it had created was removed"
                                 ) from err
         raise
+
+
+SUBSAMPLE_MODES = ("all", "base", "new")
+
+
+def subsample_classes(subsets: dict[str, list[Entry]], subsample: str = "all",
+                      ) -> tuple[dict[str, list[Entry]], list[int]]:
+    """CoCoOp's base-to-novel split: the first half of the labels are *base*, the rest *new*.
+
+    Follows ``KaiyangZhou/CoOp``, ``datasets/oxford_pets.py`` (``OxfordPets.subsample_classes``), which every
+    dataset calls after its few-shot sampling (``datasets/dtd.py``): the labels of the first part (train) are
+    sorted, the first ``ceil(n / 2)`` are base and the others new; the selected labels are relabelled
+    ``0 .. m-1`` in that sorted order and every part keeps only their items.
+
+    Args:
+        subsets: ``{"train"|"val"|"test": [[impath, label, classname], ...]}``; ``"train"`` fixes the labels.
+        subsample: ``"all"`` (unchanged), ``"base"`` or ``"new"``.
+
+    Returns:
+        ``(subsets, selected)``: the relabelled parts, and ``selected[new_label] = old_label``.
+    """
+    if subsample not in SUBSAMPLE_MODES:
+        raise ValueError(f"subsample_classes must be one of {', '.join(SUBSAMPLE_MODES)}, got {subsample!r}")
+    labels = sorted({e[1] for e in subsets["train"]})
+    if subsample == "all":
+        return subsets, labels
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    if not selected:
+        raise ValueError(f"subsample_classes {subsample}: {len(labels)} class(es) leave no {subsample} classes")
+    relabel = {old: new for new, old in enumerate(selected)}
+    out = {part: [[e[0], relabel[e[1]], e[2]] for e in entries if e[1] in relabel]
+           for part, entries in subsets.items()}
+    return out, selected

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stori_pl.utils import atomic_write, cache_root, content_hash
+from stori_pl.utils import atomic_write, cache_root, content_hash, write_json
 
 CUPL_COMMIT = "719619c829792ff8f37298266e941b7f077c7f5c"
 CUPL_BASE_URL = f"https://raw.githubusercontent.com/sarahpratt/CuPL/{CUPL_COMMIT}/all_prompts"
@@ -197,4 +197,39 @@ def top_prompts(
         centre = image_features[mask].float().mean(0)  # [D]
         keep = sorted((emb @ centre).topk(n).indices.tolist())
         out.append([p[k] for k in keep])
+    return out
+
+
+def cached_top_prompts(prompts: list[list[str]], feats: torch.Tensor, labels: torch.Tensor, n: int, clip_model: str,
+                       pretrained: str | None, cache_dir: str | Path | None = None) -> list[list[str]]:
+    """:func:`top_prompts` with the CLIP's text encoder, cached as JSON under ``<cache>/prompts/`` (encoding every
+    sentence is the slow part; a random-init CLIP is never read from the cache).
+
+    Args:
+        prompts: CuPL sentences per class.
+        feats: Training image features ``[N, D]``.
+        labels: Their labels ``[N]``.
+        n: Sentences to keep per class.
+        clip_model, pretrained: The CLIP (as for :func:`stori_pl.text.clip.load_clip`).
+        cache_dir: Cache folder (default ``$STORI_CACHE`` or ``~/.cache/stori_pl``).
+    """
+    from stori_pl.text.clip import load_clip, model_fingerprint
+
+    key = content_hash(model_fingerprint(clip_model, pretrained), prompts, feats.sum(0).tolist(), labels.tolist(), n)
+    path = cache_root(cache_dir) / "prompts" / f"{key}.json"
+    if path.is_file() and pretrained is not None:
+        try:
+            out = json.loads(path.read_text(encoding="utf-8"))
+            if len(out) == len(prompts) and all(set(o) <= set(p) for o, p in zip(out, prompts)):
+                return out
+        except (json.JSONDecodeError, TypeError):
+            pass
+    model, _, tokenizer = load_clip(clip_model, pretrained)
+    original = next(model.parameters()).device
+    model.to("cuda" if torch.cuda.is_available() else original)
+    try:
+        out = top_prompts(prompts, feats, labels, n, lambda t: sentence_features(t, model, tokenizer))
+    finally:
+        model.to(original)
+    write_json(path, out)
     return out

@@ -8,6 +8,9 @@
 - TensorBoard logging under ``runs/``, the resolved config saved with each run, a checkpoint callback
   selecting on the few-shot **val** accuracy (never test) and keeping ``last.ckpt``;
   ``fit --ckpt_path last`` resumes the newest run of that config in place.
+- ``--data.subsample_classes base`` (CoCoOp's base-to-novel protocol): every test on the base classes is
+  followed by one on the new classes (models that :attr:`~stori_pl.models.ClipClassifier.supports_new_classes`);
+  ``test_results.json`` then holds ``base_acc``, ``new_acc`` and their harmonic mean ``hm`` too.
 - After ``fit``, the model is tested (``--test_after_fit false`` to skip): ``--test_ckpt last`` the weights
   after the last epoch (Dassl's ``TEST.FINAL_MODEL = "last_step"``, what the paper configs use), ``best`` the
   checkpoint selected on val. Every test writes ``test_results.json`` (with the wall time of the run) into the
@@ -182,12 +185,27 @@ class StoriCLI(LightningCLI):
             return self.config["fit"].get("test_ckpt", "best")
         return "given" if self.trainer.ckpt_path else "last"
 
+    def test_new_classes(self) -> dict[str, float] | None:
+        """Base-to-novel: after a test on ``subsample_classes: base``, test the same weights on the new classes.
+
+        Returns the new classes' ``test/*`` metrics, or None when the datamodule is not on the base classes or
+        the model learns per-class parameters (:attr:`ClipClassifier.supports_new_classes`).
+        """
+        dm, model = self.datamodule, self.trainer.lightning_module
+        if getattr(dm, "subsample_classes", "all") != "base" or not getattr(model, "supports_new_classes", False):
+            return None
+        ckpt = self.trainer.ckpt_path
+        self.trainer.test(model, datamodule=dm.with_subsample("new"), ckpt_path=ckpt)
+        return {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+
     def after_test(self) -> None:
         trainer = self.trainer
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        tested_ckpt = trainer.ckpt_path
+        new = self.test_new_classes()  # on every rank (a test is a collective under DDP)
         if not trainer.is_global_zero or trainer.log_dir is None:
             return
         model, dm = trainer.lightning_module, self.datamodule
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         result = {
             "method": type(model).__name__,
             "method_name": getattr(model, "method_name", type(model).__name__),
@@ -196,14 +214,23 @@ class StoriCLI(LightningCLI):
             "seed": getattr(dm, "seed", None),
             "clip_model": model.hparams.get("clip_model"),
             "pretrained": model.hparams.get("pretrained"),
-            "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "ckpt_path": str(tested_ckpt) if tested_ckpt else None,
             "test_ckpt": self._tested(),
             "wall_time_s": round(time.monotonic() - self.started, 3),
             "metrics": metrics,
+            "subsample_classes": getattr(dm, "subsample_classes", "all"),
         }
+        if new is not None and "test/acc" in metrics and "test/acc" in new:
+            result.update(base_to_novel(metrics["test/acc"], new["test/acc"]), metrics_new=new)
         path = Path(trainer.log_dir) / RESULTS_FILE
         write_json(path, result)
         print(f"stori: test results written to {path}")
+
+
+def base_to_novel(base_acc: float, new_acc: float) -> dict[str, float]:
+    """``{"base_acc", "new_acc", "hm"}`` with CoCoOp's harmonic mean ``2·b·n / (b + n)`` (0 when both are 0)."""
+    hm = 2 * base_acc * new_acc / (base_acc + new_acc) if base_acc + new_acc > 0 else 0.0
+    return {"base_acc": base_acc, "new_acc": new_acc, "hm": hm}
 
 
 def _version_number(path: Path) -> int:

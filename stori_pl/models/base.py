@@ -48,6 +48,9 @@ class ClipClassifier(L.LightningModule):
 
     # names of the attributes holding the trained state (what the checkpoint stores)
     trained_state: tuple[str, ...] = ()
+    # True where the trained state is shared by all classes (CoOp's context, zero-shot: none), so the model can
+    # classify classes it was not trained on (CoCoOp's base-to-novel protocol, ``--data.subsample_classes new``)
+    supports_new_classes: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,16 +152,40 @@ class ClipClassifier(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        """Build from the datamodule's prompt set (a checkpoint restored next replaces it if it differs)."""
+        """Build from the datamodule's prompt set (a checkpoint restored next replaces it if it differs); a model
+        that :attr:`supports_new_classes` switches to the datamodule's classes, keeping what it learned."""
         dm = getattr(self.trainer, "datamodule", None)
+        if getattr(dm, "subsample_classes", "all") == "new" and not self.supports_new_classes:
+            raise ValueError(self.new_classes_error())
         if self.prompt_set is None and dm is not None and hasattr(dm, "prompt_set"):
             self.build(dm.prompt_set())
         names = getattr(dm, "classnames", None)
         if self.prompt_set is not None and names is not None and hasattr(dm, "prompt_set") and list(names) != self.classnames:
+            if self.supports_new_classes:
+                self.use_classes(dm.prompt_set())
+                return
             raise ValueError(
                 f"the datamodule's {len(names)} classes do not match the model's {self.num_classes} classes "
                 f"({_first_difference(list(names), self.classnames)}); the labels would be wrong"
             )
+
+    def new_classes_error(self) -> str:
+        """The message for a model that cannot classify classes it was not trained on."""
+        return (f"{self.method_name} learns per-class parameters and cannot classify new classes; use "
+                "--data.subsample_classes base or all (CoOp and zero-shot CLIP handle new classes)")
+
+    def use_classes(self, prompts: Any) -> None:
+        """Rebuild the classifier for another class set (dict or ``PromptSet``), keeping the trained tensors
+        (base-to-novel: a CoOp context learned on the base classes, applied to the new ones).
+
+        Raises:
+            ValueError: The model learns per-class parameters (:attr:`supports_new_classes` is False).
+        """
+        if not self.supports_new_classes:
+            raise ValueError(self.new_classes_error())
+        trained = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        self.build(prompts)
+        self.load_state_dict(trained, strict=False)
 
     def at_last_fit_validation(self) -> bool:
         """True during the validation of a fit's last epoch (not the sanity check, not ``stori validate``):
@@ -355,12 +382,14 @@ class ClipClassifier(L.LightningModule):
         if self.hparams.get("start_block") != info.get("start_block"):
             raise ValueError(f"checkpoint used start_block={info.get('start_block')}, this model {self.hparams.get('start_block')}")
         if self.prompt_set is None or self.prompt_set.to_dict() != info["prompts"]:
-            if self.prompt_set is not None and list(info["prompts"]["classnames"]) != self.classnames:
+            same = self.prompt_set is None or list(info["prompts"]["classnames"]) == self.classnames
+            if not same and not self.supports_new_classes:
                 raise ValueError(
                     "the checkpoint's classes differ from the datamodule's "
                     f"({_first_difference(list(info['prompts']['classnames']), self.classnames)})"
                 )
-            self.build(info["prompts"])
+            if same:  # (a model for new classes keeps the datamodule's classes and loads the shared state)
+                self.build(info["prompts"])
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         for key, value in checkpoint["state_dict"].items():
             if key in expected and tuple(value.shape) != expected[key]:

@@ -44,6 +44,8 @@ class ZeroShotCLIP(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule.
     """
 
+    supports_new_classes = True  # nothing learned: any class set
+
     def __init__(
         self,
         clip_model: str = "ViT-L-14",

@@ -46,6 +46,7 @@ class CoOp(ClipClassifier):
     """
 
     trained_state = ("ctx",)
+    supports_new_classes = True  # the context is shared by all classes (CoCoOp base-to-novel)
 
     def __init__(
         self,

@@ -17,15 +17,19 @@ and automatically by ``ToyShapes`` when absent.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
+import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from stori_pl.data.attribute_labels import LABELLERS
 from stori_pl.data.base import FewShotDataModule
 from stori_pl.retrieval.attributes import AttributeTask, load_attribute_csv
 from stori_pl.toy.world import (
@@ -39,7 +43,7 @@ from stori_pl.toy.world import (
 from stori_pl.utils import atomic_write, write_json
 
 __all__ = ["ToyShapes", "TOY_CLASSES", "TOY_START_BLOCK", "TOY_RETRIEVAL_START_BLOCK", "TOY_RETRIEVAL_TASKS",
-           "write_toy_shapes", "write_toy_attributes", "load_toy_attributes", "toy_retrieval_tasks", "toy_cupl",
+           "write_toy_shapes", "write_toy_attributes", "toy_shapes_items", "toy_image_attributes", "toy_labeller", "load_toy_attributes", "toy_retrieval_tasks", "toy_cupl",
            "ATTRIBUTES", "HELDOUT", "IMAGE_SIZE", "ToyObject", "render", "sample_object"]
 
 SPLIT_FILE = "split_zhou_ToyShapes.json"
@@ -50,6 +54,8 @@ TOY_START_BLOCK = 5
 TOY_RETRIEVAL_START_BLOCK = 2
 RETRIEVAL_PER_CATEGORY = 40  # images per attribute combination in the retrieval pools
 CUPL_FILE = "cupl_toy_shapes.json"
+IMAGE_ATTRIBUTES_FILE = "image_attributes.json"  # {impath: {attribute: value}} of every ToyShapes image
+TOY_LABEL_ATTRIBUTE = "size"  # default attribute of the `toy` attribute labeller (see toy_labeller)
 # (pattern, color, shape): every class shares two of its three words with three other classes
 TOY_CLASSES: list[tuple[str, str, str]] = [
     (p, c, s) for s in ("circle", "square") for c in ("red", "blue", "green") for p in ("striped", "dotted")
@@ -121,26 +127,90 @@ def toy_cupl(seed: int = 0, per_class: int = 8) -> dict[str, list[str]]:
     return out
 
 
-def write_toy_shapes(root: str | Path, seed: int = 0, n_train: int = 32, n_val: int = 8, n_test: int = 40) -> Path:
-    """Write the ToyShapes benchmark under ``root/toy_shapes`` (CoOp layout); returns that folder.
+def toy_shapes_items(seed: int = 0, n_train: int = 32, n_val: int = 8, n_test: int = 40) -> Iterator[tuple]:
+    """The ToyShapes images in generation order: ``(part, label, classname, impath, ToyObject, image [64, 64, 3])``.
 
-    Images of a class fix its (pattern, color, shape); size, background, position etc. are random. The split
-    file is written last, so a folder with a split file is complete.
+    One seeded RNG draws every object and renders it, so this sequence *is* the benchmark of
+    :func:`write_toy_shapes` (and replaying it recovers the attributes of a folder written without them).
     """
-    folder = Path(root).expanduser() / "toy_shapes"
     rng = random.Random(seed)
-    split: dict[str, list] = {"train": [], "val": [], "test": []}
     for label, (pattern, color, shape) in enumerate(TOY_CLASSES):
         name = classname(pattern, color, shape)
         for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
             for i in range(n):
                 obj = sample_object(rng, heldout=None, pattern=pattern, color=color, shape=shape)
                 impath = f"{name.replace(' ', '_')}/{part}_{i:03d}.png"
-                _write_png(folder / "images" / impath, render(obj, rng))
-                split[part].append([impath, label, name])
+                yield part, label, name, impath, obj, render(obj, rng)
+
+
+def write_toy_shapes(root: str | Path, seed: int = 0, n_train: int = 32, n_val: int = 8, n_test: int = 40) -> Path:
+    """Write the ToyShapes benchmark under ``root/toy_shapes`` (CoOp layout); returns that folder.
+
+    Images of a class fix its (pattern, color, shape); size, background, position etc. are random and recorded
+    per image in ``image_attributes.json`` (``{impath: {"shape": ..., "size": ..., ...}}``). The split file is
+    written last, so a folder with a split file is complete.
+    """
+    folder = Path(root).expanduser() / "toy_shapes"
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    attributes = {}
+    for part, label, name, impath, obj, image in toy_shapes_items(seed, n_train, n_val, n_test):
+        _write_png(folder / "images" / impath, image)
+        split[part].append([impath, label, name])
+        attributes[impath] = obj.as_dict()
     write_json(folder / CUPL_FILE, toy_cupl(seed))
+    write_json(folder / IMAGE_ATTRIBUTES_FILE, attributes, indent=None)
     write_json(folder / SPLIT_FILE, split, indent=None)
     return folder
+
+
+def toy_image_attributes(folder: str | Path, seed: int = 0) -> dict[str, dict[str, str]]:
+    """Every ToyShapes image's attributes, ``{impath: {"shape", "color", "pattern", "size", "background"}}``.
+
+    Read from ``image_attributes.json``; a folder written before that file existed gets it by replaying the
+    generator (:func:`toy_shapes_items` with the split file's image counts), checked against the first and last
+    images on disk pixel for pixel, and the file is then written (when the folder is writable).
+
+    Raises:
+        ValueError: The replay does not reproduce the folder's images (not written by ``write_toy_shapes(seed)``).
+    """
+    folder = Path(folder)
+    if (folder / IMAGE_ATTRIBUTES_FILE).is_file():
+        return json.loads((folder / IMAGE_ATTRIBUTES_FILE).read_text(encoding="utf-8"))
+    split = json.loads((folder / SPLIT_FILE).read_text(encoding="utf-8"))
+    counts = {part: len(split[part]) // len(TOY_CLASSES) for part in ("train", "val", "test")}
+    check = {split["train"][0][0], split["test"][-1][0]}
+    attributes = {}
+    for _, _, _, impath, obj, image in toy_shapes_items(seed, counts["train"], counts["val"], counts["test"]):
+        attributes[impath] = obj.as_dict()
+        if impath in check and not np.array_equal(np.asarray(Image.open(folder / "images" / impath)), image):
+            raise ValueError(f"cannot recover the toy attributes of {folder}: image {impath} differs from "
+                             f"write_toy_shapes(seed={seed}); delete the folder to regenerate it")
+    if {e[0] for part in split.values() for e in part} - set(attributes):
+        raise ValueError(f"cannot recover the toy attributes of {folder}: its split lists images the generator "
+                         "does not make; delete the folder to regenerate it")
+    with contextlib.suppress(OSError):
+        write_json(folder / IMAGE_ATTRIBUTES_FILE, attributes, indent=None)
+    return attributes
+
+
+def toy_labeller(datamodule, parts, attribute: str = TOY_LABEL_ATTRIBUTE) -> tuple[dict[str, str], dict]:
+    """The ``toy`` attribute labeller: each image's exact ``attribute`` (default ``size``: an instance attribute
+    that is not in the class name and reads naturally as the adjective of "a photo of a small striped red
+    circle.", the word order of the toy captions; ``background`` gives white / black / gray).
+
+    Args:
+        datamodule: A :class:`ToyShapes` datamodule.
+        parts: Parts to label.
+        attribute: One of the toy attributes (``size``, ``background``; the class attributes ``pattern``,
+            ``color``, ``shape`` are allowed but carry the class name).
+    """
+    if not isinstance(datamodule, ToyShapes):
+        raise ValueError(f"the toy labeller labels the ToyShapes dataset, not {type(datamodule).__name__}")
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown toy attribute {attribute!r}; choose one of: {', '.join(ATTRIBUTES)}")
+    truth = toy_image_attributes(datamodule.generate())
+    keys = [e[0] for part in parts for e in datamodule.subsets()[part]]
+    return {k: truth[k][attribute] for k in keys}, {"attribute": attribute, "vocabulary": list(ATTRIBUTES[attribute])}
 
 
 class ToyShapes(FewShotDataModule):
@@ -180,6 +250,9 @@ class ToyShapes(FewShotDataModule):
         if self.cupl is None:
             self.cupl = str(self.generate() / CUPL_FILE)
         return super()._cupl_prompts()
+
+
+LABELLERS["toy"] = toy_labeller
 
 
 # ----------------------------------------------------------------------------- attribute retrieval
