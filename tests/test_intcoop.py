@@ -179,3 +179,16 @@ def test_context_words_of_coop_and_the_prompt_reading():
     reading = read_prompt(m, torch.randn(32), "hot_dog", k=2)
     assert reading.attribute == "small" and reading.similarity == pytest.approx(1.0, abs=1e-5)
     assert reading.prompt == "a photo of a small hot dog."
+
+
+def test_token_text_decodes_byte_pieces():
+    """Nearest tokens of a context vector can be non-ASCII BPE pieces; they print as text, not raw bytes."""
+    import open_clip
+
+    from stori_pl.interpret.prompt_words import token_text
+
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    thai = next(i for i, piece in tok.decoder.items() if piece == "à¸¡")
+    photo = next(i for i, piece in tok.decoder.items() if piece == "photo</w>")
+    assert token_text(tok, thai) == "ม"
+    assert token_text(tok, photo) == "photo"

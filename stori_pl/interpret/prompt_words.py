@@ -39,11 +39,17 @@ class PromptReading:
 
 
 def token_text(tokenizer, token_id: int) -> str:
-    """Readable text of one BPE token (``"photo</w>"`` -> ``"photo"``)."""
-    decoder = getattr(getattr(tokenizer, "tokenizer", tokenizer), "decoder", None)
+    """Readable text of one BPE token: ``"photo</w>"`` -> ``"photo"``, byte pieces decoded as UTF-8 (``"à¸¡"`` ->
+    ``"ม"``; a piece of a longer character shows as ``"\ufffd"``)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    decoder = getattr(tok, "decoder", None)
     if decoder is None:
         return tokenizer.decode([token_id]).strip()
-    return decoder[token_id].replace("</w>", "")
+    piece = decoder[token_id].replace("</w>", "")
+    byte_decoder = getattr(tok, "byte_decoder", None)
+    if byte_decoder is None:
+        return piece
+    return bytes(byte_decoder[c] for c in piece).decode("utf-8", errors="replace")
 
 
 def special_ids(tokenizer) -> set[int]:
