@@ -152,3 +152,29 @@ def test_bad_inputs_are_one_line_errors(env, capsys, tmp_path):
                                                         str(image_of(env)), "--class_name", "striped red circl")
     assert "--steps must be in 1..8" in error("components-eval", ckpt, "--sae", sae, "--steps", "9")
     assert "give either --image" in error("components", ckpt, "--sae", sae)
+
+
+@pytest.mark.parametrize("method", ["CoOp", "IntCoOp"])
+def test_explain_prompt_checkpoints_show_components_too(env, capsys, method):
+    """`stori explain CKPT --image IMG --sae SAE` on CoOp / IntCoOp: the prompt's words, then the image's components;
+    IntCoOp's components are attributed to the prompts conditioned on that image (what it classifies with)."""
+    import stori_pl.models as models
+    from stori_pl.cli.components import image_class_targets, load_images
+
+    extra = {"attribute_words": ["small", "large"]} if method == "IntCoOp" else {}
+    model = getattr(models, method)(clip_model="stori-toy", pretrained="builtin", n_ctx=4, ctx_init="a photo of a",
+                                    prompts=PROMPTS, **extra).eval()
+    path = env / f"{method}.ckpt"
+    save_checkpoint(model, path)
+    assert stori_main(["explain", str(path), "--image", str(image_of(env)), "--sae", str(env / "sae.ckpt"),
+                       "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Learned context vectors" in out and "top 3 components for" in out
+    assert out.index("Learned context vectors") < out.index("top 3 components for")
+    images = load_images(model, [image_of(env)])
+    targets = image_class_targets(model, images)  # [C, D]
+    with torch.no_grad():
+        emb = model.clip.encode_image(images).float()  # [1, D]
+        logits = model(emb)[0]  # [C]
+    expected = model.logit_scale * torch.nn.functional.normalize(emb, dim=-1)[0] @ targets.T
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)

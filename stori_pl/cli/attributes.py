@@ -17,12 +17,11 @@ Examples::
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import command_parser, function_kwargs, parameter_help
+from stori_pl.cli.common import config_command_parser, run_config_command
 
 LABELLER_OPTIONS = {"toy": ("attribute",), "clip": ("vocabulary", "template"), "file": ("file",),
                     "blip2": ("question", "model", "batch_size")}
@@ -84,20 +83,9 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
 
 def build_parser():
     """Options of ``stori attributes`` (from :func:`attributes`'s signature and docstring)."""
-    p = command_parser("stori attributes", __doc__, config=False)
-    p.add_argument("--config", "-c", action="append", type=str, required=True,
-                   help=parameter_help(attributes, "config"))
-    p.add_function_arguments(attributes, skip={"config", "overrides"})
-    p.epilog = ("Overrides of the training config, as for `stori fit`: --data.<arg> VALUE / --model.<arg> VALUE\n"
-                "(e.g. --data.root /data --model.pretrained openai).")
-    return p
+    return config_command_parser(attributes, "stori attributes", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``stori attributes``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
-    from stori_pl.cli.cache import split_overrides
-
-    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser()
-    cfg = parser.parse_args(rest)
-    return attributes(**function_kwargs(parser, cfg, drop=()), overrides=overrides)
+    return run_config_command(attributes, build_parser(), argv)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -28,10 +27,17 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from stori_pl.cli.common import command_parser, function_kwargs, parameter_help
+from stori_pl.cli.common import (
+    OVERRIDE_SECTIONS,
+    config_command_parser,
+    run_config_command,
+    split_overrides,
+)
 from stori_pl.data import features as F
 
-OVERRIDE_SECTIONS = ("data", "model")
+# split_overrides and OVERRIDE_SECTIONS live in cli/common.py (shared with `stori attributes`), re-exported here
+__all__ = ["cache", "build_parser", "main", "load_config", "split_overrides", "OVERRIDE_SECTIONS", "encode_with_trainer",
+           "ImageEncoder", "ShardWriter"]
 
 
 class ImageEncoder(L.LightningModule):
@@ -154,34 +160,6 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
     return cls, args
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Split ``--data.<arg> VALUE`` / ``--model.<arg>=VALUE`` overrides from the command's own options.
-
-    Returns:
-        ``(other arguments, {"data.root": "/data", ...})``.
-
-    Raises:
-        ValueError: A dotted option of another section (e.g. ``--trainer.devices``), or one without a value.
-    """
-    rest, out, i = [], {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg[2:].split("=", 1)[0]
-        if not (arg.startswith("--") and "." in name):
-            rest.append(arg)
-        elif name.split(".", 1)[0] not in OVERRIDE_SECTIONS:
-            raise ValueError(f"unknown option --{name} (use --data.<arg> or --model.<arg>; "
-                             "--accelerator and --devices for the trainer)")
-        elif "=" in arg:
-            out[name] = arg.split("=", 1)[1]
-        elif i + 1 < len(argv):
-            out[name], i = argv[i + 1], i + 1
-        else:
-            raise ValueError(f"option {arg} needs a value")
-        i += 1
-    return rest, out
-
-
 # A list default (never mutated) rather than a tuple: jsonargparse's `--parts+ X` appends to a list default.
 def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["train", "val", "test"],  # noqa: B006
           accelerator: str = "auto", devices: int | str = "auto", batch_size: int = 256, num_workers: int | None = None,
@@ -234,17 +212,9 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
 
 def build_parser():
     """Options of ``stori cache`` (from :func:`cache`'s signature and docstring); see :func:`main` for overrides."""
-    p = command_parser("stori cache", __doc__, config=False)
-    p.add_argument("--config", "-c", action="append", type=str, required=True, help=parameter_help(cache, "config"))
-    p.add_function_arguments(cache, skip={"config", "overrides"})
-    p.epilog = ("Overrides of the training config, as for `stori fit`: --data.<arg> VALUE / --model.<arg> VALUE\n"
-                "(e.g. --data.root /data --model.pretrained openai).")
-    return p
+    return config_command_parser(cache, "stori cache", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``stori cache``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
-    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser()
-    cfg = parser.parse_args(rest)
-    return cache(**function_kwargs(parser, cfg, drop=()), overrides=overrides)
+    return run_config_command(cache, build_parser(), argv)

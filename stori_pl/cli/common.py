@@ -20,6 +20,9 @@ from jsonargparse import (
 )
 
 CONFIG_HELP = "YAML/JSON file with any of the options below (options given after it override it)."
+OVERRIDE_SECTIONS = ("data", "model")  # the config sections `--data.<arg>` / `--model.<arg>` override
+OVERRIDES_EPILOG = ("Overrides of the training config, as for `stori fit`: --data.<arg> VALUE / --model.<arg> VALUE\n"
+                    "(e.g. --data.root /data --model.pretrained openai).")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
@@ -80,3 +83,66 @@ def run_function(fn: Callable[..., int], parser: ArgumentParser, argv: list[str]
     """Parse ``argv`` with ``parser`` and call ``fn`` with the options; returns its exit status."""
     cfg = parser.parse_args(argv)
     return int(fn(**function_kwargs(parser, cfg)) or 0)
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Split ``--data.<arg> VALUE`` / ``--model.<arg>=VALUE`` overrides from the command's own options.
+
+    Returns:
+        ``(other arguments, {"data.root": "/data", ...})``.
+
+    Raises:
+        ValueError: A dotted option of another section (e.g. ``--trainer.devices``), or one without a value.
+    """
+    rest, out, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if not (arg.startswith("--") and "." in name):
+            rest.append(arg)
+        elif name.split(".", 1)[0] not in OVERRIDE_SECTIONS:
+            raise ValueError(f"unknown option --{name} (use --data.<arg> or --model.<arg>; "
+                             "--accelerator and --devices for the trainer)")
+        elif "=" in arg:
+            out[name] = arg.split("=", 1)[1]
+        elif i + 1 < len(argv):
+            out[name], i = argv[i + 1], i + 1
+        else:
+            raise ValueError(f"option {arg} needs a value")
+        i += 1
+    return rest, out
+
+
+def config_command_parser(fn: Callable, prog: str, doc: str | None) -> ArgumentParser:
+    """The parser of a command run on a training config (``stori cache``, ``stori attributes``).
+
+    ``fn`` takes ``config`` (a list: ``--config`` / ``-c``, required, repeatable) and ``overrides`` (the
+    ``--data.*`` / ``--model.*`` options, split off by :func:`run_config_command`, not parsed here); its other
+    parameters become options as in :func:`function_parser`.
+
+    Args:
+        fn: The command's function.
+        prog: ``"stori <command>"``.
+        doc: The module docstring (the description).
+    """
+    p = command_parser(prog, doc, config=False)
+    p.add_argument("--config", "-c", action="append", type=str, required=True, help=parameter_help(fn, "config"))
+    p.add_function_arguments(fn, skip={"config", "overrides"})
+    p.epilog = OVERRIDES_EPILOG
+    return p
+
+
+def run_config_command(fn: Callable[..., int], parser: ArgumentParser, argv: list[str] | None) -> int:
+    """Run a command made by :func:`config_command_parser`: ``--data.*`` / ``--model.*`` overrides (see
+    :func:`split_overrides`), then the command's own options; returns ``fn``'s exit status.
+
+    Args:
+        fn: The command's function (called with the options and ``overrides``).
+        parser: Its parser.
+        argv: The arguments (default ``sys.argv[1:]``).
+    """
+    import sys
+
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    cfg = parser.parse_args(rest)
+    return fn(**function_kwargs(parser, cfg, drop=()), overrides=overrides)

@@ -16,6 +16,13 @@ from typing import Literal
 import torch
 
 from stori_pl.cli.common import function_parser, run_function
+from stori_pl.cli.component_inputs import (
+    check_class,
+    load_classifier,
+    load_images,
+    load_matching_sae,
+    split_images,
+)
 
 COMPARED = {"Logit Lens": "logit_lens", "Act×LogitLens": "act_logit_lens"}
 IMAGE_LEGEND = ("score = Act×Grad z_k·∂y/∂z_k with y = cos(image embedding, class embedding): first-order effect "
@@ -84,14 +91,19 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         section = explain_split(classifier, sae_module, components_table, data, root, split, names, expected_words, top,
                                 max_images, margin, min_share)
     if html is not None:
-        from stori_pl.interpret.viz.components import page
-        from stori_pl.utils import atomic_write
-
-        with atomic_write(html, "w", encoding="utf-8") as f:
-            f.write(page(f"SAE components — {Path(ckpt).name}", section,
-                         intro=f"{ckpt}; SAE {sae} (CLIP {classifier.hparams.clip_model}, block {sae_module.block})"))
-        print(f"\nwrote {html}")
+        write_components_page(html, section, ckpt, sae, classifier.hparams.clip_model, sae_module.block)
     return 0
+
+
+def write_components_page(html: Path, sections: list[str], ckpt: str, sae: str, clip_model: str, block: int) -> None:
+    """``stori components --html``: one page of the component sections, written atomically."""
+    from stori_pl.interpret.viz.components import page
+    from stori_pl.utils import atomic_write
+
+    with atomic_write(html, "w", encoding="utf-8") as f:
+        f.write(page(f"SAE components — {Path(ckpt).name}", sections,
+                     intro=f"{ckpt}; SAE {sae} (CLIP {clip_model}, block {block})"))
+    print(f"\nwrote {html}")
 
 
 def build_parser():
@@ -105,85 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------------- loading
-def load_classifier(path: str, pretrained: str | None = None):
-    """Any stori-pl classifier checkpoint (the class named in its ``"stori"`` entry), on CPU, in eval mode.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a stori-pl classifier checkpoint.
-    """
-    import stori_pl.models as models
-    from stori_pl.lightning.checkpoint import read_checkpoint
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
-    name = (read_checkpoint(path).get("stori") or {}).get("model")
-    cls = getattr(models, str(name), None)
-    if cls is None or not isinstance(cls, type) or not issubclass(cls, models.ClipClassifier):
-        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not a stori-pl classifier")
-    kwargs = {} if pretrained is None else {"pretrained": pretrained}
-    return cls.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
-
-
-def load_matching_sae(path: str | None, classifier):
-    """The SAE module of ``path``, refused (both names) unless trained on the classifier's CLIP."""
-    from stori_pl.models.sae import load_sae
-
-    if path is None:
-        raise ValueError("--sae SAE.ckpt is required (a sparse autoencoder trained with stori fit --config sae/...)")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"SAE checkpoint {path} not found (stori fit --config sae/... writes one)")
-    module = load_sae(path)
-    module.check_compatible(classifier.hparams.clip_model, module.block)
-    return module.eval().requires_grad_(False)
-
-
-def load_images(classifier, paths: list[Path]) -> torch.Tensor:
-    """Preprocessed images ``[N, 3, H, W]``; an unreadable one raises ValueError naming its path."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                out.append(classifier.preprocess(im.convert("RGB")))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"image {path} not found") from err
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-    return torch.stack(out)
-
-
-def check_class(classifier, name: str) -> str:
-    """``name`` if it is one of the classifier's classes, else ValueError with close names."""
-    import difflib
-
-    if name not in classifier.classnames:
-        close = difflib.get_close_matches(name, list(classifier.classnames), n=3)
-        raise ValueError(f"unknown class {name!r}" + (f" (did you mean: {', '.join(close)})" if close else ""))
-    return name
-
-
-def split_images(data: str, root: Path, split: str, classifier, max_images: int) -> dict[str, list[Path]]:
-    """Image paths of ``split`` per class of the classifier (at most ``max_images`` each, in split order)."""
-    import importlib
-
-    cls = None
-    for module in ("stori_pl.data", "stori_pl.toy.data"):
-        cls = cls or getattr(importlib.import_module(module), data, None)
-    if cls is None:
-        raise ValueError(f"unknown datamodule {data!r}: name a class of stori_pl.data (DTD, ...) or ToyShapes")
-    dm = cls(root=str(root), clip_model=classifier.hparams.clip_model, pretrained=classifier.hparams.pretrained)
-    out: dict[str, list[Path]] = {}
-    for impath, _, name in dm.subsets()[split]:
-        name = name.replace("_", " ")
-        if name in classifier.classnames and len(out.setdefault(name, [])) < max_images:
-            out[name].append(dm.image_root() / impath)
-    if not out:
-        raise ValueError(f"{data} {split} split under {root} has none of the classifier's classes")
-    return out
-
-
 def expected_vocabulary(classifier, path: Path | None, source: str = "class_name") -> dict[str, list[str]]:
     """Each class's expected concepts: the JSON file ``{class: [entries]}``, else from the classifier's prompts:
     ``class_name`` (the words of the class name), ``prompt_words`` (content words of its template and CuPL
@@ -296,13 +229,35 @@ def table_row(table, k: int, score: float) -> dict:
             "images": table.top_paths(k, STRIP_IMAGES)}
 
 
+def image_class_targets(classifier, images: torch.Tensor) -> torch.Tensor:
+    """The class embeddings ``[C, D]`` an image's components are attributed to: the classifier's, or for IntCoOp
+    (whose prompts depend on the image) the prompts conditioned on this image, held fixed while attributing.
+
+    Args:
+        classifier: A loaded classifier.
+        images: One preprocessed image ``[1, 3, H, W]``.
+
+    Raises:
+        ValueError: An IntCoOp with visual prompts (its image embedding is not the plain image tower's, which
+            the SAE reads).
+    """
+    if not hasattr(classifier, "instance_text"):
+        return classifier.eval_class_embeddings()
+    if classifier.hparams.get("visual_prompts"):
+        raise ValueError(f"{type(classifier).__name__}(visual_prompts={classifier.hparams.visual_prompts}) changes "
+                         "the image tower the SAE reads: its image components cannot be attributed")
+    with torch.no_grad():
+        emb = classifier.clip.encode_image(images).float()  # [1, D]
+        return classifier.instance_text(*classifier.prompt_parts(emb))[0].float()  # [C, D]
+
+
 def image_component_rows(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
                          compare: bool) -> tuple[str, list[dict], dict[str, list[int]]]:
     """``(class explained, rows by Act×Grad, rankings of the compared methods)`` for one image."""
     from stori_pl.interpret.components import component_scores
 
     images = load_images(classifier, [Path(image)])  # [1, 3, H, W]
-    targets = classifier.eval_class_embeddings()  # [C, D]
+    targets = image_class_targets(classifier, images)  # [C, D]
     if class_name is None:
         with torch.no_grad():
             emb = classifier.clip.encode_image(images).float()

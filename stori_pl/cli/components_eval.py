@@ -45,14 +45,12 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         ValueError: An SAE of another CLIP or block (both named), an unreadable image (its path), steps < 1 or
             steps > the SAE's k.
     """
-    from stori_pl.cli.components import (
+    from stori_pl.cli.component_inputs import (
         load_classifier,
-        load_images,
         load_matching_sae,
         split_images,
     )
-    from stori_pl.interpret.components import METHOD_LABELS, component_scores
-    from stori_pl.interpret.faithfulness import area_std_error, deletion_curves
+    from stori_pl.interpret.faithfulness import area_std_error
 
     classifier = load_classifier(ckpt, pretrained)
     module = load_matching_sae(sae, classifier)
@@ -60,6 +58,36 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         raise ValueError(f"--steps must be in 1..{module.sae.k} (the SAE's k: active components per image), got {steps}")
     per_class = split_images(data, root, split, classifier, max_images)
     items = [(p, classifier.classnames.index(c)) for c, ps in per_class.items() for p in ps]
+    full = deletion_curves_of(classifier, module, items, steps, batch_size, keep_error, seed)
+    result = {"areas": {n: float(c.mean()) for n, c in full.items()},
+              "std_error": {n: area_std_error(c) for n, c in full.items()},
+              "curves": {n: c.mean(1).tolist() for n, c in full.items()}, "n_images": len(items),
+              "steps": steps, "keep_error": keep_error, "split": split, "ckpt": str(ckpt), "sae": str(sae)}
+    print_areas(result, classifier.hparams.clip_model, module.block)
+    write_outputs(Path(output), result)
+    return result
+
+
+def deletion_curves_of(classifier, module, items: list[tuple[str, int]], steps: int, batch_size: int,
+                       keep_error: bool, seed: int) -> dict[str, torch.Tensor]:
+    """Every method's deletion curve of every image, in batches.
+
+    Args:
+        classifier: A loaded :class:`~stori_pl.models.ClipClassifier` (its CLIP and class embeddings).
+        module: The :class:`~stori_pl.models.sae.SparseAutoencoder` (``.sae``, ``.block``).
+        items: ``N`` ``(image path, class index)`` pairs; each image's target is its class embedding.
+        steps: Components deleted at the last step.
+        batch_size: Images per forward pass.
+        keep_error: Keep the SAE's reconstruction error (see :func:`components_eval`).
+        seed: Seed of the random baseline (``seed + batch start`` per batch).
+
+    Returns:
+        ``{method: [steps + 1, N]}`` cos(image, class) after deleting the top-0..steps components.
+    """
+    from stori_pl.cli.component_inputs import load_images
+    from stori_pl.interpret.components import component_scores
+    from stori_pl.interpret.faithfulness import deletion_curves
+
     targets = classifier.eval_class_embeddings()
     curves: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(items), batch_size):
@@ -70,17 +98,18 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         for name, c in deletion_curves(classifier.clip, module.sae, images, module.block, t, scores.scores,
                                        steps, keep_error).items():
             curves.setdefault(name, []).append(c)
-    full = {name: torch.cat(c, dim=1) for name, c in curves.items()}  # [steps + 1, N]
-    result = {"areas": {n: float(c.mean()) for n, c in full.items()},
-              "std_error": {n: area_std_error(c) for n, c in full.items()},
-              "curves": {n: c.mean(1).tolist() for n, c in full.items()}, "n_images": len(items),
-              "steps": steps, "keep_error": keep_error, "split": split, "ckpt": str(ckpt), "sae": str(sae)}
-    print(f"{len(items)} {split} images, {steps} deletions (CLIP {classifier.hparams.clip_model}, block "
-          f"{module.block}); area = mean cos(image, class) over steps 0..{steps} (lower = more faithful)")
+    return {name: torch.cat(c, dim=1) for name, c in curves.items()}  # [steps + 1, N]
+
+
+def print_areas(result: dict, clip_model: str, block: int) -> None:
+    """The area of each method, most faithful (lowest) first, with its standard error."""
+    from stori_pl.interpret.components import METHOD_LABELS
+
+    steps = result["steps"]
+    print(f"{result['n_images']} {result['split']} images, {steps} deletions (CLIP {clip_model}, block "
+          f"{block}); area = mean cos(image, class) over steps 0..{steps} (lower = more faithful)")
     for name in sorted(result["areas"], key=result["areas"].get):
         print(f"  {METHOD_LABELS[name]:<15}{result['areas'][name]:.4f} ± {result['std_error'][name]:.4f}")
-    write_outputs(Path(output), result)
-    return result
 
 
 def write_outputs(folder: Path, result: dict) -> None:

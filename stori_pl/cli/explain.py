@@ -51,17 +51,14 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
         FileNotFoundError: No such checkpoint.
         ValueError: Not a StoriClassifier checkpoint, an unknown class, an unreadable image, or top < 1.
     """
-    from stori_pl.interpret import viz
+    from stori_pl.interpret import prompt_words
 
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
-    from stori_pl.interpret import prompt_words
-
     if prompt_words.checkpoint_model(ckpt) in prompt_words.PROMPT_MODELS:  # CoOp / IntCoOp: words of the prompt
-        print(prompt_words.explain_prompt_checkpoint(ckpt, image, top, pretrained))
-        return 0
+        return explain_prompt_model(ckpt, image, classes, top, pretrained, sae, target)
     model = load_stori_checkpoint(ckpt, pretrained=pretrained)
-    use_color = viz.use_color() if color == "auto" else color == "always"
+    use_color = viz_use_color(color)
     shown = select_classes(model.word_weights(), classes or [], all_classes)  # by normalized movement
     weights = model.word_weights(absolute=absolute)
     hp = model.hparams
@@ -76,15 +73,49 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
             explain_with_components(model, sae, image, shown if classes else None, top, html, target)
         return status
     print_weights(weights, shown, top, use_color, absolute)
+    write_weight_pages(ckpt, hp.clip_model, weights, shown, html, png, absolute)
+    return 0
+
+
+def viz_use_color(color: str) -> bool:
+    """``--color auto|always|never`` as a bool (auto: only on a terminal and without NO_COLOR)."""
+    from stori_pl.interpret import viz
+
+    return viz.use_color() if color == "auto" else color == "always"
+
+
+def explain_prompt_model(ckpt: str, image: Path | None, classes: list[str] | None, top: int,
+                         pretrained: str | None, sae: str | None, target: str) -> int:
+    """``stori explain`` on a CoOp / IntCoOp checkpoint: the prompt's words, and with ``image`` and ``sae`` the
+    image's top SAE components too (for ``classes``, default the predicted class).
+
+    Returns:
+        Exit status 0.
+    """
+    from stori_pl.interpret import prompt_words
+
+    model = prompt_words.load_prompt_model(ckpt, pretrained)
+    print(prompt_words.explain_prompt_model(model, ckpt, image, top))
+    if image is not None and sae is not None:
+        from stori_pl.cli.components import explain_with_components
+
+        explain_with_components(model, sae, image, classes or None, top, None, target)
+    return 0
+
+
+def write_weight_pages(ckpt: str, clip_model: str, weights: dict, shown: list[str], html: Path | None,
+                       png: Path | None, absolute: bool) -> None:
+    """``--html``: one page of all classes' word weights; ``--png``: the shown classes' figures."""
+    from stori_pl.interpret import viz
+
     if html is not None:
         viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}", absolute=absolute,
-                       intro=f"{ckpt}: CLIP {hp.clip_model}, {len(weights)} classes")
+                       intro=f"{ckpt}: CLIP {clip_model}, {len(weights)} classes")
         print(f"\nwrote {html}")
     if png is not None:
         figs = [f for name in shown for f in viz.plot_word_weights(name, weights[name], absolute=absolute)]
         for path in viz.save_pages_png(png, figs):
             print(f"wrote {path}")
-    return 0
 
 
 def build_parser():

@@ -296,12 +296,7 @@ def image_features(
     if not paths:
         raise ValueError("image_features: no image paths given")
     model, preprocess, _ = load_clip(clip_model, pretrained)
-    if block is not None:
-        from stori_pl.image.tower import resolve_block
-
-        block = resolve_block(model, block)
-        if views:
-            raise ValueError("CLS activations are cached for the plain view only: use views=0 with block")
+    block = checked_block(model, block, views)
     key = feature_key(paths, clip_model, pretrained, preprocess, views, model, augment_scale, block)
     path = cache_file(key, cache_dir)
     cached = load_cached(path, key, len(paths), require_all=not skip_bad_images)
@@ -314,12 +309,50 @@ def image_features(
         desc=f"encoding {len(paths)} images ({clip_model}{'' if block is None else f', block {block}'})", block=block)
     if bad:
         warn_skipped_images(paths, bad, stacklevel=2)
+    feats = save_encoded(path, key, chunks, kept, paths, info=f"{clip_model}|{pretrained}|"
+                         + (f"views={views}" if block is None else f"cls_activation@block{block}"))
+    return feats, kept
+
+
+def checked_block(model, block: int | None, views: int) -> int | None:
+    """``block`` resolved on ``model`` (1-indexed; negative from the end), or None for image embeddings.
+
+    Raises:
+        ValueError: A block with augmented views (CLS activations are cached for the plain view only).
+    """
+    if block is None:
+        return None
+    from stori_pl.image.tower import resolve_block
+
+    block = resolve_block(model, block)
+    if views:
+        raise ValueError("CLS activations are cached for the plain view only: use views=0 with block")
+    return block
+
+
+def save_encoded(path: Path, key: str, chunks: list[torch.Tensor], kept: list[int], paths: list[str],
+                 info: str) -> torch.Tensor:
+    """Concatenate encoded batches and cache them (see :func:`save_cached`).
+
+    Args:
+        path: The cache file.
+        key: Its content key.
+        chunks: Encoded batches ``[b, D]`` or ``[b, 1+V, D]``.
+        kept: Indices of the readable ``paths``.
+        paths: All image paths.
+        info: A readable description stored with the entry.
+
+    Returns:
+        ``[N', D]`` or ``[N', 1+V, D]``.
+
+    Raises:
+        BadImageError: No image could be read.
+    """
     if not chunks:
         raise BadImageError(f"none of the {len(paths)} images could be read (first: {paths[:3]})")
     feats = torch.cat(chunks)  # [N', D] or [N', 1+V, D]
-    target = f"views={views}" if block is None else f"cls_activation@block{block}"
-    save_cached(path, key, feats, kept, len(paths), info=f"{clip_model}|{pretrained}|{target}")
-    return feats, kept
+    save_cached(path, key, feats, kept, len(paths), info=info)
+    return feats
 
 
 def cls_activations(

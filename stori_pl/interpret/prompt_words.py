@@ -127,6 +127,22 @@ def checkpoint_model(path: str) -> str | None:
     return (read_checkpoint(path).get("stori") or {}).get("model")
 
 
+def load_prompt_model(path: str, pretrained: str | None = None):
+    """A CoOp / IntCoOp checkpoint's model, on CPU, in eval mode.
+
+    Raises:
+        FileNotFoundError: No such checkpoint.
+        ValueError: Not a CoOp / IntCoOp checkpoint.
+    """
+    import stori_pl.models as models
+
+    name = checkpoint_model(path)
+    if name not in PROMPT_MODELS:
+        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not one of {', '.join(PROMPT_MODELS)}")
+    kwargs = {} if pretrained is None else {"pretrained": pretrained}
+    return getattr(models, name).load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
+
+
 def explain_prompt_checkpoint(path: str, image=None, top: int = 5, pretrained: str | None = None) -> str:
     """Text report of a CoOp / IntCoOp checkpoint: each context vector's nearest words, and with ``image`` the
     top classes, the predicted attribute (IntCoOp) and the image's prompt as text.
@@ -134,14 +150,18 @@ def explain_prompt_checkpoint(path: str, image=None, top: int = 5, pretrained: s
     Raises:
         ValueError: Not a CoOp / IntCoOp checkpoint, or an unreadable image.
     """
-    import stori_pl.models as models
+    return explain_prompt_model(load_prompt_model(path, pretrained), path, image, top)
+
+
+def explain_prompt_model(model, path: str, image=None, top: int = 5) -> str:
+    """:func:`explain_prompt_checkpoint` of a loaded CoOp / IntCoOp model (``path`` names it in the report).
+
+    Raises:
+        ValueError: An unreadable image.
+    """
     from stori_pl.interpret.attribution import as_image_feature
 
-    name = checkpoint_model(path)
-    if name not in PROMPT_MODELS:
-        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not one of {', '.join(PROMPT_MODELS)}")
-    kwargs = {} if pretrained is None else {"pretrained": pretrained}
-    model = getattr(models, name).load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
+    name = type(model).__name__
     k = max(1, min(top, 5))
     lines = [f"{path}: {name} on CLIP {model.hparams.clip_model} ({model.hparams.pretrained}), "
              f"{model.num_classes} classes, {len(model.ctx)} context vectors",

@@ -38,11 +38,14 @@ from stori_pl.cli.report import RESULTS_FILE
 from stori_pl.lightning.checkpoint import (
     AtomicCheckpointIO,
     check_checkpoint,
-    read_checkpoint,
+)
+from stori_pl.lightning.cli_args import (
+    CONFIG_DIR,
+    prepare_argv,
+    resolve_config,
+    shipped_configs,
 )
 from stori_pl.utils import write_json
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ReproducibleEpochs(L.Callback):
@@ -275,112 +278,9 @@ def claim_run_version(run_dir: str | os.PathLike) -> int:
         return n
 
 
-def shipped_configs() -> list[str]:
-    """Names of the configs shipped with the package (``demo.yaml``, ``coop/dtd_16shot.yaml``, ...)."""
-    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
-
-
-def resolve_config(value: str) -> str:
-    """An existing path unchanged; else a shipped config: ``coop/dtd_16shot(.yaml)`` is that method's,
-    a bare ``dtd_16shot(.yaml)`` SToRI's (``configs/stori/``) unless a top-level file has the name (``demo``)."""
-    if Path(value).expanduser().exists():
-        return value
-    name = value[: -len(".yaml")] if value.endswith(".yaml") else value
-    for candidate in (f"{name}.yaml", f"stori/{name}.yaml"):
-        if (CONFIG_DIR / candidate).is_file():
-            path = str(CONFIG_DIR / candidate)
-            print(f"stori: using the shipped config {path}", file=sys.stderr)
-            return path
-    import difflib
-
-    close = difflib.get_close_matches(f"{name}.yaml", shipped_configs(), n=5, cutoff=0.6)
-    raise SystemExit(
-        f"stori: config {value!r} not found, neither as a file nor among the {len(shipped_configs())} shipped "
-        f"configs (configs/<method>/<dataset>_<k>shot.yaml{'; close: ' + ', '.join(close) if close else ''})"
-    )
-
-
-def _config_model(argv: list[str]) -> tuple[str, str] | None:
-    """``(config file, model class name)`` of the last ``--config`` that has a ``model`` section."""
-    import yaml
-
-    found = None
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else \
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if path and Path(path).is_file():
-            model = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("model")
-            if isinstance(model, dict) and model.get("class_path"):
-                found = (path, str(model["class_path"]).rsplit(".", 1)[-1])
-    return found
-
-
-def _check_model_matches_config(argv: list[str]) -> None:
-    """``--model X`` with a config written for another method would mix their arguments: refuse it."""
-    model, config = _option(argv, "--model"), _config_model(argv)
-    if not model or not config or model.startswith(("{", "[")):
-        return
-    name = model.rsplit(".", 1)[-1]
-    if name != config[1]:
-        raise ValueError(
-            f"--model {model}: the config {config[0]} is written for {config[1]} (its model arguments and recipe "
-            f"belong to that method); use that method's config (configs/<method>/...) or drop --model")
-
-
-def _resolve_config_args(argv: list[str]) -> list[str]:
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg in ("--config", "-c") and i + 1 < len(out):
-            out[i + 1] = resolve_config(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
-    return out
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _check_names(argv: list[str]) -> None:
-    """Unknown ``--model`` / ``--data`` names → the list of valid ones (before jsonargparse's message)."""
-    import stori_pl.data
-    import stori_pl.models
-
-    known = {
-        "--model": [n for n in stori_pl.models.__all__ if n not in ("ClipClassifier", "load_exported_classifier")],
-        "--data": [n for n in stori_pl.data.__all__ if n not in ("FewShotDataModule", "PromptSet", "FeatureDataset")]
-        + ["ToyShapes"],
-    }
-    for flag, names in known.items():
-        value = _option(argv, flag)
-        if value and "." not in value and value not in names and not value.startswith(("{", "[")):
-            raise SystemExit(f"stori: unknown {flag[2:]} {value!r}; choose one of: {', '.join(names)}")
-
-
-def _model_from_checkpoint(argv: list[str]) -> list[str]:
-    """``stori predict --ckpt_path X`` without ``--model``/``--config``: take the model class from the checkpoint."""
-    ckpt = _option(argv, "--ckpt_path")
-    if not ckpt or not Path(ckpt).is_file() or _option(argv, "--model") or _option(argv, "--config") or _option(argv, "-c"):
-        return argv
-    info = read_checkpoint(ckpt).get("stori") or {}
-    if not info.get("model"):
-        return argv
-    extra = [f"--model={info['model']}", f"--model.clip_model={info['clip_model']}",
-             f"--model.pretrained={info['pretrained']}"]
-    return argv[:1] + extra + argv[1:]
-
-
 def run_lightning_cli(argv: list[str]) -> int:
     """Run ``stori <fit|validate|test|predict> ...``; returns the exit status."""
-    argv = _resolve_config_args(argv)
-    _check_names(argv)
-    _check_model_matches_config(argv)
-    argv = _model_from_checkpoint(argv)
+    argv = prepare_argv(argv)
     with warnings.catch_warnings():
         # we pass args explicitly (sys.argv stays intact: DDP's launcher re-runs it on the other ranks)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -398,4 +298,5 @@ def run_lightning_cli(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs", "claim_run_version"]
+__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs", "claim_run_version",
+           "CONFIG_DIR"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +26,15 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-CHECKPOINT_FORMAT = 1  # bump when the "stori" checkpoint entry changes incompatibly
+from stori_pl.models.checkpoint_entry import (
+    CHECKPOINT_FORMAT,
+    check_stori_entry,
+    first_difference,
+    stori_entry,
+)
+
+__all__ = ["CHECKPOINT_FORMAT", "TOP5_MIN_CLASSES", "ClipClassifier", "class_mean", "encode_plain_prompts"]
+
 TOP5_MIN_CLASSES = 100  # report top-5 accuracy too from this many classes on (ImageNet)
 
 
@@ -166,7 +173,7 @@ class ClipClassifier(L.LightningModule):
                 return
             raise ValueError(
                 f"the datamodule's {len(names)} classes do not match the model's {self.num_classes} classes "
-                f"({_first_difference(list(names), self.classnames)}); the labels would be wrong"
+                f"({first_difference(list(names), self.classnames)}); the labels would be wrong"
             )
 
     def new_classes_error(self) -> str:
@@ -317,19 +324,10 @@ class ClipClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_info(self) -> dict:
-        """What the checkpoint's ``"stori"`` entry holds (besides the trained tensors)."""
-        from stori_pl import __version__
-
+        """What the checkpoint's ``"stori"`` entry holds (besides the trained tensors); see
+        :func:`stori_pl.models.checkpoint_entry.stori_entry`."""
         self._require_built()
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "stori_pl_version": __version__,
-            "model": type(self).__name__,
-            "clip_model": self.hparams.clip_model,
-            "pretrained": self.hparams.pretrained,
-            "start_block": self.hparams.get("start_block"),
-            "prompts": self.prompt_set.to_dict(),
-        }
+        return stori_entry(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["stori"] = self.checkpoint_info()
@@ -358,52 +356,7 @@ class ClipClassifier(L.LightningModule):
                                             strict=strict, weights_only=True, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        info = checkpoint.get("stori")
-        if info is None:
-            raise ValueError("not a stori-pl checkpoint (no 'stori' entry); was it written by another program?")
-        if info.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"checkpoint format {info.get('format')} (stori-pl {info.get('stori_pl_version')}) is not readable "
-                f"by this stori-pl (format {CHECKPOINT_FORMAT}); use the stori-pl version that wrote it"
-            )
-        if info.get("model") != type(self).__name__:
-            raise ValueError(f"checkpoint holds a {info.get('model')} model, not a {type(self).__name__}")
-        if info["clip_model"] != self.hparams.clip_model:
-            raise ValueError(
-                f"checkpoint was trained on CLIP {info['clip_model']!r} but this model uses {self.hparams.clip_model!r}; "
-                "its learned weights only fit the text encoder they were trained with"
-            )
-        if info["pretrained"] != self.hparams.pretrained:
-            warnings.warn(
-                f"checkpoint was trained with pretrained={info['pretrained']!r}, loading with "
-                f"{self.hparams.pretrained!r}: fine if these are the same weights",
-                stacklevel=2,
-            )
-        if self.hparams.get("start_block") != info.get("start_block"):
-            raise ValueError(f"checkpoint used start_block={info.get('start_block')}, this model {self.hparams.get('start_block')}")
-        if self.prompt_set is None or self.prompt_set.to_dict() != info["prompts"]:
-            same = self.prompt_set is None or list(info["prompts"]["classnames"]) == self.classnames
-            if not same and not self.supports_new_classes:
-                raise ValueError(
-                    "the checkpoint's classes differ from the datamodule's "
-                    f"({_first_difference(list(info['prompts']['classnames']), self.classnames)})"
-                )
-            if same:  # (a model for new classes keeps the datamodule's classes and loads the shared state)
-                self.build(info["prompts"])
-        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        for key, value in checkpoint["state_dict"].items():
-            if key in expected and tuple(value.shape) != expected[key]:
-                raise ValueError(
-                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, expected {expected[key]}: "
-                    "it was made with a different tokenizer or prompt set"
-                )
-
-
-def _first_difference(a: list[str], b: list[str]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"class {i}: {x!r} vs {y!r}"
-    return f"{len(a)} vs {len(b)} classes"
+        check_stori_entry(self, checkpoint)  # the checks and messages: stori_pl.models.checkpoint_entry
 
 
 def encode_plain_prompts(

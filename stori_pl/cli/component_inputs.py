@@ -1,0 +1,89 @@
+"""What the SAE-component commands (`stori components`, `stori components-eval`, `stori explain --sae`) read:
+a classifier checkpoint, a matching SAE, images and the images of a split, each refused with one clear line.
+Re-exported by :mod:`stori_pl.cli.components`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def load_classifier(path: str, pretrained: str | None = None):
+    """Any stori-pl classifier checkpoint (the class named in its ``"stori"`` entry), on CPU, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a stori-pl classifier checkpoint.
+    """
+    import stori_pl.models as models
+    from stori_pl.lightning.checkpoint import read_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
+    name = (read_checkpoint(path).get("stori") or {}).get("model")
+    cls = getattr(models, str(name), None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, models.ClipClassifier):
+        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not a stori-pl classifier")
+    kwargs = {} if pretrained is None else {"pretrained": pretrained}
+    return cls.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
+
+
+def load_matching_sae(path: str | None, classifier):
+    """The SAE module of ``path``, refused (both names) unless trained on the classifier's CLIP."""
+    from stori_pl.models.sae import load_sae
+
+    if path is None:
+        raise ValueError("--sae SAE.ckpt is required (a sparse autoencoder trained with stori fit --config sae/...)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"SAE checkpoint {path} not found (stori fit --config sae/... writes one)")
+    module = load_sae(path)
+    module.check_compatible(classifier.hparams.clip_model, module.block)
+    return module.eval().requires_grad_(False)
+
+
+def load_images(classifier, paths: list[Path]) -> torch.Tensor:
+    """Preprocessed images ``[N, 3, H, W]``; an unreadable one raises ValueError naming its path."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                out.append(classifier.preprocess(im.convert("RGB")))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"image {path} not found") from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+    return torch.stack(out)
+
+
+def check_class(classifier, name: str) -> str:
+    """``name`` if it is one of the classifier's classes, else ValueError with close names."""
+    import difflib
+
+    if name not in classifier.classnames:
+        close = difflib.get_close_matches(name, list(classifier.classnames), n=3)
+        raise ValueError(f"unknown class {name!r}" + (f" (did you mean: {', '.join(close)})" if close else ""))
+    return name
+
+
+def split_images(data: str, root: Path, split: str, classifier, max_images: int) -> dict[str, list[Path]]:
+    """Image paths of ``split`` per class of the classifier (at most ``max_images`` each, in split order)."""
+    import importlib
+
+    cls = None
+    for module in ("stori_pl.data", "stori_pl.toy.data"):
+        cls = cls or getattr(importlib.import_module(module), data, None)
+    if cls is None:
+        raise ValueError(f"unknown datamodule {data!r}: name a class of stori_pl.data (DTD, ...) or ToyShapes")
+    dm = cls(root=str(root), clip_model=classifier.hparams.clip_model, pretrained=classifier.hparams.pretrained)
+    out: dict[str, list[Path]] = {}
+    for impath, _, name in dm.subsets()[split]:
+        name = name.replace("_", " ")
+        if name in classifier.classnames and len(out.setdefault(name, [])) < max_images:
+            out[name].append(dm.image_root() / impath)
+    if not out:
+        raise ValueError(f"{data} {split} split under {root} has none of the classifier's classes")
+    return out
