@@ -94,14 +94,17 @@ def test_write_toy_shapes_coop_layout(tmp_path):
     assert (again / "images" / impath).read_bytes() == (folder / "images" / impath).read_bytes()
 
 
-def test_toy_shapes_datamodule_generates_and_reads(tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore::stori_pl.text.clip.RandomWeightsWarning")
+def test_toy_shapes_datamodule_generates_and_reads(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
     orig = toy.write_toy_shapes
     monkeypatch.setattr(toy, "write_toy_shapes", lambda root: orig(root, n_train=3, n_val=1, n_test=2))
     dm = toy.ToyShapes(root=str(tmp_path / "data"), clip_model="stori-tiny", pretrained=None, shots=2,
                        batch_size=8)
-    with pytest.warns(UserWarning):
-        dm.prepare_data()
+    dm.prepare_data()
+    assert "ToyShapes: generating the toy benchmark" in capsys.readouterr().out  # once, on first use
+    dm.prepare_data()
+    assert "generating" not in capsys.readouterr().out
     dm.setup("fit")
     assert (tmp_path / "data" / "toy_shapes" / toy.SPLIT_FILE).is_file()
     assert dm.classnames[:2] == ["striped red circle", "dotted red circle"]
