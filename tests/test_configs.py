@@ -36,7 +36,9 @@ def recipe(method: str, dataset: str, shots: int) -> dict:
         out = {"model.init_args.lr": 2e-5 if dataset == "imagenet" else 2e-4, "model.init_args.weight_decay": 5e-3,
                "model.init_args.alpha": 0.5, "data.init_args.batch_size": 256, "data.init_args.augment_views": 10,
                "model.init_args.use_cupl_prompts": method == "taskres_cupl",
-               "trainer.max_epochs": 100 if shots in (1, 2, 4) else 200, "data.init_args.augment_scale": [0.08, 1.0]}
+               "trainer.max_epochs": 100 if shots in (1, 2, 4) else 200, "data.init_args.augment_scale": [0.08, 1.0],
+               # trainers/taskres.py l. 133-134: the raw Dassl class name; dassl data_manager.py l. 43: drop_last
+               "model.init_args.classname_format": "dassl", "data.init_args.drop_last": True}
         if dataset == "imagenet":
             out["data.init_args.templates"] = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.",
                                                "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
@@ -46,19 +48,30 @@ def recipe(method: str, dataset: str, shots: int) -> dict:
         epochs = 50 if dataset == "imagenet" or shots == 1 else 100 if shots in (2, 4) else 200
         return {"model.init_args.n_ctx": 16, "model.init_args.lr": 0.002, "model.init_args.momentum": 0.9,
                 "model.init_args.weight_decay": 5e-4, "data.init_args.batch_size": 32, "trainer.max_epochs": epochs,
-                "data.init_args.augment_views": 10}
+                "data.init_args.augment_views": 10, "data.init_args.drop_last": True,  # Dassl's data manager
+                "model.init_args.ctx_init_count": "words"}  # trainers/coop.py l. 75
     if method.startswith("tip_adapter"):  # gaopengcuhk/Tip-Adapter configs/<dataset>.yaml
         scale = {"imagenet": [7.0, 3.0], "dtd": [13.0, 13.0], "sun397": [12.0, 10.0], "flowers102": [50.0, 50.0],
                  "caltech101": [12.0, 5.0], "food101": [10.0, 10.0], "toy_shapes": [13.0, 13.0]}[dataset]
         alpha = {"imagenet": 1.17, "dtd": 2.0, "sun397": 1.17, "flowers102": 10.0, "caltech101": 3.0,
                  "food101": 1.17, "toy_shapes": 2.0}[dataset]
-        return {"model.init_args.search_scale": scale, "model.init_args.search_step": [200, 20],
-                "model.init_args.init_alpha": alpha, "model.init_args.init_beta": 1.0, "model.init_args.lr": 1e-3,
-                "model.init_args.fine_tune": method == "tip_adapter_f", "data.init_args.augment_views": 10,
-                "data.init_args.augment_scale": [0.5, 1.0], "data.init_args.batch_size": 256,
-                "trainer.max_epochs": 20 if method == "tip_adapter_f" else 1}
+        out = {"model.init_args.search_scale": scale, "model.init_args.search_step": [200, 20],
+               "model.init_args.init_alpha": alpha, "model.init_args.init_beta": 1.0, "model.init_args.lr": 1e-3,
+               "model.init_args.fine_tune": method == "tip_adapter_f", "data.init_args.augment_views": 10,
+               "data.init_args.augment_scale": [0.5, 1.0], "data.init_args.batch_size": 256,
+               "trainer.max_epochs": 20 if method == "tip_adapter_f" else 1,
+               # main.py l. 168-171 (val not subsampled), main_imagenet.py l. 43 (searched on test)
+               "model.init_args.search_split": "test" if dataset == "imagenet" else "val",
+               "model.init_args.cache_views": "augmented", "model.init_args.select_epoch_on_test": False,
+               "data.init_args.drop_last": False}  # datasets/utils.py l. 373
+        if dataset == "imagenet":  # datasets/imagenet.py l. 177-183
+            out["data.init_args.templates"] = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                                               "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
+                                               "a photo of the small {}."]
+        return out
     if method == "linear_probe":  # CoOp lpclip/linear_probe.py
-        return {"model.init_args.search_steps": 8, "model.init_args.max_iter": 1000, "data.init_args.augment_views": 0}
+        return {"model.init_args.search_steps": 8, "model.init_args.max_iter": 1000, "data.init_args.augment_views": 0,
+                "model.init_args.tol": 1e-4}  # sklearn LogisticRegression's default tol
     return {"model.init_args.use_base_prompts": True, "model.init_args.use_cupl_prompts": method == "cupl"}
 
 

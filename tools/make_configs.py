@@ -11,12 +11,16 @@ Recipes (CLIP ViT-L/14 for every method, as in SToRI's Table 2; test the last ch
   the 10 CuPL prompts per class closest to the training images.
 - ``taskres_base`` / ``taskres_cupl``: TaskRes as reproduced in SToRI's Table 2 — lr 2e-4 (2e-5 ImageNet),
   weight decay 5e-3, alpha 0.5, batch 256, epochs 100 / 200 (``geekyutao/TaskRes`` train_regular.sh);
-  ImageNet's base is the 7 IMAGENET_TEMPLATES_SELECT + "a photo of a {}." ensemble; 10 cached views.
+  ImageNet's base is the 7 IMAGENET_TEMPLATES_SELECT + "a photo of a {}." ensemble; 10 cached views; the raw
+  Dassl class name in the templates (``classname_format: dassl``); Dassl's ``drop_last``.
 - ``coop``: ``KaiyangZhou/CoOp`` — 16 context vectors, SGD lr 0.002, batch 32, epochs 50 (1 shot) / 100 (2, 4) /
-  200 (8, 16), ImageNet always 50; 10 cached views.
+  200 (8, 16), ImageNet always 50; 10 cached views; ``ctx_init`` counts words; Dassl's ``drop_last``.
 - ``tip_adapter`` / ``tip_adapter_f``: ``gaopengcuhk/Tip-Adapter`` configs — cache from 10 augmented views
-  (crop scale 0.5–1), per-dataset search scale and initial alpha; -F: AdamW lr 1e-3, 20 epochs, batch 256.
-- ``linear_probe``: CoOp's lpclip protocol — logistic regression, C searched on val; eval-transform features.
+  (crop scale 0.5–1; keys average the augmented views only), per-dataset search scale and initial alpha;
+  alpha/beta searched on the whole val split (ImageNet: on test, as main_imagenet.py); ImageNet's classifier
+  from its 7 templates; -F: AdamW lr 1e-3, 20 epochs, batch 256, no ``drop_last``, the last epoch kept.
+- ``linear_probe``: CoOp's lpclip protocol — logistic regression (sklearn's tol 1e-4), C searched on val;
+  eval-transform features.
 - ``zero_shot`` (template prompts) and ``cupl`` (CuPL sentences + templates: SToRI's and TaskRes (Base+CuPL)'s
   starting point): nothing trained (`stori test`).
 - ``intcoop``: IntCoOp (Ghosal et al. 2024; no official code offline, so the unknowns follow its closest
@@ -58,6 +62,8 @@ TRAINED_NOTHING = ("zero_shot", "cupl")  # run with `stori test`
 AUGMENT_VIEWS = 10
 IMAGENET_BASE = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                  "a {} in a video game.", "art of the {}.", "a photo of the small {}.", "a photo of a {}."]
+TIP_IMAGENET = IMAGENET_BASE[:7]  # Tip-Adapter datasets/imagenet.py imagenet_templates (no "a photo of a {}.")
+DASSL = ("coop", "taskres_base", "taskres_cupl")  # trainers on Dassl's data manager: drop_last
 TIP = {  # dataset -> (search_scale (beta, alpha), init_alpha), from Tip-Adapter's configs/<dataset>.yaml
     "imagenet": ((7.0, 3.0), 1.17), "dtd": ((13.0, 13.0), 2.0), "sun397": ((12.0, 10.0), 1.17),
     "flowers102": ((50.0, 50.0), 10.0), "caltech101": ((12.0, 5.0), 3.0), "food101": ((10.0, 10.0), 1.17),
@@ -96,10 +102,11 @@ def model_section(method: str, dataset: str, shots: int) -> dict:
         return {"class_path": "stori_pl.models.StoriClassifier", "init_args": {**clip, **args}}
     if method.startswith("taskres"):
         args = {"alpha": 0.5, "lr": 2e-5 if dataset == "imagenet" else 2e-4, "weight_decay": 5e-3,
-                "use_base_prompts": True, "use_cupl_prompts": method == "taskres_cupl"}
+                "use_base_prompts": True, "use_cupl_prompts": method == "taskres_cupl", "classname_format": "dassl"}
         return {"class_path": "stori_pl.models.TaskRes", "init_args": {**clip, **args}}
     if method == "coop":
-        args = {"n_ctx": 16, "ctx_init": None, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4}
+        args = {"n_ctx": 16, "ctx_init": None, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4,
+                "ctx_init_count": "words"}
         return {"class_path": "stori_pl.models.CoOp", "init_args": {**clip, **args}}
     if method == INTCOOP:
         args = {"n_ctx": 4, "ctx_init": "a photo of a", "heads": 4, "kv_tokens": 4, "lambda_attr": 1.0,
@@ -109,10 +116,13 @@ def model_section(method: str, dataset: str, shots: int) -> dict:
     if method.startswith("tip_adapter"):
         scale, alpha = TIP[dataset]
         args = {"fine_tune": method == "tip_adapter_f", "init_alpha": alpha, "init_beta": 1.0,
-                "search_scale": list(scale), "search_step": [200, 20], "lr": 1e-3, "eps": 1e-4}
+                "search_scale": list(scale), "search_step": [200, 20], "lr": 1e-3, "eps": 1e-4,
+                "search_split": "test" if dataset == "imagenet" else "val", "cache_views": "augmented",
+                "select_epoch_on_test": False}
         return {"class_path": "stori_pl.models.TipAdapter", "init_args": {**clip, **args}}
     if method == "linear_probe":
-        return {"class_path": "stori_pl.models.LinearProbe", "init_args": {**clip, "search_steps": 8, "max_iter": 1000}}
+        return {"class_path": "stori_pl.models.LinearProbe",
+                "init_args": {**clip, "search_steps": 8, "max_iter": 1000, "tol": 1e-4}}
     return {"class_path": "stori_pl.models.ZeroShotCLIP",  # zero_shot: templates; cupl: CuPL + templates
             "init_args": {**clip, "use_base_prompts": True, "use_cupl_prompts": method == "cupl"}}
 
@@ -126,9 +136,12 @@ def data_section(method: str, dataset: str, shots: int) -> dict:
             "download": False, "skip_bad_images": False,
             "augment_views": AUGMENT_VIEWS if method in ("taskres_base", "taskres_cupl", "coop", "tip_adapter",
                                                          "tip_adapter_f", INTCOOP) else 0,
-            "augment_scale": [0.5, 1.0] if method.startswith("tip_adapter") else [0.08, 1.0]}
+            "augment_scale": [0.5, 1.0] if method.startswith("tip_adapter") else [0.08, 1.0],
+            "drop_last": method in DASSL}
     if dataset == "imagenet" and method.startswith("taskres"):
         args["templates"] = IMAGENET_BASE
+    if dataset == "imagenet" and method.startswith("tip_adapter"):
+        args["templates"] = TIP_IMAGENET
     if method == INTCOOP:
         args.update(subsample_classes="all", attribute_labels="toy" if dataset == "toy_shapes" else "blip2",
                     return_images=False)  # true with model visual_prompts > 0

@@ -18,7 +18,7 @@ from stori_pl.cli.common import function_kwargs, function_parser
 
 def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", root: Path = Path("data"),
                     split: Literal["train", "val", "test"] = "test", steps: int = 10, max_images: int = 20,
-                    batch_size: int = 32, keep_error: bool = True, seed: int = 0,
+                    batch_size: int = 32, keep_error: bool = False, seed: int = 0,
                     output: Path = Path("runs/components_eval"), pretrained: str | None = None) -> dict:
     """Delete each image's top-1..--steps components by each method, track cos(image, its class), report areas.
 
@@ -31,8 +31,9 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         steps: Components deleted at the last step.
         max_images: At most this many images per class.
         batch_size: Images per forward pass.
-        keep_error: Keep the SAE's reconstruction error (step 0 = CLIP's own score); false = the authors'
-            variant (the whole curve, and the Act×Grad gradients, on the SAE reconstruction).
+        keep_error: Keep the SAE's reconstruction error (step 0 = CLIP's own score; a stori-pl variant);
+            false (default) = the authors' protocol (eval_faithfulness.py ``add_residual = False``: the whole
+            curve, and the Act×Grad gradients, on the SAE reconstruction).
         seed: Seed of the random baseline.
         output: Folder for curves.png, areas.json, areas.csv and TensorBoard events.
         pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.

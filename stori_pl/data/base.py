@@ -68,6 +68,13 @@ class FewShotDataModule(L.LightningDataModule):
             -1 = no label). See :mod:`stori_pl.data.attribute_labels`.
         return_images: Batches also carry ``"image"`` (the CLIP's eval transform, decoded by ``num_workers``
             workers) for models that run the image tower (IntCoOp's ``visual_prompts``).
+        drop_last: Drop the last incomplete training batch when the training set has at least ``batch_size``
+            images: Dassl's rule (``dassl/data/data_manager.py`` ``build_data_loader``:
+            ``drop_last=is_train and len(data_source) >= batch_size``), on in the CoOp and TaskRes configs.
+
+    Parts: ``"train"``, ``"val"`` (the few-shot val set, at most 4 images per class as CoOp samples it),
+    ``"test"``, and ``"full_val"`` (the split's whole val part, encoded only when asked for: Tip-Adapter's
+    official search split).
     """
 
     folder: ClassVar[str] = ""
@@ -104,6 +111,7 @@ class FewShotDataModule(L.LightningDataModule):
         subsample_classes: str = "all",
         attribute_labels: str | None = None,
         return_images: bool = False,
+        drop_last: bool = False,
     ):
         super().__init__()
         coop.check_shots_seed(shots, seed)
@@ -128,7 +136,7 @@ class FewShotDataModule(L.LightningDataModule):
             self.templates = tuple(templates)
         self.drop_blank_prompts = drop_blank_prompts
         self.subsample_classes, self.attribute_labels = subsample_classes, attribute_labels
-        self.return_images = return_images
+        self.return_images, self.drop_last = return_images, drop_last
         self._attributes = None  # AttributeLabels once loaded
         self._keys: dict[str, list[str]] = {}
         self.classnames: list[str] = []
@@ -218,7 +226,8 @@ class FewShotDataModule(L.LightningDataModule):
             names = coop.classnames_from_split(split, f"{type(self).__name__} split")
             fs = (coop.load_fewshot_file(self.fewshot_file, split) if self.fewshot_file
                   else coop.few_shot_split(split, self.shots, self.seed))
-            subsets = {"train": fs["train"], "val": fs["val"], "test": split["test"]}
+            subsets = {"train": fs["train"], "val": fs["val"], "test": split["test"], "full_val": split["val"]}
+            self._raw_names = list(names)  # as the split file (and Dassl) has them
             self.classnames = [n.replace("_", " ") for n in names]
             self._all_names = list(self.classnames)
             self._label_ids = list(range(len(names)))
@@ -339,7 +348,8 @@ class FewShotDataModule(L.LightningDataModule):
         if self._prompts is None:
             self.subsets()
             base = [[t.format(n) for t in self.templates] for n in self.classnames]
-            self._prompts = PromptSet(list(self.classnames), base, self._cupl_prompts())
+            raw = [self._raw_names[i] for i in self._label_ids]
+            self._prompts = PromptSet(list(self.classnames), base, self._cupl_prompts(), raw, list(self.templates))
         return self._prompts
 
     def cupl_source(self) -> str | None:
@@ -376,7 +386,9 @@ class FewShotDataModule(L.LightningDataModule):
             from stori_pl.data.images import images_loader
 
             return images_loader(self, self._data[part], part, shuffle)
-        return DataLoader(self._data[part], batch_size=self.batch_size, shuffle=shuffle, num_workers=0)
+        drop_last = part == "train" and self.drop_last and len(self._data[part]) >= self.batch_size  # Dassl's rule
+        return DataLoader(self._data[part], batch_size=self.batch_size, shuffle=shuffle, num_workers=0,
+                          drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -15,23 +15,34 @@ from torch.utils.data import Dataset
 
 @dataclasses.dataclass
 class PromptSet:
-    """Prompts per class: ``base[c]`` (template prompts, fixed) and ``cupl[c]`` (sentences to reweight)."""
+    """Prompts per class: ``base[c]`` (template prompts, fixed) and ``cupl[c]`` (sentences to reweight).
+
+    ``raw_classnames`` (the class names exactly as the split file / Dassl has them, underscores kept) and
+    ``templates`` (the base templates, ``"{}"`` = the class name) are optional: a datamodule fills them so that a
+    baseline can format its prompts as its official code does (TaskRes formats the raw Dassl name).
+    """
 
     classnames: list[str]
     base: list[list[str]]
     cupl: list[list[str]]
+    raw_classnames: list[str] | None = None
+    templates: list[str] | None = None
 
     def __post_init__(self):
         if not len(self.classnames) == len(self.base) == len(self.cupl):
             raise ValueError(f"PromptSet: {len(self.classnames)} classes but {len(self.base)} base and "
                              f"{len(self.cupl)} CuPL prompt lists")
+        if self.raw_classnames is not None and len(self.raw_classnames) != len(self.classnames):
+            raise ValueError(f"PromptSet: {len(self.classnames)} classes but {len(self.raw_classnames)} raw names")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptSet:
-        return cls(list(d["classnames"]), [list(p) for p in d["base"]], [list(p) for p in d["cupl"]])
+        raw, templates = d.get("raw_classnames"), d.get("templates")  # absent in checkpoints before 0.2
+        return cls(list(d["classnames"]), [list(p) for p in d["base"]], [list(p) for p in d["cupl"]],
+                   list(raw) if raw is not None else None, list(templates) if templates is not None else None)
 
 
 class FeatureDataset(Dataset):

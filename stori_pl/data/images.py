@@ -46,4 +46,6 @@ def images_loader(datamodule, features: Dataset, part: str, shuffle: bool = Fals
     preprocess = load_clip(datamodule.clip_model, datamodule.pretrained)[1]
     paths = [datamodule.image_root() / key for key in datamodule.image_keys(part)]
     data = WithImages(features, paths, preprocess)
-    return DataLoader(data, batch_size=datamodule.batch_size, shuffle=shuffle, num_workers=datamodule.num_workers)
+    drop_last = part == "train" and getattr(datamodule, "drop_last", False) and len(data) >= datamodule.batch_size
+    return DataLoader(data, batch_size=datamodule.batch_size, shuffle=shuffle, num_workers=datamodule.num_workers,
+                      drop_last=drop_last)  # Dassl's rule (see FewShotDataModule's drop_last)

@@ -14,7 +14,7 @@ Scores per image and component, ``[N, m]`` (methods of Dreyer et al., arXiv 2505
 - ``logit_lens``: ``cos(cls_readout(d_k), t)`` for the unit decoder direction ``d_k`` (image-independent);
 - ``act_logit_lens``: ``z_k · logit_lens_k``;
 - ``energy``: ``z_k · ‖d_k‖`` (the decoder column's norm);
-- ``random``: Gaussian noise on the image's active components (a seeded baseline).
+- ``random``: Gaussian noise on the image's positive components ``z > 0`` (a seeded baseline, as the authors').
 
 Differences from the authors' code: gradients are taken per image (we sum ``y`` over a batch; they average,
 which scales every score of a batch by ``1/B`` without changing rankings), and the SAE is spliced in through
@@ -158,7 +158,7 @@ def component_scores(model, sae, images: torch.Tensor, block: int, targets: torc
     with torch.no_grad():
         norms = decoder_columns(sae).norm(dim=-1).to(z)  # [m]
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(z.shape, generator=gen).to(z) * (z != 0)
+    noise = torch.randn(z.shape, generator=gen).to(z) * (z > 0)  # eval_faithfulness.py l. 130: among z > 0
     return ComponentScores(z, y, {"act_grad": attr, "act_logit_lens": z * lens, "logit_lens": lens,
                                   "energy": z * norms, "random": noise})
 

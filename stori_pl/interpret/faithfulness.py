@@ -6,11 +6,13 @@ the image's top-1, top-2, ..., top-S components are set to zero in the SAE code 
 most, so its curve drops fastest: the **area** (mean of the curve over steps 0..S and images) is lower.
 
 Follows ``maxdreyer/attributing-clip`` experiments/eval_faithfulness.py ("deletion (local)": per-image
-rankings by ``topk`` of the scores, steps 0..S, the mean as area). Differences: we keep the SAE's
-reconstruction error ``x − x̂`` of the undeleted code fixed (``keep_error=True``; step 0 is then CLIP's true
-score), while the authors switch the residual off (``add_residual = False``) so their whole curve is of the
-SAE reconstruction — ``keep_error=False`` reproduces that. The target is the classifier's class embedding for
-the image's label (theirs: the text of the class name); we report areas in cosine units, they in % (×100).
+rankings by ``topk`` of the scores, l. 145; steps 0..S, l. 154–162; the mean as area, l. 174). The default is
+the authors' protocol: the SAE's error term is dropped (``sae.add_residual = False``, l. 59, for the scores and
+the deletions alike), so the whole curve is of the SAE reconstruction (``keep_error=False``).
+``keep_error=True`` (a stori-pl option) keeps the reconstruction error ``x − x̂`` of the undeleted code fixed
+(step 0 is then CLIP's true score) — and changes which method wins (docs/components.md). The target is the
+classifier's class embedding for the image's label (theirs: the text of the class name); we report areas in
+cosine units, they in % (×100).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from stori_pl.interpret.components import cosine_target, sae_codes, tower_prefix
 
 
-def deletion_edit(sae, order: torch.Tensor, n_deleted: int, keep_error: bool = True):
+def deletion_edit(sae, order: torch.Tensor, n_deleted: int, keep_error: bool = False):
     """CLS edit that zeroes each image's first ``n_deleted`` components of ``order [N, S]``."""
 
     def edit(cls: torch.Tensor) -> torch.Tensor:
@@ -35,7 +37,7 @@ def deletion_edit(sae, order: torch.Tensor, n_deleted: int, keep_error: bool = T
 
 
 def deletion_curves(model, sae, images: torch.Tensor, block: int, targets: torch.Tensor,
-                    scores: dict[str, torch.Tensor], steps: int = 10, keep_error: bool = True
+                    scores: dict[str, torch.Tensor], steps: int = 10, keep_error: bool = False
                     ) -> dict[str, torch.Tensor]:
     """The target after deleting each image's top-0..``steps`` components, per method.
 
@@ -47,7 +49,8 @@ def deletion_curves(model, sae, images: torch.Tensor, block: int, targets: torch
         targets: ``[N, D]`` or ``[D]``.
         scores: Method -> scores ``[N, m]`` (e.g. ``component_scores(...).scores``).
         steps: Components deleted at the last step.
-        keep_error: Keep the reconstruction error (step 0 = CLIP's score); False = the authors' variant.
+        keep_error: Keep the reconstruction error (step 0 = CLIP's score); False (default) = the authors'
+            protocol (``add_residual = False``).
 
     Returns:
         Method -> curve ``[steps + 1, N]``.

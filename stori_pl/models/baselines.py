@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,6 +92,11 @@ class TaskRes(ClipClassifier):
     are the 7 ``IMAGENET_TEMPLATES_SELECT`` + "a photo of a {}.") and *Base+CuPL* (``use_cupl_prompts=True``:
     ``t_c`` averages the template and the CuPL sentences).
 
+    Class names: the official ``_get_base_text_features`` (trainers/taskres.py l. 133–134) formats
+    ``template.format(text)`` with ``text`` the raw Dassl class name (``self.dm.dataset.classnames``, l. 232: the
+    split file's name, e.g. ``apple_pie``, ``outdoor apartment_building``) — ``classname_format="dassl"``, the
+    default; ``"spaces"`` replaces ``_`` by spaces as CoOp and Tip-Adapter do (a stori-pl option).
+
     Args:
         clip_model: open_clip architecture name.
         pretrained: open_clip tag, local checkpoint file, ``"builtin"`` or None (random init).
@@ -99,6 +107,8 @@ class TaskRes(ClipClassifier):
         use_cupl_prompts: Build ``t_c`` from the CuPL sentences too (*Base+CuPL*).
         warmup_epochs: Epochs at the constant ``warmup_lr`` before the cosine (official: 1).
         warmup_lr: The warm-up learning rate (official: 1e-5).
+        classname_format: ``"dassl"`` (the raw class name of the split file in the templates, as the official
+            code) or ``"spaces"`` (``_`` → space, the datamodule's base prompts).
         prompts: ``PromptSet.to_dict()``; None → from the datamodule.
     """
 
@@ -115,8 +125,11 @@ class TaskRes(ClipClassifier):
         use_cupl_prompts: bool = False,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
+        classname_format: Literal["dassl", "spaces"] = "dassl",
         prompts: dict | None = None,
     ):
+        if classname_format not in ("dassl", "spaces"):
+            raise ValueError(f"classname_format must be dassl or spaces, got {classname_format!r}")
         super().__init__()
         self._finish_init(prompts)
 
@@ -124,7 +137,24 @@ class TaskRes(ClipClassifier):
     def method_name(self) -> str:
         return "TaskRes (Base+CuPL)" if self.hparams.use_cupl_prompts else "TaskRes (Base)"
 
+    def base_prompt_set(self, prompt_set):
+        """The prompt set with the base prompts formatted as ``classname_format`` says (``"dassl"``: the templates
+        filled with the raw class names, when the prompt set has both; otherwise its base prompts as they are)."""
+        from stori_pl.data.containers import PromptSet
+
+        if self.hparams.get("classname_format", "spaces") != "dassl":
+            return prompt_set
+        if prompt_set.raw_classnames is None or prompt_set.templates is None:
+            if any("_" in n for n in prompt_set.classnames):
+                warnings.warn("TaskRes: the prompt set has no raw class names / templates; its base prompts are "
+                              "used as they are (classname_format=dassl needs a datamodule's prompt set)", stacklevel=3)
+            return prompt_set
+        base = [[t.format(raw) for t in prompt_set.templates] for raw in prompt_set.raw_classnames]
+        return PromptSet(list(prompt_set.classnames), base, prompt_set.cupl, list(prompt_set.raw_classnames),
+                         list(prompt_set.templates))
+
     def _build_classifier(self, prompt_set) -> None:
+        prompt_set = self.base_prompt_set(prompt_set)
         texts, classes = prompt_list(prompt_set, self.hparams.use_base_prompts, self.hparams.use_cupl_prompts)
         raw = encode_plain_prompts(self.clip, self.tokenizer, texts, normalize=False)  # [P, D] unnormalized
         index = torch.tensor(classes, dtype=torch.long, device=raw.device)

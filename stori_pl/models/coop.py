@@ -5,7 +5,10 @@ the configs ``configs/trainers/CoOp/vit_b16*.yaml`` and Dassl's optimizer defaul
 
 - prompt ``[SOS] [V]_1 … [V]_M [CLASS] . [EOT]`` with ``M = 16`` context vectors shared by all classes
   (``CSC=False``), class token at the end; the vectors start as ``N(0, 0.02)`` or, with ``ctx_init``, as the
-  token embeddings of a phrase (then ``M`` = its number of tokens);
+  token embeddings of a phrase: then ``M`` = its number of *words* (trainers/coop.py l. 74–79:
+  ``n_ctx = len(ctx_init.split(" "))``, the first ``M`` BPE tokens become the context and any further tokens
+  of the phrase stay fixed in the suffix); ``ctx_init_count="tokens"`` (a stori-pl option) makes every
+  token of the phrase a context vector;
 - text feature = ``ln_final`` of the EOT output ``@ text_projection``; logits ``logit_scale.exp() · cos``;
 - SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32, cosine per epoch after one warm-up epoch at a
   constant 1e-5 (:func:`stori_pl.models.schedules.dassl_scheduler`); epochs 50 (1 shot, and ImageNet),
@@ -17,6 +20,8 @@ so prompts are cut after their EOT and grouped in length buckets instead of runn
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +47,8 @@ class CoOp(ClipClassifier):
         weight_decay: SGD weight decay (Dassl: 5e-4).
         warmup_epochs: Epochs at the constant ``warmup_lr`` before the cosine (official: 1).
         warmup_lr: The warm-up learning rate (official: 1e-5).
+        ctx_init_count: ``"words"`` (``M`` = the phrase's word count, the official) or ``"tokens"`` (its BPE
+            token count: all of the phrase is learned).
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (only class names are used).
     """
 
@@ -59,10 +66,13 @@ class CoOp(ClipClassifier):
         weight_decay: float = 5e-4,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
+        ctx_init_count: Literal["words", "tokens"] = "words",
         prompts: dict | None = None,
     ):
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+        if ctx_init_count not in ("words", "tokens"):
+            raise ValueError(f"ctx_init_count must be words or tokens, got {ctx_init_count!r}")
         super().__init__()
         self._finish_init(prompts)
 
@@ -76,7 +86,8 @@ class CoOp(ClipClassifier):
         if self.hparams.ctx_init:
             phrase = self.hparams.ctx_init.replace("_", " ")
             tokens = tokenize([phrase], self.tokenizer).to(self.device)  # [1, 77]
-            n = int(tokens.argmax(-1)) - 1  # tokens between SOS and EOT
+            n_tokens = int(tokens.argmax(-1)) - 1  # tokens between SOS and EOT
+            n = len(phrase.split(" ")) if self.hparams.get("ctx_init_count", "tokens") == "words" else n_tokens
             with torch.no_grad():
                 return embedding(tokens)[0, 1 : 1 + n].float().clone(), phrase
         ctx = torch.empty(self.hparams.n_ctx, embedding.weight.shape[1], device=self.device)

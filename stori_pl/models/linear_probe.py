@@ -5,8 +5,13 @@ Follows ``KaiyangZhou/CoOp``, ``lpclip/linear_probe.py``: sklearn ``LogisticRegr
 max_iter=1000, penalty="l2", C)`` — i.e. minimize ``Σᵢ CE(W fᵢ + b, yᵢ) + ‖W‖² / (2C)`` (bias not penalized) —
 with ``C`` first chosen from ``[1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]`` by val accuracy, then refined by 8
 steps of the official log-space bisection around the peak. Here the solver is ``torch.optim.LBFGS`` (no new
-dependency). Departure: the features are the cache's L2-normalized ones (the official extracts raw
-``visual(image)`` outputs), so the searched ``C`` differs in scale, not the protocol.
+dependency) on sklearn's scaled objective ``mean CE + ‖W‖² / (2 C n)`` (sklearn ≥ 1.1, ``LinearModelLoss``),
+stopped as scipy's L-BFGS-B is by sklearn: max-norm of the gradient ≤ ``tol`` (sklearn's default 1e-4,
+the official setting), relative loss change ≤ 64·eps, 10 correction pairs. The stopping point matters: the
+val accuracy of a probe stopped at 1e-4 is not the optimum's, and the C search follows it (toy 4-shot:
+C = 1e3 at sklearn's tolerance, 1e5 at the optimum); ``tol=1e-10`` solves to the optimum.
+Departure: the features are the cache's L2-normalized ones (the official extracts raw ``visual(image)``
+outputs), so the searched ``C`` differs in scale, not the protocol.
 """
 
 from __future__ import annotations
@@ -23,18 +28,30 @@ from stori_pl.models.base import ClipClassifier
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # the official initial search list
 
 
+SKLEARN_TOL = 1e-4  # sklearn LogisticRegression's default tol (the official lpclip script keeps it)
+EPS64 = 2.220446049250313e-16  # float64 machine epsilon (sklearn passes ftol = 64 · eps to L-BFGS-B)
+
+
 def fit_logistic(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, c: float,
-                 max_iter: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimize ``Σ CE(feats Wᵀ + b, labels) + ‖W‖² / (2c)`` with L-BFGS: ``W [C, D]``, ``b [C]`` (float64)."""
+                 max_iter: int = 1000, tol: float = SKLEARN_TOL) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimize ``mean CE(feats Wᵀ + b, labels) + ‖W‖² / (2 c n)`` (sklearn's scaled objective; same optimum as
+    ``Σ CE + ‖W‖² / (2c)``) with L-BFGS from zero: ``W [C, D]``, ``b [C]`` (float64).
+
+    Args:
+        tol: Stop when the gradient's max-norm is ≤ ``tol`` (sklearn's ``tol``, default 1e-4); 1e-10: the optimum.
+    """
     x, y = feats.double(), labels.long()
+    n = len(y)
     w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            history_size=20, line_search_fn="strong_wolfe")
+    tight = tol < 1e-8
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol,
+                            tolerance_change=1e-14 if tight else 64 * EPS64,
+                            history_size=20 if tight else 10, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, y, reduction="sum") + (w * w).sum() / (2 * c)
+        loss = F.cross_entropy(x @ w.T + b, y) + (w * w).sum() / (2 * c * n)
         loss.backward()
         return loss
 
@@ -73,6 +90,7 @@ class LinearProbe(ClipClassifier):
         pretrained: open_clip tag, local checkpoint file, ``"builtin"`` or None (random init).
         search_steps: Bisection rounds after the grid (official: 8).
         max_iter: L-BFGS iterations per fit (official: 1000).
+        tol: L-BFGS gradient tolerance (sklearn's default 1e-4, the official; 1e-10 solves each fit to its optimum).
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (only the class names are used).
     """
 
@@ -84,6 +102,7 @@ class LinearProbe(ClipClassifier):
         pretrained: str | None = "openai",
         search_steps: int = 8,
         max_iter: int = 1000,
+        tol: float = SKLEARN_TOL,
         prompts: dict | None = None,
     ):
         super().__init__()
@@ -122,11 +141,13 @@ class LinearProbe(ClipClassifier):
         train = (train_x[:, 0] if train_x.ndim == 3 else train_x, train_y)  # eval-transform view, as the official
         val = dm.split_features("val")
 
+        tol = self.hparams.get("tol", 1e-10)  # checkpoints before the option: the optimum
+
         def accuracy(c: float) -> float:
-            return val_accuracy(*fit_logistic(*train, self.num_classes, c, self.hparams.max_iter), *val)
+            return val_accuracy(*fit_logistic(*train, self.num_classes, c, self.hparams.max_iter, tol), *val)
 
         c = search_c(accuracy, steps=self.hparams.search_steps)
-        w, b = fit_logistic(*train, self.num_classes, c, self.hparams.max_iter)
+        w, b = fit_logistic(*train, self.num_classes, c, self.hparams.max_iter, tol)
         self.weight.data.copy_(w.to(self.weight))
         self.bias.data.copy_(b.to(self.bias))
         self.c.fill_(c)
