@@ -109,7 +109,8 @@ def test_components_eval_writes_curves_and_areas(env, capsys):
     assert result["n_images"] == 24 and set(result["areas"]) == {"act_grad", "act_logit_lens", "logit_lens",
                                                                  "energy", "random"}
     assert all(len(c) == 4 for c in result["curves"].values())
-    assert len({round(c[0], 6) for c in result["curves"].values()}) == 1  # step 0 is the same CLIP score
+    assert len({round(c[0], 6) for c in result["curves"].values()}) == 1  # step 0: the same (reconstruction's) score
+    assert result["keep_error"] is False  # the authors' protocol (eval_faithfulness.py add_residual = False)
     assert (out_dir / "curves.png").stat().st_size > 0 and list(out_dir.glob("events.out.tfevents.*"))
     assert len((out_dir / "areas.csv").read_text(encoding="utf-8").splitlines()) == 6
     assert json.loads((out_dir / "areas.json").read_text(encoding="utf-8"))["steps"] == 3

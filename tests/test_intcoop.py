@@ -37,17 +37,60 @@ def model():
     return m
 
 
+def reference_clip(model):
+    """A separate open_clip model with the IntCoOp model's CLIP weights (no stori-pl function on the path)."""
+    from pathlib import Path
+
+    import open_clip
+
+    open_clip.add_model_config(Path(__file__).resolve().parents[1] / "stori_pl" / "model_configs" / "stori-tiny.json")
+    ref = open_clip.create_model("stori-tiny", pretrained=None)
+    ref.load_state_dict(model.clip.state_dict())
+    return ref.eval()
+
+
+def reference_parts(model, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The instance context ``ctx(I) [B, M, W]`` and the attribute token ``A(I) [B, W]`` written out with torch
+    functionals from the trained tensors (IntCoOp, arXiv 2406.13683 §3: ``A`` a small network on the image
+    embedding; context conditioned by multi-head attention; wiring as docs/intcoop.md states it): not the
+    model's ``conditioner`` / ``extractor`` modules."""
+    import math
+
+    d = features.shape[-1]
+    scaled = F.normalize(features, dim=-1) * math.sqrt(d)  # [B, D]
+    net = model.extractor.net
+    attr = F.linear(F.gelu(F.linear(scaled, net[0].weight, net[0].bias)), net[2].weight, net[2].bias)  # [B, W]
+    cond = model.conditioner
+    t, w = cond.kv_tokens, cond.width
+    kv = F.linear(scaled, cond.to_kv.weight, cond.to_kv.bias).view(len(features), t, w)  # [B, T, W]
+    mha = cond.attn
+    heads, hd = mha.num_heads, w // mha.num_heads
+    wq, wk, wv = mha.in_proj_weight.split(w)
+    bq, bk, bv = mha.in_proj_bias.split(w)
+    q = model.ctx.unsqueeze(0).expand(len(features), -1, -1)  # [B, M, W]
+
+    def split(x):  # [B, L, W] -> [B, heads, L, hd]
+        return x.view(x.shape[0], x.shape[1], heads, hd).transpose(1, 2)
+
+    qh, kh, vh = split(F.linear(q, wq, bq)), split(F.linear(kv, wk, bk)), split(F.linear(kv, wv, bv))
+    att = (qh @ kh.transpose(-1, -2) / math.sqrt(hd)).softmax(-1)  # [B, heads, M, T]
+    out = (att @ vh).transpose(1, 2).reshape(len(features), -1, w)  # [B, M, W]
+    return q + F.linear(out, mha.out_proj.weight, mha.out_proj.bias), attr
+
+
 def reference_logits(model, features: torch.Tensor) -> torch.Tensor:
     """Direct re-implementation: per image and class, the prompt ``[SOS] ctx(I) A(I) [CLASS] . [EOT]`` through
-    open_clip's own text transformer on all 77 positions (the CoOp official path, tests/test_baselines_official)."""
-    clip, tok = model.clip, model.tokenizer
-    ctx = model.conditioner(model.ctx, features)  # [B, M, W]
-    attr = model.extractor(features)  # [B, W]
+    the CoOp official ``TextEncoder`` (trainers/coop.py l. 46–57) on all 77 positions of a separate open_clip
+    model, tokenized with ``open_clip.tokenize``."""
+    import open_clip
+
+    clip = reference_clip(model)
+    ctx, attr = reference_parts(model, features)
     m = ctx.shape[1]
     out = torch.zeros(len(features), len(CLASSES))
     for b in range(len(features)):
         texts = [" ".join(["X"] * (m + 1)) + " " + c.replace("_", " ") + "." for c in CLASSES]
-        tokens = tok(texts)  # [C, 77]
+        tokens = open_clip.tokenize(texts)  # [C, 77]
         emb = clip.token_embedding(tokens)
         x = torch.cat([emb[:, :1], ctx[b].expand(len(CLASSES), -1, -1), attr[b].expand(len(CLASSES), 1, -1),
                        emb[:, 2 + m:]], dim=1) + clip.positional_embedding
@@ -61,6 +104,8 @@ def test_logits_match_direct_reimplementation(model):
     feats = torch.randn(3, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(feats), reference_logits(model, feats), atol=1e-4, rtol=1e-4)
+        ctx, attr = reference_parts(model, feats)
+        assert (ctx - model.ctx).abs().max() > 1e-3  # the conditioning is on: the reference checks the attention
 
 
 def test_class_chunks_and_gradients_match_one_chunk(model):
