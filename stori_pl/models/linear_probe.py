@@ -8,7 +8,7 @@ steps of the official log-space bisection around the peak. Here the solver is ``
 dependency) on sklearn's scaled objective ``mean CE + ‖W‖² / (2 C n)`` (sklearn ≥ 1.1, ``LinearModelLoss``),
 stopped as scipy's L-BFGS-B is by sklearn: max-norm of the gradient ≤ ``tol`` (sklearn's default 1e-4,
 the official setting), relative loss change ≤ 64·eps, 10 correction pairs. The stopping point matters: the
-val accuracy of a probe stopped at 1e-4 is not the optimum's, and the C search follows it (toy 4-shot:
+val accuracy of a probe stopped at 1e-4 is not the optimum's, and the C search follows it (issue 23, toy 4-shot:
 C = 1e3 at sklearn's tolerance, 1e5 at the optimum); ``tol=1e-10`` solves to the optimum.
 Departure: the features are the cache's L2-normalized ones (the official extracts raw ``visual(image)``
 outputs), so the searched ``C`` differs in scale, not the protocol.
