@@ -130,6 +130,7 @@ def load_clip(
     model.requires_grad_(False).eval()
     model.stori_model_name = model_name
     tokenizer = open_clip.get_tokenizer(model_name)
+    model.stori_special_ids = special_token_ids(tokenizer)
     _LOADED[key] = (model, preprocess, tokenizer)
     return _LOADED[key]
 
@@ -209,9 +210,35 @@ def tokenize(texts: Sequence[str], tokenizer: Callable) -> torch.Tensor:
     return tokens
 
 
+def special_token_ids(tokenizer: Callable) -> frozenset[int]:
+    """Ids of a tokenizer's special tokens (start, end, padding, ...): the positions SToRI never weights.
+
+    Args:
+        tokenizer: open_clip ``SimpleTokenizer`` (start/end ids, padding 0) or ``HFTokenizer`` (its Hugging Face
+            tokenizer's ``all_special_ids`` and pad id).
+    """
+    ids = set()
+    for name in ("sot_token_id", "eot_token_id", "pad_token_id"):
+        if isinstance(getattr(tokenizer, name, None), int):
+            ids.add(getattr(tokenizer, name))
+    inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+    ids.update(int(i) for i in getattr(inner, "all_special_ids", None) or [])
+    if isinstance(getattr(inner, "pad_token_id", None), int):
+        ids.add(inner.pad_token_id)
+    if hasattr(tokenizer, "sot_token_id"):
+        ids.add(0)  # SimpleTokenizer pads with 0
+    return frozenset(ids)
+
+
 @dataclass
 class TextTower:
-    """The parts of an open_clip text encoder that SToRI runs block by block."""
+    """The parts of an open_clip text encoder that SToRI runs block by block.
+
+    Causal towers (CLIP) and bidirectional ones (SigLIP, SigLIP2, MobileCLIP: ``no_causal_mask``) are both driven:
+    SToRI's Eq. 4 is an additive key bias, which applies to any self-attention. A bidirectional tower has
+    ``causal_mask`` all zeros, every position (padding included, since open_clip's SigLIP towers do not mask
+    padding) reaches the pooled one, and the sequence is never cut after the end token.
+    """
 
     name: str
     token_embedding: nn.Embedding
@@ -219,11 +246,13 @@ class TextTower:
     blocks: nn.ModuleList
     ln_final: nn.Module
     text_projection: nn.Module | torch.Tensor | None
-    causal_mask: torch.Tensor  # [ctx, ctx] additive, -inf above the diagonal
+    causal_mask: torch.Tensor  # [ctx, ctx] additive: -inf above the diagonal (causal) or zeros (bidirectional)
     num_heads: int
     batch_first: bool
-    pool_type: str  # "argmax" (EOT has the largest id) or "eos"
+    pool_type: str  # "argmax" (EOT has the largest id), "eos" (first eos_id), "last" or "first" position
     eos_id: int | None
+    causal: bool = True
+    special_ids: frozenset[int] = frozenset()  # token ids never weighted in a bidirectional tower
 
     @property
     def cast_dtype(self) -> torch.dtype:
@@ -238,12 +267,22 @@ class TextTower:
         return proj(pooled) if isinstance(proj, nn.Module) else pooled @ proj
 
 
-def text_tower(model: nn.Module) -> TextTower:
+POOL_TYPES = ("argmax", "eos", "last", "first")
+
+
+def text_tower(model: nn.Module, special_ids: Sequence[int] | None = None) -> TextTower:
     """Adapt an open_clip ``CLIP`` or ``CustomTextCLIP`` (with a ``TextTransformer``) for SToRI.
 
+    Args:
+        model: The CLIP.
+        special_ids: Token ids that are not words (start, end, padding) for a bidirectional tower; default: the
+            ids of the tokenizer :func:`load_clip` loaded with the model (``model.stori_special_ids``), else the
+            tower's ``pad_id`` and ``eos_id``.
+
     Raises:
-        NotImplementedError: for text towers SToRI cannot drive (Hugging Face towers, CoCa's appended
-            class token, bidirectional towers without a causal mask or without EOT pooling).
+        NotImplementedError: one line naming why, for text towers SToRI cannot drive: Hugging Face towers
+            (``hf_model_name``: no open_clip blocks to bias), CoCa's appended class token, a padding mask
+            (``use_pad_mask``: no shipped config uses it), pooling other than argmax/eos/last/first.
     """
     name = getattr(model, "stori_model_name", type(model).__name__)
     src = model.text if hasattr(model, "text") else model
@@ -255,11 +294,22 @@ def text_tower(model: nn.Module) -> TextTower:
         )
     pool = getattr(src, "pool_type", getattr(src, "text_pool_type", "argmax"))
     eos_id = getattr(src, "eos_id", getattr(src, "text_eos_id", None))
-    if getattr(src, "cls_emb", None) is not None or src.attn_mask is None or pool not in ("argmax", "eos"):
-        raise NotImplementedError(
-            f"{name}: SToRI needs a causal text encoder pooled at the EOT token "
-            f"(this one: pool_type={pool!r}, causal={src.attn_mask is not None})"
-        )
+    if getattr(src, "cls_emb", None) is not None:
+        raise NotImplementedError(f"{name}: SToRI does not support text towers with an appended class token "
+                                  "(CoCa): its pooled token is not a word the prompt's weights can be read against")
+    if getattr(src, "use_pad_mask", False):
+        raise NotImplementedError(f"{name}: SToRI does not support text towers with a padding mask "
+                                  "(use_pad_mask; no open_clip config ships one)")
+    if pool not in POOL_TYPES:
+        raise NotImplementedError(f"{name}: SToRI needs a text tower pooled at one token ({', '.join(POOL_TYPES)}); "
+                                  f"this one has pool_type={pool!r}")
+    causal = src.attn_mask is not None
+    n = src.positional_embedding.shape[0]
+    mask = src.attn_mask if causal else torch.zeros(n, n, device=src.positional_embedding.device)
+    if special_ids is None:
+        special_ids = getattr(model, "stori_special_ids", None)
+    if special_ids is None:
+        special_ids = {i for i in (getattr(src, "pad_id", None), eos_id) if isinstance(i, int)}
     attn = transformer.resblocks[0].attn
     return TextTower(
         name=name,
@@ -268,9 +318,11 @@ def text_tower(model: nn.Module) -> TextTower:
         blocks=transformer.resblocks,
         ln_final=src.ln_final,
         text_projection=src.text_projection,
-        causal_mask=src.attn_mask,
+        causal_mask=mask,
         num_heads=attn.num_heads,
         batch_first=getattr(transformer, "batch_first", True),
         pool_type=pool,
         eos_id=eos_id,
+        causal=causal,
+        special_ids=frozenset(int(i) for i in special_ids),
     )

@@ -1,0 +1,149 @@
+"""SToRI on bidirectional text towers (open_clip's SigLIP / SigLIP2 ``TextTransformer``: no causal mask, pooled at
+the last position), on random-init models built from open_clip's own configs (text towers made smaller so the
+CPU runs them in seconds) with token ids the test builds (the real tokenizers need a download)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CustomTextCLIP
+
+from stori_pl.text.clip import text_tower
+from stori_pl.text.encoder import WeightedTextEncoder
+
+# the tokenizers' conventions (open_clip/tokenizer.py SigLipTokenizer): T5 (SigLIP) pads with eos = 1, no BOS;
+# Gemma (SigLIP2) has add_bos_token=False, add_eos_token=True, pad 0, eos 1
+CONVENTIONS = {"ViT-B-16-SigLIP": {"eos": 1, "pad": 1}, "ViT-B-16-SigLIP2": {"eos": 1, "pad": 0},
+               "ViT-SO400M-14-SigLIP2": {"eos": 1, "pad": 0}}
+TINY_VISION = {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16}
+
+
+def small_model(name: str, layers: int = 4, width: int = 64, vocab: int = 500) -> CustomTextCLIP:
+    """open_clip's config of ``name`` with a smaller text tower (same block type, norm, activation, pooling,
+    projection, no causal mask) and a tiny vision tower; random init, eval mode."""
+    cfg = copy.deepcopy(open_clip.get_model_config(name))
+    cfg["vision_cfg"] = dict(TINY_VISION)
+    cfg["text_cfg"].update(layers=layers, width=width, heads=4, vocab_size=vocab)
+    cfg.pop("custom_text", None)
+    torch.manual_seed(0)
+    model = CustomTextCLIP(**cfg).eval()
+    for p in model.parameters():  # random init leaves some biases at 0; make every parameter count
+        p.data.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def make_tokens(n: int, length: int, vocab: int, eos: int, pad: int, seed: int = 0) -> torch.Tensor:
+    """``[n, length]`` rows ``x_1..x_N eos pad ...`` with real ids outside the special ones (one row fills the
+    context: no end token, as the tokenizers truncate)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.full((n, length), pad, dtype=torch.long)
+    for i in range(n):
+        k = length if i == 0 else int(torch.randint(2, length - 2, (1,), generator=g))
+        rows[i, :k] = torch.randint(3, vocab, (k,), generator=g)
+        if k < length:
+            rows[i, k] = eos
+    return rows
+
+
+def eq4_reference(model: CustomTextCLIP, tokens: torch.Tensor, weights: torch.Tensor, start: int) -> torch.Tensor:
+    """SToRI Eq. 4 written out on open_clip's modules (no stori_pl code): from block ``start`` (1-indexed) the
+    attention ``a[m, n] = w_n exp(s_mn) / sum_j w_j exp(s_mj)``; before it, plain bidirectional attention (SigLIP's
+    text tower has no mask at all). Then ``ln_final``, the last position, ``text_projection``. ``[B, D]``."""
+    text = model.text
+    x = text.token_embedding(tokens) + text.positional_embedding[: tokens.shape[1]]  # [B, L, W]
+    for i, block in enumerate(text.transformer.resblocks, start=1):
+        attn = block.attn
+        h = block.ln_1(x)
+        q, k, v = (h @ attn.in_proj_weight.T + attn.in_proj_bias).chunk(3, dim=-1)
+        b, n, width = q.shape
+        heads = attn.num_heads
+        q, k, v = (t.reshape(b, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # [B, H, L, d]
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(width // heads)).double()  # [B, H, L, L]
+        w = weights.double()[:, None, None, :] if i >= start else torch.ones_like(scores[..., :1, :])
+        e = w * torch.exp(scores - scores.amax(-1, keepdim=True))
+        a = (e / e.sum(-1, keepdim=True)).to(x.dtype)
+        out = (a @ v).transpose(1, 2).reshape(b, n, width)
+        x = x + block.ls_1(attn.out_proj(out))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    pooled = text.ln_final(x)[:, -1]  # pool_type "last"
+    return text.text_projection(pooled)
+
+
+@pytest.fixture(scope="module", params=list(CONVENTIONS))
+def siglip(request):
+    name = request.param
+    model = small_model(name)
+    conv = CONVENTIONS[name]
+    tokens = make_tokens(5, model.text.context_length, 500, conv["eos"], conv["pad"])
+    return name, model, tokens, {conv["eos"], conv["pad"]}
+
+
+def test_siglip_towers_have_no_causal_and_no_padding_mask(siglip):
+    """What the encoder relies on: open_clip's SigLIP towers mask nothing, so padding reaches the pooled (last)
+    position and the sequence cannot be cut after the end token."""
+    name, model, tokens, special = siglip
+    assert model.text.attn_mask is None and not model.text.use_pad_mask and model.text.pool_type == "last"
+    other = tokens.clone()
+    other[1, -1] = 7  # change one padding position
+    with torch.no_grad():
+        assert not torch.allclose(model.encode_text(tokens)[1], model.encode_text(other)[1], atol=1e-6)
+    tower = text_tower(model, special)
+    assert not tower.causal and (tower.causal_mask == 0).all()
+
+
+def test_log_weights_zero_equal_encode_text(siglip):
+    name, model, tokens, special = siglip
+    with torch.no_grad():
+        ref = model.encode_text(tokens)
+        for start in (1, 3, 4):
+            enc = WeightedTextEncoder(model, start_block=start, special_ids=special)
+            torch.testing.assert_close(enc(tokens), ref, rtol=1e-5, atol=1e-5)  # no weights: the tower's own mask
+            torch.testing.assert_close(enc(tokens, torch.zeros(tokens.shape)), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("start", [1, 2, 3, 4])
+def test_random_weights_match_a_direct_eq4_loop(siglip, start):
+    name, model, tokens, special = siglip
+    g = torch.Generator().manual_seed(start)
+    log_w = torch.randn(tokens.shape, generator=g)  # [B, L], on every position
+    real = ~torch.isin(tokens, torch.tensor(sorted(special)))
+    weights = torch.where(real, log_w.exp(), 1.0)  # real tokens weighted; end and padding keep weight 1
+    enc = WeightedTextEncoder(model, start_block=start, special_ids=special)
+    with torch.no_grad():
+        ref = eq4_reference(model, tokens, weights, start)
+        torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-5)
+        # the prefix cache (blocks before `start` once) stays exact: no EOT cut, every position kept
+        prep = enc.prepare(tokens, bucket_size=2)
+        assert prep.length == tokens.shape[1]
+        torch.testing.assert_close(prep.encode(log_w), ref, rtol=1e-4, atol=1e-5)
+        assert torch.equal(prep.mask, real)
+
+
+def test_prefix_cache_gradients_match_and_ignore_special_tokens(siglip):
+    name, model, tokens, special = siglip
+    enc = WeightedTextEncoder(model, start_block=3, special_ids=special)
+    prep = enc.prepare(tokens, bucket_size=2)
+    lw = (torch.randn(tokens.shape) * 0.5).requires_grad_(True)
+    direct = enc(tokens, lw).sum()
+    (g_direct,) = torch.autograd.grad(direct, lw)
+    (g_chunked,) = torch.autograd.grad(prep.encode(lw, chunk_size=2).sum(), lw)
+    torch.testing.assert_close(g_chunked, g_direct, rtol=1e-4, atol=1e-6)
+    assert (g_direct[~prep.mask] == 0).all() and g_direct[prep.mask].abs().sum() > 0
+
+
+def test_unsupported_towers_are_refused_in_one_line():
+    cfg = copy.deepcopy(open_clip.get_model_config("ViT-B-16-SigLIP2"))
+    cfg["vision_cfg"], cfg["text_cfg"] = dict(TINY_VISION), {**cfg["text_cfg"], "layers": 1, "width": 32,
+                                                             "heads": 2, "vocab_size": 50, "pool_type": "none"}
+    cfg.pop("custom_text", None)
+    model = CustomTextCLIP(**cfg)
+    with pytest.raises(NotImplementedError, match="pool_type='none'") as info:
+        text_tower(model)
+    assert "\n" not in str(info.value)
+    model.text.pool_type, model.text.use_pad_mask = "last", True
+    with pytest.raises(NotImplementedError, match="padding mask"):
+        text_tower(model)
