@@ -142,17 +142,23 @@ def test_bad_folders_are_one_line_errors(env, case, message, capsys):
     assert re.search(message, err[0]), err[0]
 
 
-@pytest.mark.parametrize("model", ["TaskRes", "CoOp", "IntCoOp", "TipAdapter", "LinearProbe", "ZeroShotCLIP"])
-def test_every_baseline_trains_on_own_folder(env, model):
+@pytest.mark.parametrize("clip", ["stori-tiny", "stori-tiny-sig"])  # a causal CLIP tower, a SigLIP-architecture one
+@pytest.mark.parametrize("model", ["StoriClassifier", "TaskRes", "CoOp", "IntCoOp", "TipAdapter", "LinearProbe",
+                                   "ZeroShotCLIP"])
+def test_every_baseline_trains_on_own_folder(env, model, clip):
+    """SToRI and every baseline train and test on the folder, with CLIP's causal text tower and with the
+    bidirectional SigLIP-architecture one (``stori-tiny-sig``: no causal mask, last-position pooling, logit_bias)."""
     make_folder(env / "mydata")
     command = "test" if model == "ZeroShotCLIP" else "fit"  # nothing to train
     argv = [command, "--data", "FewShotImageFolder", "--data.root", "mydata", "--data.prompts", "prompts.json",
-            "--data.shots", "2", "--model", model, *TINY, "--data.num_workers", "0", *QUIET,
-            "--trainer.max_epochs", "1"]
+            "--data.shots", "2", "--model", model, "--model.clip_model", clip, "--model.pretrained", "null",
+            "--data.num_workers", "0", *QUIET, "--trainer.max_epochs", "1"]
+    if model == "StoriClassifier":
+        argv += ["--model.start_block", "3"]  # of the tiny towers' 4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(argv) == 0
     (result,) = (env / "runs").rglob("test_results.json")
     data = json.loads(result.read_text())
-    assert data["dataset"] == "FewShotImageFolder" and data["method"] == model
+    assert data["dataset"] == "FewShotImageFolder" and data["method"] == model and data["clip_model"] == clip
     assert 0.0 <= data["metrics"]["test/acc"] <= 1.0

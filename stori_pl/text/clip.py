@@ -129,10 +129,65 @@ def load_clip(
     )
     model.requires_grad_(False).eval()
     model.stori_model_name = model_name
-    tokenizer = open_clip.get_tokenizer(model_name)
+    tokenizer = _get_tokenizer(model, model_name, source)
     model.stori_special_ids = special_token_ids(tokenizer)
     _LOADED[key] = (model, preprocess, tokenizer)
     return _LOADED[key]
+
+
+class StandInTokenizer:
+    """A word-level stand-in with SentencePiece's layout (``x_1 .. x_N eos pad ...``, no start token) for a
+    random-init model whose real tokenizer needs a download (SigLIP's, SigLIP2's): benchmarks and tests only.
+
+    Words (lower-cased, split on non-letters) map to ids by a stable hash; ids 0..2 are pad, eos and unknown.
+
+    Args:
+        context_length: Row length.
+        vocab_size: The model's vocabulary size.
+    """
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self, context_length: int, vocab_size: int):
+        self.context_length, self.vocab_size = int(context_length), int(vocab_size)
+
+    def encode(self, text: str) -> list[int]:
+        import re
+        import zlib
+
+        words = re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+        return [3 + zlib.crc32(w.encode("utf-8")) % (self.vocab_size - 3) for w in words]
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        n = context_length or self.context_length
+        out = torch.full((len(texts), n), self.pad_token_id, dtype=torch.long)  # [B, L]
+        for i, text in enumerate(texts):
+            ids = (self.encode(text) + [self.eos_token_id])[:n]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+def _get_tokenizer(model: nn.Module, model_name: str, source: str | None) -> Callable:
+    """open_clip's tokenizer of ``model_name``; a random-init model whose tokenizer cannot be loaded (it needs a
+    download) gets a :class:`StandInTokenizer` with a warning, a pretrained one a one-line error."""
+    hf_name = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    offline = {"local_files_only": True} if hf_name and source is None else {}  # no network retries for tests
+    try:
+        return open_clip.get_tokenizer(model_name, **offline)
+    except (OSError, ImportError, ValueError) as err:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if source is not None:
+            raise FileNotFoundError(
+                f"the tokenizer of {model_name} could not be loaded ({reason}); open_clip downloads it on first "
+                "use (Hugging Face hub or storage.googleapis.com, with the package transformers): run once with "
+                "network access, or set HF_HOME to a folder that holds it") from None
+        warnings.warn(f"the tokenizer of {model_name} could not be loaded ({reason}); the random-init model "
+                      "gets a word-hash stand-in (StandInTokenizer): for benchmarks and tests only",
+                      RandomWeightsWarning, stacklevel=3)
+        context = getattr(model, "context_length", None) or 64
+        vocab = getattr(model, "vocab_size", None) or text_tower(model).token_embedding.num_embeddings
+        return StandInTokenizer(context, vocab)
 
 
 def clear_clip_cache() -> None:
@@ -218,7 +273,7 @@ def special_token_ids(tokenizer: Callable) -> frozenset[int]:
             tokenizer's ``all_special_ids`` and pad id).
     """
     ids = set()
-    for name in ("sot_token_id", "eot_token_id", "pad_token_id"):
+    for name in ("sot_token_id", "eot_token_id", "pad_token_id", "eos_token_id"):
         if isinstance(getattr(tokenizer, name, None), int):
             ids.add(getattr(tokenizer, name))
     inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer

@@ -86,6 +86,13 @@ class WeightedTextEncoder:
             return tokens.shape[1]
         return int(self.eot_positions(tokens).max()) + 1
 
+    def n_leading(self, tokens: torch.Tensor) -> int:
+        """Special tokens before the first word of ``tokens`` [B, L]: 1 in a causal tower (CLIP's SOS), 0 or 1 in a
+        bidirectional one (SigLIP's tokenizers add no start token). Soft prompts (CoOp) start after them."""
+        if self.tower.causal:
+            return 1
+        return int(not bool(self._real(tokens[:1, :1]).all()))
+
     def _real(self, tokens: torch.Tensor) -> torch.Tensor:
         special = torch.tensor(sorted(self.tower.special_ids), dtype=tokens.dtype, device=tokens.device)
         return ~torch.isin(tokens, special)
