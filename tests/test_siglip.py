@@ -147,3 +147,66 @@ def test_unsupported_towers_are_refused_in_one_line():
     model.text.pool_type, model.text.use_pad_mask = "last", True
     with pytest.raises(NotImplementedError, match="padding mask"):
         text_tower(model)
+
+
+# ----------------------------------------------------------------------------- (phrase:w) with SentencePiece pieces
+CORPUS = ["a photo of a red car on a road", "a striped texture with small dots", "the dog is brown and furry",
+          "a photo of a blue square", "zigzag lines on a gray wall", "a car on a wet road at night"]
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizer(tmp_path_factory):
+    """open_clip's own ``HFTokenizer`` over a SentencePiece-style (BPE, ``▁`` word starts, ``</s>`` appended,
+    ``<pad>`` = 0) fast tokenizer trained here on a few sentences, as SigLIP's are built (no download)."""
+    pytest.importorskip("transformers")
+    from open_clip.tokenizer import HFTokenizer
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))  # SentencePiece BPE, as Gemma's (SigLIP2)
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"])
+    tok.train_from_iterator(CORPUS * 50, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    folder = tmp_path_factory.mktemp("sp")
+    fast.save_pretrained(folder)
+    return HFTokenizer(str(folder), context_length=16, clean="canonicalize")
+
+
+def test_weighted_syntax_aligns_sentencepiece_pieces(sp_tokenizer):
+    from stori_pl.text.syntax import token_words, tokenize_weighted
+
+    texts = ["a photo of a (red car:2) on a road", "(a striped:0.5) texture, with (small:3) dots!",
+             "the dog is brown and furry"]
+    plain = ["a photo of a red car on a road", "a striped texture, with small dots!", "the dog is brown and furry"]
+    tokens, log_w = tokenize_weighted(texts, sp_tokenizer)
+    assert torch.equal(tokens, sp_tokenizer(plain))  # exactly open_clip's tokens
+    pieces = [sp_tokenizer.tokenizer.convert_ids_to_tokens(row) for row in tokens.tolist()]
+    weighted = lambda r: {p: round(float(w.exp()), 4) for p, w in zip(pieces[r], log_w[r]) if w != 0}  # noqa: E731
+    assert weighted(0) == {"▁red": 2.0, "▁car": 2.0}
+    assert weighted(1) == {"▁a": 0.5, "▁striped": 0.5, "▁small": 3.0}
+    assert (log_w[2] == 0).all()
+    assert (log_w[tokens <= 1] == 0).all()  # end and padding keep weight 1
+    assert [w for w, _ in token_words(tokens[0], sp_tokenizer)] == "a photo of a red car on a road".split()
+    with pytest.raises(ValueError, match="produces no tokens"):
+        tokenize_weighted(["a dog (!!!:2)"], sp_tokenizer)  # canonicalize drops punctuation
+
+
+def test_weighted_prompts_on_a_siglip_tower_with_sentencepiece_tokens(sp_tokenizer):
+    from stori_pl.text.clip import special_token_ids
+    from stori_pl.text.syntax import tokenize_weighted
+
+    model = small_model("ViT-B-16-SigLIP2", vocab=300)
+    special = special_token_ids(sp_tokenizer)
+    assert special == {0, 1, 2}  # <pad>, </s>, <unk>
+    enc = WeightedTextEncoder(model, start_block=2, special_ids=special)
+    plain = sp_tokenizer(["a photo of a red car on a road"])  # [1, 16] (the tower pools position 15 of 16)
+    tokens, log_w = tokenize_weighted(["a photo of a (red car:2) on a road"], sp_tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.encode_prompts(["a photo of a red car on a road"], sp_tokenizer, normalize=False),
+                                   model.encode_text(plain), rtol=1e-5, atol=1e-5)
+        ref = eq4_reference(model, tokens, torch.where(enc.token_mask(tokens), log_w.exp(), 1.0), start=2)
+        torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(enc(tokens, log_w), model.encode_text(plain), atol=1e-3)  # the weight acts

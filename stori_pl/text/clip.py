@@ -150,13 +150,20 @@ class StandInTokenizer:
 
     def __init__(self, context_length: int, vocab_size: int):
         self.context_length, self.vocab_size = int(context_length), int(vocab_size)
+        self._words: dict[int, str] = {}
 
     def encode(self, text: str) -> list[int]:
         import re
         import zlib
 
         words = re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
-        return [3 + zlib.crc32(w.encode("utf-8")) % (self.vocab_size - 3) for w in words]
+        ids = [3 + zlib.crc32(w.encode("utf-8")) % (self.vocab_size - 3) for w in words]
+        self._words.update(zip(ids, words))
+        return ids
+
+    def word_of(self, token_id: int) -> str:
+        """The word a token id was made from (``<id>`` if this tokenizer never encoded it)."""
+        return self._words.get(int(token_id), f"<{int(token_id)}>")
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
