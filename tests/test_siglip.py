@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import open_clip
 import pytest
@@ -210,3 +211,64 @@ def test_weighted_prompts_on_a_siglip_tower_with_sentencepiece_tokens(sp_tokeniz
         ref = eq4_reference(model, tokens, torch.where(enc.token_mask(tokens), log_w.exp(), 1.0), start=2)
         torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(enc(tokens, log_w), model.encode_text(plain), atol=1e-3)  # the weight acts
+
+
+# ----------------------------------------------------------------------------- training-side pieces on SigLIP towers
+@pytest.fixture
+def no_tokenizer_download(monkeypatch):
+    """open_clip cannot load any tokenizer (as offline with SigLIP's): load_clip gives a random-init model the
+    stand-in tokenizer (SentencePiece layout: no start token, end token, padding)."""
+    from stori_pl.text import clip as clip_module
+
+    def offline(name, **kwargs):
+        raise OSError("offline")
+
+    clip_module.clear_clip_cache()
+    monkeypatch.setattr(clip_module.open_clip, "get_tokenizer", offline)
+    yield
+    clip_module.clear_clip_cache()
+
+
+def test_random_init_model_without_its_tokenizer_gets_a_stand_in(no_tokenizer_download):
+    from stori_pl.text.clip import RandomWeightsWarning, StandInTokenizer, load_clip
+
+    with pytest.warns(RandomWeightsWarning, match="stand-in"):
+        model, _, tok = load_clip("stori-tiny-sig", None)
+    assert isinstance(tok, StandInTokenizer) and model.stori_special_ids == {0, 1}
+    row = tok(["a red car"])[0]
+    assert row.shape == (32,) and row[3] == 1 and (row[4:] == 0).all() and (row[:3] > 2).all()
+    from stori_pl.text.clip import _get_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="tokenizer of stori-tiny-sig could not be loaded"):
+        _get_tokenizer(model, "stori-tiny-sig", "weights.safetensors")  # pretrained weights need the real one
+
+
+def test_coop_soft_prompts_start_at_the_first_word_without_a_start_token(no_tokenizer_download):
+    """CoOp initialised from "a photo of a" reproduces encode_text of "a photo of a <class>." exactly, also when
+    the tokenizer writes no start token (SigLIP's): the context vectors replace the first words, not position 0."""
+    import torch.nn.functional as F
+
+    from stori_pl.data.base import PromptSet
+    from stori_pl.models.coop import CoOp
+
+    names = ["red circle", "blue square"]
+    prompts = PromptSet(names, [[f"a photo of a {n}."] for n in names], [[] for _ in names]).to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coop = CoOp("stori-tiny-sig", None, ctx_init="a photo of a", prompts=prompts)
+    assert coop.encoder.n_leading(coop.tokens) == 0 and coop.tokens.shape[1] == 32  # no EOT cut either
+    with torch.no_grad():
+        ref = F.normalize(coop.clip.encode_text(coop.tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
+        torch.testing.assert_close(coop.class_embeddings(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_runs_on_a_siglip_architecture_model(capsys):
+    from stori_pl.cli import main
+
+    argv = ["bench", "--model", "stori-tiny-sig", "--start_block", "3", "--n_prompts", "6", "--skip_memory", "true",
+            "--coop_classes", "3", "--intcoop_batch", "2", "--repeats", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "bidirectional text tower" in out and "(f) IntCoOp train step" in out

@@ -134,6 +134,9 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
     enc = WeightedTextEncoder(clip, start_block)
     print(f"model {model} ({pretrained or 'random init'}), start block {start_block}/{enc.n_layers}, "
           f"{len(texts)} prompts from {source}, device {device}, torch threads {torch.get_num_threads()}")
+    if not enc.tower.causal:
+        print(f"bidirectional text tower ({enc.tower.pool_type} pooling): no EOT cut, every position reaches the "
+              "pooled one, so (a) and (e) gain from the prefix cache and the one-row last block only")
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
     prep = enc.prepare(tokens)  # length buckets of the default size
