@@ -187,8 +187,14 @@ class FewShotImageFolder(FewShotDataModule):
 
     def classname_folders(self) -> list[str]:
         """The class folder names, in label order."""
-        folder = self.root / "train" if self.has_split_folders() else self.root
+        folder = self.dataset_dir() / "train" if self.has_split_folders() else self.dataset_dir()
         return [c.name for c in class_folders(folder)]
+
+    def folder_classnames(self) -> list[str]:
+        """The class names, in label order, without reading any image (``classnames`` applied, ``_`` -> space):
+        the names ``stori describe --root`` writes and the prompts file is matched against."""
+        names = self._names()
+        return [names.get(f, f).replace("_", " ") for f in self.classname_folders()]
 
     # ----------------------------------------------------------------- prompts
     def _cupl_prompts(self) -> list[list[str]]:
