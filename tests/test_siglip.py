@@ -272,3 +272,32 @@ def test_bench_runs_on_a_siglip_architecture_model(capsys):
         assert main(argv) == 0
     out = capsys.readouterr().out
     assert "bidirectional text tower" in out and "(f) IntCoOp train step" in out
+
+
+@pytest.mark.slow
+def test_full_size_siglip2_text_tower_matches_encode_text_and_eq4():
+    """The real ViT-B-16-SigLIP2 text tower (12 blocks, width 768, 256k vocabulary, random init), built from
+    open_clip's config as open_clip builds it."""
+    from open_clip.model import _build_text_tower
+
+    cfg = open_clip.get_model_config("ViT-B-16-SigLIP2")
+    torch.manual_seed(0)
+    holder = torch.nn.Module()
+    holder.text = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"]).eval()
+    tokens = make_tokens(3, 64, 256000, eos=1, pad=0)
+    log_w = torch.randn(tokens.shape)
+    real = ~torch.isin(tokens, torch.tensor([0, 1]))
+    enc = WeightedTextEncoder(holder, start_block=7, special_ids={0, 1})
+    with torch.no_grad():
+        torch.testing.assert_close(enc(tokens, torch.zeros(tokens.shape)), holder.text(tokens), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(enc(tokens, log_w), eq4_reference(holder, tokens, torch.where(real, log_w.exp(), 1.0), 7),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_embed_word_table_reads_sentencepiece_pieces(sp_tokenizer):
+    from stori_pl.cli.embed import word_table
+    from stori_pl.text.syntax import tokenize_weighted
+
+    tokens, log_w = tokenize_weighted(["a photo of a (red car:2) on a road"], sp_tokenizer)
+    rows = word_table(tokens[0], log_w[0], sp_tokenizer)
+    assert rows[4] == ("red", "2", "▁red") and rows[0] == ("a", "1", "▁a")

@@ -376,3 +376,11 @@ def _pieces_to_words(row: list[int], tokenizer) -> list[tuple[str, list[int]]]:
         else:
             words[-1] = (words[-1][0] + text, words[-1][1] + [k])
     return [(w, pos) for w, pos in words if w]
+
+
+def piece_texts(ids: Sequence[int], tokenizer) -> list[str]:
+    """The pieces of SentencePiece-style token ids as the tokenizer writes them (``▁`` word starts), or the
+    stand-in tokenizer's words."""
+    if hasattr(tokenizer, "word_of"):
+        return [tokenizer.word_of(i) for i in ids]
+    return hf_parts(tokenizer)[0].convert_ids_to_tokens([int(i) for i in ids])
