@@ -116,7 +116,7 @@ def test_class_names_few_shot_and_prompts(tmp_path):
     ("missing_prompt", "prompts file .*no prompts for 1 of 3 classes.*red circle"),
     ("too_few", "'red_circle' has 2 image"),
 ])
-def test_bad_folders_are_one_line_errors(env, case, message, capsys):
+def test_bad_folders_are_one_line_errors(env, case, message, capsys, encode_counter):
     root = make_folder(env / "d")
     args = []
     if case == "empty_class":
@@ -140,8 +140,10 @@ def test_bad_folders_are_one_line_errors(env, case, message, capsys):
     err = [line for line in stderr.splitlines() if line.startswith("stori fit: error: ")]
     assert len(err) == 1 and "Traceback" not in stderr
     assert re.search(message, err[0]), err[0]
+    assert encode_counter.images == 0  # found before any image is encoded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", ["stori-tiny", "stori-tiny-sig"])  # a causal CLIP tower, a SigLIP-architecture one
 @pytest.mark.parametrize("model", ["StoriClassifier", "TaskRes", "CoOp", "IntCoOp", "TipAdapter", "LinearProbe",
                                    "ZeroShotCLIP"])

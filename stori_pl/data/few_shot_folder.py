@@ -197,17 +197,39 @@ class FewShotImageFolder(FewShotDataModule):
         return [names.get(f, f).replace("_", " ") for f in self.classname_folders()]
 
     # ----------------------------------------------------------------- prompts
+    def prepare_data(self) -> None:
+        self.check_prompts()  # a class missing from the prompts file fails before any image is encoded
+        super().prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check_prompts()
+        super().setup(stage)
+
+    def check_prompts(self) -> None:
+        """Raise one error naming every class the prompts file lacks (nothing to do without a file)."""
+        if self.prompts_file is not None and not getattr(self, "_prompts_checked", False):
+            self._matched_prompts()
+            self._prompts_checked = True
+
+    def _matched_prompts(self) -> list[list[str]]:
+        """The prompts file's sentences per class (label order); keys are class names or folder names."""
+        from stori_pl.data import cupl
+
+        self.subsets()
+        raw = cupl.load_cupl(self.prompts_file, self.cache_dir)
+        by_folder = dict(enumerate(self.classname_folders()))
+        try:
+            matched = cupl.match_cupl(raw, self._all_names, by_folder, source=f"prompts file {self.prompts_file}",
+                                      drop_blank=self.drop_blank_prompts)
+        except ValueError as err:
+            raise ValueError(str(err).replace("add the names to the dataset's cupl_name_map",
+                                              "use the class names (or folder names) as its keys")) from None
+        return [matched[i] for i in self._label_ids]
+
     def _cupl_prompts(self) -> list[list[str]]:
         if self.prompts_file is None:
             warnings.warn("FewShotImageFolder: no prompts file (--data.prompts); the templates stand in as the "
                           "class descriptions (write a file with `stori describe`)", stacklevel=3)
             return [[t.format(n) for t in self.templates] for n in self.classnames]
-        self.cupl_name_map = dict(enumerate(self.classname_folders()))  # keys may be the folder names too
-        try:
-            return super()._cupl_prompts()
-        except ValueError as err:
-            if "no prompts for" not in str(err):
-                raise
-            message = str(err).replace("add the names to the dataset's cupl_name_map",
-                                       "use the class names (or folder names) as its keys")
-            raise ValueError(f"prompts file {message}") from None
+        prompts = self._matched_prompts()
+        return self._select(prompts) if self.prompts_per_class else prompts
