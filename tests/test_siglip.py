@@ -70,8 +70,10 @@ def eq4_reference(model: CustomTextCLIP, tokens: torch.Tensor, weights: torch.Te
         out = (a @ v).transpose(1, 2).reshape(b, n, width)
         x = x + block.ls_1(attn.out_proj(out))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    pooled = text.ln_final(x)[:, -1]  # pool_type "last"
-    return text.text_projection(pooled)
+    x = text.ln_final(x)
+    pooled = x[:, -1] if text.pool_type == "last" else x[torch.arange(len(x)), tokens.argmax(-1)]  # "last" | "argmax"
+    proj = text.text_projection
+    return proj(pooled) if isinstance(proj, torch.nn.Module) else pooled @ proj
 
 
 @pytest.fixture(scope="module", params=list(CONVENTIONS))
@@ -275,19 +277,20 @@ def test_bench_runs_on_a_siglip_architecture_model(capsys):
 
 
 @pytest.mark.slow
-def test_full_size_siglip2_text_tower_matches_encode_text_and_eq4():
-    """The real ViT-B-16-SigLIP2 text tower (12 blocks, width 768, 256k vocabulary, random init), built from
-    open_clip's config as open_clip builds it."""
+@pytest.mark.parametrize("name, vocab, eos, pad", [("ViT-B-16-SigLIP", 32000, 1, 1), ("ViT-B-16-SigLIP2", 256000, 1, 0)])
+def test_full_size_siglip_text_towers_match_encode_text_and_eq4(name, vocab, eos, pad):
+    """The real text towers (12 blocks, width 768, random init), built from open_clip's config as open_clip's
+    create_model builds them."""
     from open_clip.model import _build_text_tower
 
-    cfg = open_clip.get_model_config("ViT-B-16-SigLIP2")
+    cfg = open_clip.get_model_config(name)
     torch.manual_seed(0)
     holder = torch.nn.Module()
     holder.text = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"]).eval()
-    tokens = make_tokens(3, 64, 256000, eos=1, pad=0)
+    tokens = make_tokens(3, 64, vocab, eos=eos, pad=pad)
     log_w = torch.randn(tokens.shape)
-    real = ~torch.isin(tokens, torch.tensor([0, 1]))
-    enc = WeightedTextEncoder(holder, start_block=7, special_ids={0, 1})
+    real = ~torch.isin(tokens, torch.tensor([eos, pad]))
+    enc = WeightedTextEncoder(holder, start_block=7, special_ids={eos, pad})
     with torch.no_grad():
         torch.testing.assert_close(enc(tokens, torch.zeros(tokens.shape)), holder.text(tokens), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(enc(tokens, log_w), eq4_reference(holder, tokens, torch.where(real, log_w.exp(), 1.0), 7),
@@ -301,3 +304,28 @@ def test_embed_word_table_reads_sentencepiece_pieces(sp_tokenizer):
     tokens, log_w = tokenize_weighted(["a photo of a (red car:2) on a road"], sp_tokenizer)
     rows = word_table(tokens[0], log_w[0], sp_tokenizer)
     assert rows[4] == ("red", "2", "▁red") and rows[0] == ("a", "1", "▁a")
+
+
+def test_bidirectional_argmax_tower_mobileclip():
+    """MobileCLIP-S2's text tower: bidirectional too, but CLIP's tokenizer and argmax (EOT) pooling; padding (0)
+    is not masked either."""
+    from open_clip.model import _build_text_tower
+
+    cfg = copy.deepcopy(open_clip.get_model_config("MobileCLIP-S2"))
+    cfg["text_cfg"].update(layers=3, width=64, heads=4)
+    torch.manual_seed(0)
+    holder = torch.nn.Module()
+    holder.text = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"]).eval()
+    sot, eot = 49406, 49407
+    tokens = make_tokens(4, 77, 49406, eos=eot, pad=0)[:, :-1]
+    tokens = torch.cat([torch.full((4, 1), sot), tokens], dim=1)  # [SOS, x_1 .. x_N, EOT, 0 ...]
+    special = {sot, eot, 0}
+    enc = WeightedTextEncoder(holder, start_block=2, special_ids=special)
+    assert enc.tower.pool_type == "argmax" and not enc.tower.causal and enc.n_leading(tokens) == 1
+    log_w = torch.randn(tokens.shape)
+    real = ~torch.isin(tokens, torch.tensor(sorted(special)))
+    with torch.no_grad():
+        torch.testing.assert_close(enc(tokens), holder.text(tokens), rtol=1e-5, atol=1e-5)
+        ref = eq4_reference(holder, tokens, torch.where(real, log_w.exp(), 1.0), 2)
+        torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(enc.prepare(tokens).encode(log_w), ref, rtol=1e-4, atol=1e-5)
