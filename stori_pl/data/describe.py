@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -107,7 +108,8 @@ class Describer:
         device: Torch device (default: cuda when available).
         chat: Wrap each question in the tokenizer's chat template (``None``: when it has one; instruction-tuned
             models answer better that way; CuPL completed plain text with GPT-3).
-        seed: Sampling seed.
+        seed: Sampling seed (each question samples from its own stream, derived from the seed and the question,
+            so a resumed run draws what an uninterrupted one would).
     """
 
     def __init__(self, model: str, device: str | None = None, chat: bool | None = None, seed: int = 0):
@@ -118,7 +120,7 @@ class Describer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model).to(self.device).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(model, **_auto_dtype()).to(self.device).eval()
         except OSError as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise FileNotFoundError(f"could not load the language model {model!r} ({first}); give a local folder "
@@ -142,12 +144,21 @@ class Describer:
 
         ids = self.prompt_ids(question).to(self.device)  # [1, T]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed * 1_000_003 + zlib.crc32(question.encode("utf-8")))  # reproducible per question
         with torch.no_grad():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                       temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_tokens,
                                       num_return_sequences=n, pad_token_id=pad)  # [n, T + new]
         return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _auto_dtype() -> dict:
+    """``from_pretrained`` keyword loading the checkpoint's own dtype (bf16 LLMs stay bf16): ``dtype`` from
+    transformers 4.56 on, ``torch_dtype`` before."""
+    import transformers
+
+    major, minor = (int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
+    return {"dtype": "auto"} if (major, minor) >= (4, 56) else {"torch_dtype": "auto"}
 
 
 def describe_classes(
