@@ -105,6 +105,10 @@ def test_class_names_few_shot_and_prompts(tmp_path):
     assert all(e[0].startswith("test/") for e in subsets["test"])
     prompts = dm.prompt_set()
     assert prompts.cupl == [["s1."], ["t1."], ["c1.", "c2."]] and prompts.base[0] == ["a photo of a blue square."]
+    (tmp_path / "names.json").write_text(json.dumps({"blue_square": "Boxy"}))
+    from_file = FewShotImageFolder(str(tmp_path / "d"), classnames=str(tmp_path / "names.json"), shots=2,
+                                   clip_model="stori-tiny", pretrained=None)
+    assert from_file.folder_classnames() == ["Boxy", "green triangle", "red circle"]
     no_file = FewShotImageFolder(str(tmp_path / "d"), clip_model="stori-tiny", pretrained=None, shots=2)
     with pytest.warns(UserWarning, match="templates stand in"):
         assert no_file.prompt_set().cupl[2] == ["a photo of a red circle."]
