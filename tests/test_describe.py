@@ -48,9 +48,9 @@ def tiny_lm(tmp_path_factory) -> Path:
 def test_cupl_settings_and_questions():
     """CuPL's generate_image_prompts.py: temperature .99, max_tokens 50, n=10, stop '.', five ImageNet questions."""
     assert CUPL_SAMPLING == {"temperature": 0.99, "max_tokens": 50, "n": 10, "stop": "."}
-    assert questions_for("apple") == ["Describe what an apple looks like", "How can you identify an apple?",
-                                      "What does an apple look like?", "Describe an image from the internet of an apple",
-                                      "A caption of an image of an apple:"]
+    assert questions_for("apple") == [
+        "Describe what an apple looks like", "How can you identify an apple?", "What does an apple look like?",
+        "Describe an image from the internet of an apple", "A caption of an image of an apple:"]
     assert len(QUESTIONS["texture"]) == 6 and questions_for("banded", "texture")[0] == \
         "What does a banded material look like?"
     assert clean_sentence(" A red\n\ncircle is round. Then more") == "A redcircle is round."
@@ -114,7 +114,9 @@ def test_describe_errors_are_one_line(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
     assert main(["describe", "--model", "m", "--classes", "a", "--output", str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and 'pip install "stori-pl[describe]"' in err[0] and err[0].startswith("stori describe: error:")
+    assert len(err) == 1 and err[0].startswith("stori describe: error:")
+    assert 'pip install "stori-pl[describe]"' in err[0]

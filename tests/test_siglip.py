@@ -208,8 +208,8 @@ def test_weighted_prompts_on_a_siglip_tower_with_sentencepiece_tokens(sp_tokeniz
     plain = sp_tokenizer(["a photo of a red car on a road"])  # [1, 16] (the tower pools position 15 of 16)
     tokens, log_w = tokenize_weighted(["a photo of a (red car:2) on a road"], sp_tokenizer)
     with torch.no_grad():
-        torch.testing.assert_close(enc.encode_prompts(["a photo of a red car on a road"], sp_tokenizer, normalize=False),
-                                   model.encode_text(plain), rtol=1e-5, atol=1e-5)
+        ours = enc.encode_prompts(["a photo of a red car on a road"], sp_tokenizer, normalize=False)
+        torch.testing.assert_close(ours, model.encode_text(plain), rtol=1e-5, atol=1e-5)
         ref = eq4_reference(model, tokens, torch.where(enc.token_mask(tokens), log_w.exp(), 1.0), start=2)
         torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(enc(tokens, log_w), model.encode_text(plain), atol=1e-3)  # the weight acts
@@ -277,7 +277,8 @@ def test_bench_runs_on_a_siglip_architecture_model(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, vocab, eos, pad", [("ViT-B-16-SigLIP", 32000, 1, 1), ("ViT-B-16-SigLIP2", 256000, 1, 0)])
+@pytest.mark.parametrize("name, vocab, eos, pad", [("ViT-B-16-SigLIP", 32000, 1, 1),
+                                                   ("ViT-B-16-SigLIP2", 256000, 1, 0)])
 def test_full_size_siglip_text_towers_match_encode_text_and_eq4(name, vocab, eos, pad):
     """The real text towers (12 blocks, width 768, random init), built from open_clip's config as open_clip's
     create_model builds them."""
@@ -293,8 +294,8 @@ def test_full_size_siglip_text_towers_match_encode_text_and_eq4(name, vocab, eos
     enc = WeightedTextEncoder(holder, start_block=7, special_ids={eos, pad})
     with torch.no_grad():
         torch.testing.assert_close(enc(tokens, torch.zeros(tokens.shape)), holder.text(tokens), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(enc(tokens, log_w), eq4_reference(holder, tokens, torch.where(real, log_w.exp(), 1.0), 7),
-                                   rtol=1e-4, atol=1e-4)
+        ref = eq4_reference(holder, tokens, torch.where(real, log_w.exp(), 1.0), 7)
+        torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_embed_word_table_reads_sentencepiece_pieces(sp_tokenizer):
@@ -329,3 +330,20 @@ def test_bidirectional_argmax_tower_mobileclip():
         ref = eq4_reference(holder, tokens, torch.where(real, log_w.exp(), 1.0), 2)
         torch.testing.assert_close(enc(tokens, log_w), ref, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(enc.prepare(tokens).encode(log_w), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refuses_an_unsupported_tower_in_one_line(capsys, monkeypatch):
+    """`stori embed` on a model whose text tower SToRI cannot drive: one line saying why, exit status 2."""
+    from stori_pl.cli import main
+    from stori_pl.text import clip as clip_module
+
+    def fake_tower(model, special_ids=None):
+        raise clip_module.UnsupportedTowerError("coca: SToRI does not support text towers with an appended class token")
+
+    monkeypatch.setattr(clip_module, "text_tower", fake_tower)
+    monkeypatch.setattr("stori_pl.text.encoder.text_tower", fake_tower)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["embed", "a red car", "--model", "stori-tiny", "--pretrained", "null"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1] == "stori embed: error: coca: SToRI does not support text towers with an appended class token"

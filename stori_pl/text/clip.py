@@ -332,6 +332,10 @@ class TextTower:
 POOL_TYPES = ("argmax", "eos", "last", "first")
 
 
+class UnsupportedTowerError(NotImplementedError, ValueError):
+    """A text tower SToRI cannot drive (the message says why; the ``stori`` commands print it as one line)."""
+
+
 def text_tower(model: nn.Module, special_ids: Sequence[int] | None = None) -> TextTower:
     """Adapt an open_clip ``CLIP`` or ``CustomTextCLIP`` (with a ``TextTransformer``) for SToRI.
 
@@ -342,7 +346,8 @@ def text_tower(model: nn.Module, special_ids: Sequence[int] | None = None) -> Te
             tower's ``pad_id`` and ``eos_id``.
 
     Raises:
-        NotImplementedError: one line naming why, for text towers SToRI cannot drive: Hugging Face towers
+        UnsupportedTowerError: (a ``NotImplementedError``) one line naming why, for text towers SToRI cannot
+            drive: Hugging Face towers
             (``hf_model_name``: no open_clip blocks to bias), CoCa's appended class token, a padding mask
             (``use_pad_mask``: no shipped config uses it), pooling other than argmax/eos/last/first.
     """
@@ -350,20 +355,20 @@ def text_tower(model: nn.Module, special_ids: Sequence[int] | None = None) -> Te
     src = model.text if hasattr(model, "text") else model
     transformer = getattr(src, "transformer", None)
     if not isinstance(getattr(src, "token_embedding", None), nn.Embedding) or transformer is None:
-        raise NotImplementedError(
+        raise UnsupportedTowerError(
             f"{name}: text tower {type(src).__name__} is not supported; SToRI needs an open_clip "
             "TextTransformer (Hugging Face text towers are not supported)"
         )
     pool = getattr(src, "pool_type", getattr(src, "text_pool_type", "argmax"))
     eos_id = getattr(src, "eos_id", getattr(src, "text_eos_id", None))
     if getattr(src, "cls_emb", None) is not None:
-        raise NotImplementedError(f"{name}: SToRI does not support text towers with an appended class token "
+        raise UnsupportedTowerError(f"{name}: SToRI does not support text towers with an appended class token "
                                   "(CoCa): its pooled token is not a word the prompt's weights can be read against")
     if getattr(src, "use_pad_mask", False):
-        raise NotImplementedError(f"{name}: SToRI does not support text towers with a padding mask "
+        raise UnsupportedTowerError(f"{name}: SToRI does not support text towers with a padding mask "
                                   "(use_pad_mask; no open_clip config ships one)")
     if pool not in POOL_TYPES:
-        raise NotImplementedError(f"{name}: SToRI needs a text tower pooled at one token ({', '.join(POOL_TYPES)}); "
+        raise UnsupportedTowerError(f"{name}: SToRI needs a text tower pooled at one token ({', '.join(POOL_TYPES)}); "
                                   f"this one has pool_type={pool!r}")
     causal = src.attn_mask is not None
     n = src.positional_embedding.shape[0]

@@ -227,7 +227,8 @@ class WeightedTextEncoder:
 
         Log-weights at SOS, EOT and padding are ignored; ``-inf`` masks a token out (weight 0).
         Prompts run in buckets of ``bucket_size`` of similar length, each cut after its last EOT
-        (exact under the causal mask; only speed and memory change; a bidirectional tower runs every position). ``token_embeddings`` ``[B, L, W]``
+        (exact under the causal mask; only speed and memory change; a bidirectional tower runs every position).
+        ``token_embeddings`` ``[B, L, W]``
         replaces the token lookup (soft prompts: CoOp's context vectors), differentiably.
         """
         self._check(tokens, log_weights)
