@@ -31,6 +31,7 @@ UTILITY_COMMANDS = {
     "grid": "stori_pl.cli.grid",
     "cache": "stori_pl.cli.cache",
     "attributes": "stori_pl.cli.attributes",
+    "describe": "stori_pl.cli.describe",
     "toy-pretrain": "stori_pl.cli.toy_pretrain",
 }
 LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.lightning.cli) and their one-line summaries

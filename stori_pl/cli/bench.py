@@ -61,7 +61,7 @@ def naive_encode(enc, tokens: torch.Tensor, log_weights: torch.Tensor) -> torch.
     x = enc.run_blocks(enc.embed_tokens(tokens), tower.blocks[: enc.start_block - 1], tower.causal_mask)
     x = enc.run_blocks(x, tower.blocks[enc.start_block - 1 :], enc.weighted_mask(key_bias))
     x = tower.ln_final(x)  # [B, L, W]
-    return tower.project(x[torch.arange(len(x)), enc.eot_positions(tokens)])
+    return tower.project(x[torch.arange(len(x)), enc.pool_positions(tokens)])
 
 
 def _loss(emb: torch.Tensor) -> torch.Tensor:
@@ -134,6 +134,9 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
     enc = WeightedTextEncoder(clip, start_block)
     print(f"model {model} ({pretrained or 'random init'}), start block {start_block}/{enc.n_layers}, "
           f"{len(texts)} prompts from {source}, device {device}, torch threads {torch.get_num_threads()}")
+    if not enc.tower.causal:
+        print(f"bidirectional text tower ({enc.tower.pool_type} pooling): no EOT cut, every position reaches the "
+              "pooled one, so (a) and (e) gain from the prefix cache and the one-row last block only")
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
     prep = enc.prepare(tokens)  # length buckets of the default size
@@ -255,10 +258,11 @@ def naive_coop_encode(model) -> torch.Tensor:
     with torch.no_grad():
         emb = enc.tower.token_embedding(tokens).float()  # [C, 77, W]
     ctx = model.ctx.unsqueeze(0).expand(len(tokens), -1, -1)
-    x = torch.cat([emb[:, :1], ctx, emb[:, 1 + len(model.ctx):]], dim=1)
-    x = enc.run_blocks(enc.embed_tokens(tokens, x), enc.tower.blocks, enc.tower.causal_mask)
+    lead = enc.n_leading(tokens)  # SOS or nothing (SigLIP)
+    x = torch.cat([emb[:, :lead], ctx, emb[:, lead + len(model.ctx):]], dim=1)
+    x = enc.run_blocks(enc.embed_tokens(tokens, x), enc.tower.blocks, enc.plain_mask(tokens.shape[1]))
     x = enc.tower.ln_final(x)
-    return enc.tower.project(x[torch.arange(len(x)), enc.eot_positions(tokens)])  # [C, D]
+    return enc.tower.project(x[torch.arange(len(x)), enc.pool_positions(tokens)])  # [C, D]
 
 
 def time_coop(model: str, pretrained: str | None, n_classes: int, device: str, repeats: int, sync) -> dict:
@@ -305,7 +309,8 @@ def time_intcoop(model: str, pretrained: str | None, n_classes: int, batch: int,
     intcoop = IntCoOp(model, pretrained, attribute_words=words, prompts=prompts).to(device)
     coop = CoOp(model, pretrained, ctx_init="a photo of a", prompts=prompts).to(device)
     g = torch.Generator().manual_seed(0)
-    feats = torch.randn(batch, intcoop.clip.text_projection.shape[1], generator=g).to(device)
+    dim = intcoop.encoder.tower.project(torch.zeros(1, intcoop.ctx.shape[1], device=device)).shape[-1]
+    feats = torch.randn(batch, dim, generator=g).to(device)
     batch_dict = {"features": feats, "label": torch.randint(n_classes, (batch,), generator=g).to(device),
                   "attribute": torch.randint(len(words), (batch,), generator=g).to(device)}
     intcoop.handcrafted_text(batch_dict["attribute"], batch_dict["label"])  # the one-off cache, not per step

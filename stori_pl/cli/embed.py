@@ -76,8 +76,13 @@ def token_pieces(ids: list[int], tokenizer) -> list[str]:
 
     Args:
         ids: Token ids of one word, in order.
-        tokenizer: open_clip ``SimpleTokenizer`` (its ``decoder`` and ``byte_decoder``).
+        tokenizer: open_clip ``SimpleTokenizer`` (its ``decoder`` and ``byte_decoder``), or a SentencePiece-style
+            one (SigLIP's: its pieces as the tokenizer writes them).
     """
+    if not hasattr(tokenizer, "byte_encoder"):
+        from stori_pl.text.syntax import piece_texts
+
+        return piece_texts(ids, tokenizer)
     byte_decoder = getattr(tokenizer, "byte_decoder", None) or {v: k for k, v in tokenizer.byte_encoder.items()}
     pieces, buf, count = [], b"", 0
     for i in ids:

@@ -86,10 +86,11 @@ class CoOp(ClipClassifier):
         if self.hparams.ctx_init:
             phrase = self.hparams.ctx_init.replace("_", " ")
             tokens = tokenize([phrase], self.tokenizer).to(self.device)  # [1, 77]
-            n_tokens = int(tokens.argmax(-1)) - 1  # tokens between SOS and EOT
+            encoder = WeightedTextEncoder(self.clip, start_block=1)
+            n_tokens, lead = int(encoder.token_mask(tokens).sum()), encoder.n_leading(tokens)  # after SOS (if any)
             n = len(phrase.split(" ")) if self.hparams.get("ctx_init_count", "tokens") == "words" else n_tokens
             with torch.no_grad():
-                return embedding(tokens)[0, 1 : 1 + n].float().clone(), phrase
+                return embedding(tokens)[0, lead : lead + n].float().clone(), phrase
         ctx = torch.empty(self.hparams.n_ctx, embedding.weight.shape[1], device=self.device)
         nn.init.normal_(ctx, std=0.02)
         return ctx, " ".join(["X"] * self.hparams.n_ctx)
@@ -99,14 +100,15 @@ class CoOp(ClipClassifier):
         texts = [f"{placeholder} {name.replace('_', ' ')}." for name in prompt_set.classnames]
         encoder = WeightedTextEncoder(self.clip, start_block=1)
         tokens = tokenize(texts, self.tokenizer).to(self.device)  # [C, 77]
-        tokens = tokens[:, : int(encoder.eot_positions(tokens).max()) + 1]  # [C, L'] nothing after EOT matters
+        tokens = tokens[:, : encoder.sequence_length(tokens)]  # [C, L'] nothing after EOT matters (causal mask)
+        lead = encoder.n_leading(tokens)  # SOS (CLIP) or nothing (SigLIP)
         with torch.no_grad():
             emb = encoder.tower.token_embedding(tokens).float()  # [C, L', W]
         self.__dict__.update(_encoder=encoder)
         self.ctx = nn.Parameter(ctx)  # [M, W]
         self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("token_prefix", emb[:, :1], persistent=False)  # [C, 1, W] SOS
-        self.register_buffer("token_suffix", emb[:, 1 + len(ctx) :], persistent=False)  # [C, *, W] class . EOT
+        self.register_buffer("token_prefix", emb[:, :lead], persistent=False)  # [C, 1, W] SOS ([C, 0, W]: none)
+        self.register_buffer("token_suffix", emb[:, lead + len(ctx) :], persistent=False)  # [C, *, W] class . EOT
 
     @property
     def encoder(self) -> WeightedTextEncoder:

@@ -130,14 +130,15 @@ class IntCoOp(CoOp):
         texts = [f"{placeholder} X {name.replace('_', ' ')}." for name in prompt_set.classnames]
         tokens = tokenize(texts, self.tokenizer).to(self.device)  # [C, 77]
         eot = encoder.eot_positions(tokens)  # [C]
-        tokens = tokens[:, : int(eot.max()) + 1]  # [C, L']
+        tokens = tokens[:, : encoder.sequence_length(tokens)]  # [C, L'] (all positions in a bidirectional tower)
+        lead = encoder.n_leading(tokens)  # SOS (CLIP) or nothing (SigLIP)
         with torch.no_grad():
             emb = encoder.tower.token_embedding(tokens).float()  # [C, L', W]
         self.__dict__.update(_encoder=encoder)
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("class_order", torch.argsort(eot, stable=True), persistent=False)  # by length
-        self.register_buffer("token_prefix", emb[:, :1], persistent=False)  # [C, 1, W] SOS
-        self.register_buffer("token_suffix", emb[:, 2 + len(ctx):], persistent=False)  # [C, *, W] class . EOT
+        self.register_buffer("token_prefix", emb[:, :lead], persistent=False)  # [C, 1, W] SOS ([C, 0, W]: none)
+        self.register_buffer("token_suffix", emb[:, lead + 1 + len(ctx):], persistent=False)  # [C, *, W] class . EOT
         self._handcrafted = {}
         self._set_word_table()
         if "ctx" not in self._parameters:
@@ -146,7 +147,8 @@ class IntCoOp(CoOp):
     def _set_word_table(self) -> None:
         words = self.attribute_words
         tower = text_tower(self.clip)
-        table = (word_embeddings(words, tower.token_embedding, self.tokenizer) if words
+        mask = WeightedTextEncoder(self.clip, start_block=1).token_mask
+        table = (word_embeddings(words, tower.token_embedding, self.tokenizer, mask) if words
                  else torch.zeros(0, tower.token_embedding.weight.shape[1], device=self.device))
         self.register_buffer("word_table", table, persistent=False)  # [V, W]
 
@@ -205,10 +207,10 @@ class IntCoOp(CoOp):
 
     def _encode_chunk(self, index: torch.Tensor, ctx: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
         b, c, m = len(ctx), len(index), ctx.shape[1]
-        n = int(self.encoder.eot_positions(self.tokens[index]).max()) + 1
-        width = ctx.shape[-1]
-        pre = self.token_prefix[index].unsqueeze(0).expand(b, c, 1, width)
-        suf = self.token_suffix[index, : n - 2 - m].unsqueeze(0).expand(b, c, -1, width)
+        n = self.encoder.sequence_length(self.tokens[index])
+        width, lead = ctx.shape[-1], self.token_prefix.shape[1]
+        pre = self.token_prefix[index].unsqueeze(0).expand(b, c, lead, width)
+        suf = self.token_suffix[index, : n - lead - 1 - m].unsqueeze(0).expand(b, c, -1, width)
         emb = torch.cat([pre, ctx.unsqueeze(1).expand(b, c, m, width).to(pre.dtype),
                          attr.view(b, 1, 1, width).expand(b, c, 1, width).to(pre.dtype), suf], dim=2)
         tokens = self.tokens[index, :n].unsqueeze(0).expand(b, c, n).reshape(b * c, n)

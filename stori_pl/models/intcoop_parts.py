@@ -94,16 +94,22 @@ class InstanceContext(nn.Module):
         return (q + out, weights) if return_weights else q + out
 
 
-def word_embeddings(words: list[str], token_embedding: nn.Embedding, tokenizer) -> torch.Tensor:
+def word_embeddings(words: list[str], token_embedding: nn.Embedding, tokenizer, token_mask=None) -> torch.Tensor:
     """The target embedding of each word ``[V, W]``: its token embedding, or the mean of its BPE tokens'
-    embeddings when the tokenizer splits it (our choice for multi-token words; SOS/EOT excluded)."""
+    embeddings when the tokenizer splits it (our choice for multi-token words; SOS/EOT excluded).
+
+    ``token_mask``: tokens ``[V, L]`` -> bool ``[V, L]`` of the word tokens (default: between SOS and the EOT, the
+    largest id, as CLIP's tokenizer writes them; :meth:`WeightedTextEncoder.token_mask` for other tokenizers)."""
     device = token_embedding.weight.device
     tokens = tokenizer(list(words)).to(device)  # [V, 77]
-    eot = tokens.argmax(dim=-1)  # [V] (the EOT id is the largest)
     with torch.no_grad():
         emb = token_embedding(tokens).float()  # [V, 77, W]
-    pos = torch.arange(tokens.shape[1], device=device)
-    mask = ((pos[None] >= 1) & (pos[None] < eot[:, None])).float()  # [V, 77]
+    if token_mask is not None:
+        mask = token_mask(tokens).float()  # [V, 77]
+    else:
+        eot = tokens.argmax(dim=-1)  # [V] (the EOT id is the largest)
+        pos = torch.arange(tokens.shape[1], device=device)
+        mask = ((pos[None] >= 1) & (pos[None] < eot[:, None])).float()  # [V, 77]
     return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # [V, W]
 
 

@@ -129,9 +129,72 @@ def load_clip(
     )
     model.requires_grad_(False).eval()
     model.stori_model_name = model_name
-    tokenizer = open_clip.get_tokenizer(model_name)
+    tokenizer = _get_tokenizer(model, model_name, source)
+    model.stori_special_ids = special_token_ids(tokenizer)
     _LOADED[key] = (model, preprocess, tokenizer)
     return _LOADED[key]
+
+
+class StandInTokenizer:
+    """A word-level stand-in with SentencePiece's layout (``x_1 .. x_N eos pad ...``, no start token) for a
+    random-init model whose real tokenizer needs a download (SigLIP's, SigLIP2's): benchmarks and tests only.
+
+    Words (lower-cased, split on non-letters) map to ids by a stable hash; ids 0..2 are pad, eos and unknown.
+
+    Args:
+        context_length: Row length.
+        vocab_size: The model's vocabulary size.
+    """
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self, context_length: int, vocab_size: int):
+        self.context_length, self.vocab_size = int(context_length), int(vocab_size)
+        self._words: dict[int, str] = {}
+
+    def encode(self, text: str) -> list[int]:
+        import re
+        import zlib
+
+        words = re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+        ids = [3 + zlib.crc32(w.encode("utf-8")) % (self.vocab_size - 3) for w in words]
+        self._words.update(zip(ids, words))
+        return ids
+
+    def word_of(self, token_id: int) -> str:
+        """The word a token id was made from (``<id>`` if this tokenizer never encoded it)."""
+        return self._words.get(int(token_id), f"<{int(token_id)}>")
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        n = context_length or self.context_length
+        out = torch.full((len(texts), n), self.pad_token_id, dtype=torch.long)  # [B, L]
+        for i, text in enumerate(texts):
+            ids = (self.encode(text) + [self.eos_token_id])[:n]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+def _get_tokenizer(model: nn.Module, model_name: str, source: str | None) -> Callable:
+    """open_clip's tokenizer of ``model_name``; a random-init model whose tokenizer cannot be loaded (it needs a
+    download) gets a :class:`StandInTokenizer` with a warning, a pretrained one a one-line error."""
+    hf_name = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    offline = {"local_files_only": True} if hf_name and source is None else {}  # no network retries for tests
+    try:
+        return open_clip.get_tokenizer(model_name, **offline)
+    except (OSError, ImportError, ValueError) as err:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if source is not None:
+            raise FileNotFoundError(
+                f"the tokenizer of {model_name} could not be loaded ({reason}); open_clip downloads it on first "
+                "use (Hugging Face hub or storage.googleapis.com, with the package transformers): run once with "
+                "network access, or set HF_HOME to a folder that holds it") from None
+        warnings.warn(f"the tokenizer of {model_name} could not be loaded ({reason}); the random-init model "
+                      "gets a word-hash stand-in (StandInTokenizer): for benchmarks and tests only",
+                      RandomWeightsWarning, stacklevel=3)
+        context = getattr(model, "context_length", None) or 64
+        vocab = getattr(model, "vocab_size", None) or text_tower(model).token_embedding.num_embeddings
+        return StandInTokenizer(context, vocab)
 
 
 def clear_clip_cache() -> None:
@@ -209,9 +272,35 @@ def tokenize(texts: Sequence[str], tokenizer: Callable) -> torch.Tensor:
     return tokens
 
 
+def special_token_ids(tokenizer: Callable) -> frozenset[int]:
+    """Ids of a tokenizer's special tokens (start, end, padding, ...): the positions SToRI never weights.
+
+    Args:
+        tokenizer: open_clip ``SimpleTokenizer`` (start/end ids, padding 0) or ``HFTokenizer`` (its Hugging Face
+            tokenizer's ``all_special_ids`` and pad id).
+    """
+    ids = set()
+    for name in ("sot_token_id", "eot_token_id", "pad_token_id", "eos_token_id"):
+        if isinstance(getattr(tokenizer, name, None), int):
+            ids.add(getattr(tokenizer, name))
+    inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+    ids.update(int(i) for i in getattr(inner, "all_special_ids", None) or [])
+    if isinstance(getattr(inner, "pad_token_id", None), int):
+        ids.add(inner.pad_token_id)
+    if hasattr(tokenizer, "sot_token_id"):
+        ids.add(0)  # SimpleTokenizer pads with 0
+    return frozenset(ids)
+
+
 @dataclass
 class TextTower:
-    """The parts of an open_clip text encoder that SToRI runs block by block."""
+    """The parts of an open_clip text encoder that SToRI runs block by block.
+
+    Causal towers (CLIP) and bidirectional ones (SigLIP, SigLIP2, MobileCLIP: ``no_causal_mask``) are both driven:
+    SToRI's Eq. 4 is an additive key bias, which applies to any self-attention. A bidirectional tower has
+    ``causal_mask`` all zeros, every position (padding included, since open_clip's SigLIP towers do not mask
+    padding) reaches the pooled one, and the sequence is never cut after the end token.
+    """
 
     name: str
     token_embedding: nn.Embedding
@@ -219,11 +308,13 @@ class TextTower:
     blocks: nn.ModuleList
     ln_final: nn.Module
     text_projection: nn.Module | torch.Tensor | None
-    causal_mask: torch.Tensor  # [ctx, ctx] additive, -inf above the diagonal
+    causal_mask: torch.Tensor  # [ctx, ctx] additive: -inf above the diagonal (causal) or zeros (bidirectional)
     num_heads: int
     batch_first: bool
-    pool_type: str  # "argmax" (EOT has the largest id) or "eos"
+    pool_type: str  # "argmax" (EOT has the largest id), "eos" (first eos_id), "last" or "first" position
     eos_id: int | None
+    causal: bool = True
+    special_ids: frozenset[int] = frozenset()  # token ids never weighted in a bidirectional tower
 
     @property
     def cast_dtype(self) -> torch.dtype:
@@ -238,28 +329,54 @@ class TextTower:
         return proj(pooled) if isinstance(proj, nn.Module) else pooled @ proj
 
 
-def text_tower(model: nn.Module) -> TextTower:
+POOL_TYPES = ("argmax", "eos", "last", "first")
+
+
+class UnsupportedTowerError(NotImplementedError, ValueError):
+    """A text tower SToRI cannot drive (the message says why; the ``stori`` commands print it as one line)."""
+
+
+def text_tower(model: nn.Module, special_ids: Sequence[int] | None = None) -> TextTower:
     """Adapt an open_clip ``CLIP`` or ``CustomTextCLIP`` (with a ``TextTransformer``) for SToRI.
 
+    Args:
+        model: The CLIP.
+        special_ids: Token ids that are not words (start, end, padding) for a bidirectional tower; default: the
+            ids of the tokenizer :func:`load_clip` loaded with the model (``model.stori_special_ids``), else the
+            tower's ``pad_id`` and ``eos_id``.
+
     Raises:
-        NotImplementedError: for text towers SToRI cannot drive (Hugging Face towers, CoCa's appended
-            class token, bidirectional towers without a causal mask or without EOT pooling).
+        UnsupportedTowerError: (a ``NotImplementedError``) one line naming why, for text towers SToRI cannot
+            drive: Hugging Face towers
+            (``hf_model_name``: no open_clip blocks to bias), CoCa's appended class token, a padding mask
+            (``use_pad_mask``: no shipped config uses it), pooling other than argmax/eos/last/first.
     """
     name = getattr(model, "stori_model_name", type(model).__name__)
     src = model.text if hasattr(model, "text") else model
     transformer = getattr(src, "transformer", None)
     if not isinstance(getattr(src, "token_embedding", None), nn.Embedding) or transformer is None:
-        raise NotImplementedError(
+        raise UnsupportedTowerError(
             f"{name}: text tower {type(src).__name__} is not supported; SToRI needs an open_clip "
             "TextTransformer (Hugging Face text towers are not supported)"
         )
     pool = getattr(src, "pool_type", getattr(src, "text_pool_type", "argmax"))
     eos_id = getattr(src, "eos_id", getattr(src, "text_eos_id", None))
-    if getattr(src, "cls_emb", None) is not None or src.attn_mask is None or pool not in ("argmax", "eos"):
-        raise NotImplementedError(
-            f"{name}: SToRI needs a causal text encoder pooled at the EOT token "
-            f"(this one: pool_type={pool!r}, causal={src.attn_mask is not None})"
-        )
+    if getattr(src, "cls_emb", None) is not None:
+        raise UnsupportedTowerError(f"{name}: SToRI does not support text towers with an appended class token "
+                                  "(CoCa): its pooled token is not a word the prompt's weights can be read against")
+    if getattr(src, "use_pad_mask", False):
+        raise UnsupportedTowerError(f"{name}: SToRI does not support text towers with a padding mask "
+                                  "(use_pad_mask; no open_clip config ships one)")
+    if pool not in POOL_TYPES:
+        raise UnsupportedTowerError(f"{name}: SToRI needs a text tower pooled at one token ({', '.join(POOL_TYPES)}); "
+                                  f"this one has pool_type={pool!r}")
+    causal = src.attn_mask is not None
+    n = src.positional_embedding.shape[0]
+    mask = src.attn_mask if causal else torch.zeros(n, n, device=src.positional_embedding.device)
+    if special_ids is None:
+        special_ids = getattr(model, "stori_special_ids", None)
+    if special_ids is None:
+        special_ids = {i for i in (getattr(src, "pad_id", None), eos_id) if isinstance(i, int)}
     attn = transformer.resblocks[0].attn
     return TextTower(
         name=name,
@@ -268,9 +385,11 @@ def text_tower(model: nn.Module) -> TextTower:
         blocks=transformer.resblocks,
         ln_final=src.ln_final,
         text_projection=src.text_projection,
-        causal_mask=src.attn_mask,
+        causal_mask=mask,
         num_heads=attn.num_heads,
         batch_first=getattr(transformer, "batch_first", True),
         pool_type=pool,
         eos_id=eos_id,
+        causal=causal,
+        special_ids=frozenset(int(i) for i in special_ids),
     )

@@ -6,9 +6,14 @@ as an additive key bias on the attention mask that open_clip's blocks already ta
 ``causal[None] + log_w[:, None, :]`` — no monkeypatching, no copied blocks. All-zero log-weights give
 exactly ``encode_text``.
 
+Causal towers (CLIP) and bidirectional ones (open_clip's SigLIP / SigLIP2 ``TextTransformer``: no causal mask,
+pooled at the last position) are both driven. In a bidirectional tower the weights apply to the real tokens
+(every id not in the tokenizer's special ids); end and padding tokens keep log-weight 0, as the tower sees them
+(open_clip's SigLIP towers do not mask padding, so the padding positions take part in every attention).
+
 Training only re-runs what the weights can change (:class:`PreparedPrompts`): blocks before ``k``
-once, the sequence cut after the last EOT (causal mask), and optionally chunks with gradient caching
-so that 10,000 prompts need the memory of one chunk.
+once, the sequence cut after the last EOT (causal mask only: without one, every position reaches the pooled
+one), and optionally chunks with gradient caching so that 10,000 prompts need the memory of one chunk.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class WeightedTextEncoder:
     Args:
         clip_model: A (frozen) open_clip ``CLIP`` or ``CustomTextCLIP``.
         start_block: First reweighted block, 1-indexed (paper: 7 of 12).
+        special_ids: Token ids that are not words, for a bidirectional tower (default: the ids of the tokenizer
+            :func:`~stori_pl.text.clip.load_clip` loaded, see :func:`~stori_pl.text.clip.text_tower`).
 
     Example:
         >>> enc = WeightedTextEncoder(model, start_block=7)
@@ -35,9 +42,9 @@ class WeightedTextEncoder:
         >>> emb = prep.encode(log_weights, chunk_size=512)
     """
 
-    def __init__(self, clip_model: nn.Module, start_block: int = 7) -> None:
+    def __init__(self, clip_model: nn.Module, start_block: int = 7, special_ids: Sequence[int] | None = None) -> None:
         self.model = clip_model
-        self.tower: TextTower = text_tower(clip_model)
+        self.tower: TextTower = text_tower(clip_model, special_ids)
         self.n_layers = len(self.tower.blocks)
         if not isinstance(start_block, int) or not 1 <= start_block <= self.n_layers:
             raise ValueError(
@@ -49,15 +56,58 @@ class WeightedTextEncoder:
 
     # ----------------------------------------------------------------------------------- helpers
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, L] -> [B]`` index of each row's EOT token."""
+        """``[B, L] -> [B]`` index of each row's EOT token (the pooled one of a causal tower).
+
+        For a bidirectional tower: the position after the last real token (its end token, or ``L`` when the
+        prompt fills the context).
+        """
+        if not self.tower.causal:
+            real = self._real(tokens)  # [B, L]
+            pos = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)  # [L]
+            return (real * pos).amax(dim=-1)
         if self.tower.pool_type == "eos":
             return (tokens == self.tower.eos_id).int().argmax(dim=-1)
         return tokens.argmax(dim=-1)
 
+    def pool_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, L] -> [B]`` the position each row's embedding is read from (open_clip's ``text_global_pool``)."""
+        pool = self.tower.pool_type
+        if pool in ("last", "first"):
+            value = tokens.shape[1] - 1 if pool == "last" else 0
+            return torch.full((tokens.shape[0],), value, dtype=torch.long, device=tokens.device)
+        if pool == "eos":
+            return (tokens == self.tower.eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def sequence_length(self, tokens: torch.Tensor) -> int:
+        """How many leading positions of ``tokens`` [B, L] can change the embeddings: up to the last EOT under a
+        causal mask, all ``L`` in a bidirectional tower (its pooled position and its padding see everything)."""
+        if not self.tower.causal:
+            return tokens.shape[1]
+        return int(self.eot_positions(tokens).max()) + 1
+
+    def n_leading(self, tokens: torch.Tensor) -> int:
+        """Special tokens before the first word of ``tokens`` [B, L]: 1 in a causal tower (CLIP's SOS), 0 or 1 in a
+        bidirectional one (SigLIP's tokenizers add no start token). Soft prompts (CoOp) start after them."""
+        if self.tower.causal:
+            return 1
+        return int(not bool(self._real(tokens[:1, :1]).all()))
+
+    def _real(self, tokens: torch.Tensor) -> torch.Tensor:
+        special = torch.tensor(sorted(self.tower.special_ids), dtype=tokens.dtype, device=tokens.device)
+        return ~torch.isin(tokens, special)
+
     def token_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, L] -> [B, L]`` bool, True on the real tokens x_1..x_N between SOS and EOT."""
+        """``[B, L] -> [B, L]`` bool, True on the real tokens x_1..x_N (between SOS and EOT in a causal tower;
+        the ids that are not special tokens in a bidirectional one)."""
+        if not self.tower.causal:
+            return self._real(tokens)
         pos = torch.arange(tokens.shape[1], device=tokens.device)  # [L]
         return (pos[None] >= 1) & (pos[None] < self.eot_positions(tokens)[:, None])
+
+    def plain_mask(self, n: int) -> torch.Tensor | None:
+        """The tower's own attention mask over ``n`` positions: causal ``[n, n]``, or None (bidirectional)."""
+        return self.tower.causal_mask[:n, :n] if self.tower.causal else None
 
     def _check(self, tokens: torch.Tensor, log_weights: torch.Tensor | None) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.ndim != 2:
@@ -91,8 +141,9 @@ class WeightedTextEncoder:
         x = t.token_embedding(tokens) if token_embeddings is None else token_embeddings
         return x.to(t.cast_dtype) + t.positional_embedding[: tokens.shape[1]].to(t.cast_dtype)
 
-    def run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module], mask: torch.Tensor) -> torch.Tensor:
-        """Run ``blocks`` on batch-first ``x`` [B, L, W] with additive ``mask`` [L, L] or [B*H, L, L]."""
+    def run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module], mask: torch.Tensor | None) -> torch.Tensor:
+        """Run ``blocks`` on batch-first ``x`` [B, L, W] with additive ``mask`` [L, L] or [B*H, L, L] (None: no
+        mask, a bidirectional tower's own)."""
         if not self.tower.batch_first:
             x = x.transpose(0, 1)  # [L, B, W]
         for block in blocks:
@@ -115,9 +166,9 @@ class WeightedTextEncoder:
             log_weights: ``[B, >=L]`` log-weights (only real tokens count) or None for the plain causal mask.
         """
         n = x.shape[1]
-        eot = self.eot_positions(tokens)  # [B]
+        eot = self.pool_positions(tokens)  # [B] the pooled position
         if log_weights is None:
-            key_bias, mask = None, self.tower.causal_mask[:n, :n]  # plain causal mask: bitwise encode_text
+            key_bias, mask = None, self.plain_mask(n)  # the tower's own mask: bitwise encode_text
         else:
             key_bias = torch.where(self.token_mask(tokens), log_weights[:, :n], 0.0)  # [B, L]
             mask = self.weighted_mask(key_bias)  # [B*H, L, L]
@@ -132,9 +183,9 @@ class WeightedTextEncoder:
         x: torch.Tensor,
         eot: torch.Tensor,
         key_bias: torch.Tensor | None,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The last block, evaluated only where it matters: the EOT query row. ``[B, L, W] -> [B, W]``.
+        """The last block, evaluated only where it matters: the pooled (EOT) query row. ``[B, L, W] -> [B, W]``.
 
         Keys and values still come from every position; queries, attention output and MLP run for one
         row instead of L (the other rows never reach the embedding). Uses the block's own modules; blocks
@@ -146,6 +197,8 @@ class WeightedTextEncoder:
         causal = self.tower.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)
         row_mask = causal[eot] if key_bias is None else causal[eot] + key_bias  # [B, L(key)]
         row_mask = row_mask[:, None, :].repeat_interleave(self.tower.num_heads, dim=0)  # [B*H, 1, L]
+        if key_bias is None and not self.tower.causal:
+            row_mask = None  # the tower's own (absent) mask
         q = x[rows, eot][:, None]  # [B, 1, W]
         kv = block.ln_1(x)  # [B, L, W]
         y = q + block.ls_1(block.attention(q_x=block.ln_1(q), k_x=kv, v_x=kv, attn_mask=row_mask))
@@ -159,9 +212,8 @@ class WeightedTextEncoder:
             tokens: Token ids ``[B, L]`` (``L`` may be cut after the last EOT).
             token_embeddings: Optional soft token embeddings ``[B, L, W]`` (see :meth:`embed_tokens`).
         """
-        n = tokens.shape[1]
         x = self.embed_tokens(tokens, token_embeddings)
-        return self.run_blocks(x, self.tower.blocks[: self.start_block - 1], self.tower.causal_mask[:n, :n])
+        return self.run_blocks(x, self.tower.blocks[: self.start_block - 1], self.plain_mask(tokens.shape[1]))
 
     # ---------------------------------------------------------------------------------- public API
     def __call__(
@@ -175,7 +227,8 @@ class WeightedTextEncoder:
 
         Log-weights at SOS, EOT and padding are ignored; ``-inf`` masks a token out (weight 0).
         Prompts run in buckets of ``bucket_size`` of similar length, each cut after its last EOT
-        (exact under the causal mask; only speed and memory change). ``token_embeddings`` ``[B, L, W]``
+        (exact under the causal mask; only speed and memory change; a bidirectional tower runs every position).
+        ``token_embeddings`` ``[B, L, W]``
         replaces the token lookup (soft prompts: CoOp's context vectors), differentiably.
         """
         self._check(tokens, log_weights)
@@ -184,7 +237,7 @@ class WeightedTextEncoder:
             log_weights = log_weights.to(tokens.device, torch.float32)
 
         def encode(index: torch.Tensor) -> torch.Tensor:
-            n = int(self.eot_positions(tokens[index]).max()) + 1
+            n = self.sequence_length(tokens[index])
             t = tokens[index, :n]  # [C, n]
             soft = None if token_embeddings is None else token_embeddings[index.to(token_embeddings.device), :n]
             return self.suffix(self.prefix(t, soft), t, None if log_weights is None else log_weights[index, :n])
@@ -239,13 +292,13 @@ class PreparedPrompts(nn.Module):
         self.__dict__["encoder"] = encoder  # not a submodule: CLIP belongs to its owner
         tokens = tokens.to(encoder.tower.positional_embedding.device)
         eot = encoder.eot_positions(tokens)  # [P]
-        self.length = int(eot.max()) + 1
+        self.length = encoder.sequence_length(tokens)
         self.register_buffer("tokens", tokens[:, : self.length], persistent=False)  # [P, L']
         self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("mask", encoder.token_mask(self.tokens), persistent=False)
         self.n_buckets = 0
         for index in torch.argsort(eot, stable=True).split(bucket_size):
-            n = int(eot[index].max()) + 1
+            n = encoder.sequence_length(self.tokens[index])
             with torch.no_grad():
                 hidden = encoder.prefix(self.tokens[index, :n])  # [C, n, W]
             self.register_buffer(f"index_{self.n_buckets}", index, persistent=False)

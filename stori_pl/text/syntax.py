@@ -10,6 +10,11 @@ Syntax (A1111 / Compel style):
 Alignment: the plain text is tokenized exactly like open_clip's ``SimpleTokenizer`` does (same cleaning, same
 BPE, same truncation), while tracking which characters each BPE piece covers; a piece takes the mean weight of
 the characters it covers. SOS, EOT and padding keep weight 1 (log-weight 0).
+
+SentencePiece-style tokenizers (open_clip's ``HFTokenizer`` and ``SigLipTokenizer``, those of SigLIP / SigLIP2: a
+fast Hugging Face tokenizer inside) are aligned through the tokenizer's own character offsets: the same call as
+open_clip makes (cleaning, ``max_length`` padding, truncation) with ``return_offsets_mapping``; a piece takes the
+mean weight of the non-space characters it covers; special tokens (end, padding) keep weight 1.
 """
 
 from __future__ import annotations
@@ -147,6 +152,64 @@ def default_tokenizer():
     return _tokenizer
 
 
+def hf_parts(tokenizer):
+    """``(fast Hugging Face tokenizer, cleaning function)`` of an open_clip ``HFTokenizer`` / ``SigLipTokenizer``
+    (SentencePiece-style), or None for other tokenizers."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is None or not getattr(inner, "is_fast", False):
+        return None
+    if getattr(tokenizer, "tokenizer_mode", "") == "clips":
+        raise TypeError("weighted prompts do not support HFTokenizer(tokenizer_mode='clips')")
+    clean = getattr(tokenizer, "clean_fn", None)
+    if clean is None:  # SigLipTokenizer cleans with canonicalize_text(basic_clean(text)) (open_clip/tokenizer.py)
+        from open_clip.tokenizer import basic_clean, canonicalize_text
+
+        def clean(text: str) -> str:
+            return canonicalize_text(basic_clean(text))
+    return inner, clean
+
+
+def _tokenize_one_hf(text: str, tokenizer, context_length: int, syntax: bool):
+    """``(ids, weights)`` of one prompt with a SentencePiece-style tokenizer (see the module docstring)."""
+    inner, clean = hf_parts(tokenizer)
+    plain, phrases = _parse(text) if syntax else (text, [])
+    spans = _runs(_char_weights(len(plain), phrases))
+    cleaned = clean(plain)
+    enc = inner(cleaned, max_length=context_length, padding="max_length", truncation=True,
+                return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    if getattr(tokenizer, "strip_sep_token", False):
+        ids = [0 if i == inner.sep_token_id else i for i in ids]
+    shim = type("Clean", (), {"clean_fn": staticmethod(clean)})
+    cw = _cleaned_weights(shim, plain, cleaned, spans) if len(spans) > 1 else None
+    weights = []
+    for (s, e), is_special in zip(offsets, special):
+        if is_special or e <= s or not spans:
+            weights.append(1.0)
+            continue
+        if cw is None:
+            weights.append(spans[0][2])
+            continue
+        chars = [j for j in range(s, e) if not cleaned[j].isspace()] or list(range(s, e))
+        weights.append(sum(cw[j] for j in chars) / len(chars))
+    for p in phrases:
+        a, b = len(clean(plain[: p.start])), len(clean(plain[: p.end]))
+        if b <= a or not any(s < b and e > a for (s, e), sp in zip(offsets, special) if not sp and e > s):
+            full = inner(cleaned, return_offsets_mapping=True)["offset_mapping"]
+            cut = b > a and any(s < b and e > a for s, e in full if e > s)
+            if not cut:
+                raise ValueError(f"weighted phrase {p.source!r} (weight {p.weight:g}) in prompt {text!r} produces no "
+                                 "tokens after the tokenizer's text cleaning; weight a phrase with visible words")
+    from stori_pl.text.clip import check_empty, shorten, warn_prompt
+
+    check_empty(plain, stacklevel=5)
+    n_full = len(inner(cleaned)["input_ids"])
+    if n_full > context_length:
+        warn_prompt(f"prompt {shorten(text)} has {n_full} tokens, more than the context length {context_length}; "
+                    "truncated", stacklevel=4)
+    return ids, weights
+
+
 def _check_tokenizer(tokenizer) -> None:
     needed = ("bpe", "pat", "encoder", "byte_encoder", "clean_fn", "sot_token_id", "eot_token_id")
     if not all(hasattr(tokenizer, a) for a in needed):
@@ -228,13 +291,15 @@ def tokenize_weighted(
 
     Args:
         texts: One prompt or a list, in the ``(phrase:w)`` syntax.
-        tokenizer: open_clip ``SimpleTokenizer`` (as returned by :func:`stori_pl.load_clip`); None → default.
-        context_length: Row length; None → ``tokenizer.context_length`` (77).
+        tokenizer: open_clip ``SimpleTokenizer`` (as returned by :func:`stori_pl.load_clip`), or a
+            SentencePiece-style ``HFTokenizer`` / ``SigLipTokenizer`` (SigLIP, SigLIP2); None → default.
+        context_length: Row length; None → ``tokenizer.context_length`` (77; SigLIP: 64).
         syntax: False treats every text literally (weight 1 everywhere; parentheses are plain characters).
 
     Returns:
         ``(tokens [B, L] long, log_weights [B, L] float32)``. ``tokens`` equals ``tokenizer(plain_texts)``;
-        log-weights are ``log(w)`` (``-inf`` for weight 0) on the real tokens and 0 at SOS, EOT and padding.
+        log-weights are ``log(w)`` (``-inf`` for weight 0) on the real tokens and 0 at SOS, EOT and padding
+        (every special token of a SentencePiece-style tokenizer).
 
     Raises:
         PromptSyntaxError: bad syntax. ValueError: a weighted phrase vanishes under tokenization.
@@ -243,13 +308,15 @@ def tokenize_weighted(
         UserWarning: naming the prompt, when it is longer than the context and gets truncated.
     """
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
-    _check_tokenizer(tokenizer)
+    one = _tokenize_one_hf if hf_parts(tokenizer) is not None else _tokenize_one
+    if one is _tokenize_one:
+        _check_tokenizer(tokenizer)
     texts = [texts] if isinstance(texts, str) else list(texts)
     length = int(context_length or getattr(tokenizer, "context_length", None) or 77)
     tokens = torch.zeros(len(texts), length, dtype=torch.long)  # [B, L]
     log_w = torch.zeros(len(texts), length, dtype=torch.float32)  # [B, L]
     for row, text in enumerate(texts):
-        ids, weights = _tokenize_one(text, tokenizer, length, syntax)
+        ids, weights = one(text, tokenizer, length, syntax)
         tokens[row, : len(ids)] = torch.tensor(ids)
         w = torch.tensor(weights, dtype=torch.float64)
         log_w[row, : len(ids)] = torch.where(w > 0, w.clamp_min(1e-300).log(), -math.inf).float()
@@ -268,8 +335,10 @@ def token_words(tokens_row: Sequence[int] | torch.Tensor, tokenizer=None) -> lis
         Punctuation pieces are words of their own (``"dog,"`` → ``dog``, ``,``).
     """
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
-    _check_tokenizer(tokenizer)
     row = tokens_row.tolist() if isinstance(tokens_row, torch.Tensor) else list(tokens_row)
+    if hf_parts(tokenizer) is not None or hasattr(tokenizer, "word_of"):
+        return _pieces_to_words(row, tokenizer)
+    _check_tokenizer(tokenizer)
     decoder = getattr(tokenizer, "decoder", None) or {v: k for k, v in tokenizer.encoder.items()}
     byte_decoder = getattr(tokenizer, "byte_decoder", None) or {v: k for k, v in tokenizer.byte_encoder.items()}
     start = 1 if row and row[0] == tokenizer.sot_token_id else 0
@@ -287,3 +356,31 @@ def token_words(tokens_row: Sequence[int] | torch.Tensor, tokenizer=None) -> lis
     if pos:  # a word cut by truncation
         words.append((bytes(byte_decoder[c] for c in buf).decode("utf-8", errors="replace"), pos))
     return words
+
+
+def _pieces_to_words(row: list[int], tokenizer) -> list[tuple[str, list[int]]]:
+    """:func:`token_words` of a SentencePiece-style row: a piece starting with ``▁`` starts a word, special tokens
+    are skipped (a :class:`~stori_pl.text.clip.StandInTokenizer` row: one word per token)."""
+    if hasattr(tokenizer, "word_of"):
+        special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+        return [(tokenizer.word_of(i), [k]) for k, i in enumerate(row) if i not in special]
+    inner = hf_parts(tokenizer)[0]
+    special = set(inner.all_special_ids)
+    words: list[tuple[str, list[int]]] = []
+    for k, (i, piece) in enumerate(zip(row, inner.convert_ids_to_tokens(row))):
+        if i in special:
+            continue
+        text = piece.replace("\u2581", " ")
+        if not words or text.startswith(" "):
+            words.append((text.lstrip(), [k]))
+        else:
+            words[-1] = (words[-1][0] + text, words[-1][1] + [k])
+    return [(w, pos) for w, pos in words if w]
+
+
+def piece_texts(ids: Sequence[int], tokenizer) -> list[str]:
+    """The pieces of SentencePiece-style token ids as the tokenizer writes them (``▁`` word starts), or the
+    stand-in tokenizer's words."""
+    if hasattr(tokenizer, "word_of"):
+        return [tokenizer.word_of(i) for i in ids]
+    return hf_parts(tokenizer)[0].convert_ids_to_tokens([int(i) for i in ids])
