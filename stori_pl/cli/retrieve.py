@@ -149,6 +149,7 @@ def contact_sheet(path: Path, prompts: list[str], rankings, paths: list[Path], t
     """One block of thumbnails (rank and score under each) per prompt; PNG written atomically."""
     from PIL import Image, ImageDraw
 
+    from stori_pl.data.image_io import open_rgb
     from stori_pl.utils import atomic_path
 
     cell_h, title_h = thumb + 16, 18
@@ -163,10 +164,9 @@ def contact_sheet(path: Path, prompts: list[str], rankings, paths: list[Path], t
         y += title_h
         for r, (i, s) in enumerate(rk):
             x0, y0 = (r % cols) * thumb, y + (r // cols) * cell_h
-            with Image.open(paths[i]) as im:
-                im = im.convert("RGB")
-                im.thumbnail((thumb - 4, thumb - 4))
-                sheet.paste(im, (x0 + 2 + (thumb - 4 - im.width) // 2, y0 + 2 + (thumb - 4 - im.height) // 2))
+            im = open_rgb(paths[i])
+            im.thumbnail((thumb - 4, thumb - 4))
+            sheet.paste(im, (x0 + 2 + (thumb - 4 - im.width) // 2, y0 + 2 + (thumb - 4 - im.height) // 2))
             draw.text((x0 + 3, y0 + thumb), f"#{r + 1} {s:.3f}", fill="black")
         y += n_rows * cell_h
     with atomic_path(path) as tmp:
