@@ -181,3 +181,90 @@ def test_no_module_opens_images_itself():
             if ("Image.open(" in line or '.convert("RGB")' in line) and ">>>" not in line:
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("command", [["cache"], ["attributes", "--labeller", "toy"]])
+@pytest.mark.parametrize("class_path", ["subprocess.Popen", "os.system", "stori_pl.utils.write_json", "Popen"])
+def test_config_class_path_cannot_run_code(tmp_path, monkeypatch, capsys, command, class_path):
+    """``data.class_path: subprocess.Popen`` in a shared config: refused in one line, the command never runs."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    pwned = tmp_path / "pwned"
+    args = {"args": ["touch", str(pwned)]} if "Popen" in class_path else {"command": f"touch {pwned}"}
+    if "write_json" in class_path:
+        args = {"path": str(pwned), "data": {}}
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"class_path": class_path, "init_args": args},
+                                   "model": {"class_path": "stori_pl.models.StoriClassifier",
+                                             "init_args": {"clip_model": "stori-tiny", "pretrained": None}}}))
+    status, _, err = run_cli([command[0], "--config", str(cfg), *command[1:]], capsys)
+    one_line_error(status, err, "is not a few-shot datamodule", "nothing was called")
+    assert not pwned.exists()
+
+
+def test_config_class_path_of_a_datamodule_still_works(tmp_path):
+    from stori_pl.cli.cache import load_config
+    from stori_pl.data import DTD
+
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("data: {class_path: stori_pl.data.DTD, init_args: {root: /x}}\n")
+    assert load_config([str(cfg)])[0] is DTD
+    assert load_config([str(cfg)], {"data.class_path": "DTD"})[0] is DTD
+
+
+# ---------------------------------------------------------------------------------------- CuPL
+def test_cupl_file_repeating_a_key_is_refused(tmp_path):
+    from stori_pl.data.cupl import load_cupl
+
+    path = tmp_path / "dup.json"
+    path.write_text('{"banded": ["a banded texture."], "dotted": ["dots."], "banded": ["stripes."]}')
+    with pytest.raises(ValueError, match=r"dup\.json: key 'banded' appears twice"):
+        load_cupl(path)
+    path.write_text('{"banded": ["a banded texture."], "dotted": ["dots."]}')
+    assert load_cupl(path) == {"banded": ["a banded texture."], "dotted": ["dots."]}
+
+
+# --------------------------------------------------------------------------------------- shots
+def test_shots_larger_than_a_class_take_every_image_once(recwarn):
+    """``--data.shots 100000``: every training image once (CoOp calls Dassl's generate_fewshot_dataset with
+    repeat=False, Dassl.pytorch dassl/data/datasets/base_dataset.py:167, CoOp datasets/dtd.py:41), one warning."""
+    import random
+    import warnings
+
+    from stori_pl.data import coop
+
+    entries = [[f"a{i}.jpg", 0, "a"] for i in range(20)] + [[f"b{i}.jpg", 1, "b"] for i in range(3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = coop.few_shot_split({"train": entries, "val": entries}, shots=100000, seed=1)
+    assert sorted(map(tuple, out["train"])) == sorted(map(tuple, entries))  # 23 entries, not 200000
+    short = [w for w in caught if issubclass(w.category, coop.FewerImagesWarning)]
+    assert len(short) == 1 and "2 of 2 classes have fewer training images" in str(short[0].message)
+    out = coop.few_shot_split({"train": entries, "val": entries}, shots=8, seed=1)
+    rng = random.Random(1)  # Dassl's loop: sample for the big class, the whole short class (no rng draw)
+    assert out["train"] == rng.sample(entries[:20], 8) + entries[20:]
+
+
+# -------------------------------------------------------------------------------------- report
+def test_report_skips_bad_results_files_and_names_them(tmp_path, capsys):
+    good = {"method": "StoriClassifier", "method_name": "SToRI", "dataset": "DTD", "shots": 2, "seed": 1,
+            "metrics": {"test/acc": 0.5}, "test_ckpt": "last"}
+    bad = {"list.json": b"[1, 2]", "null.json": json.dumps({**good, "metrics": {"test/acc": None}}).encode(),
+           "text.json": json.dumps({**good, "metrics": {"test/acc": "high"}}).encode(),
+           "shots.json": json.dumps({**good, "shots": "many"}).encode(),
+           "latin1.json": json.dumps({**good, "dataset": "Caf\u00e9"}, ensure_ascii=False).encode("latin-1"),
+           "nested.json": b"[" * 100000}
+    b2n = {**good, "subsample_classes": "base", "base_acc": 0.5, "new_acc": 0.25, "seed": 2}
+    for name, data in {"good.json": json.dumps(good).encode(), "b2n.json": json.dumps(b2n).encode(), **bad}.items():
+        folder = tmp_path / name.removesuffix(".json")
+        folder.mkdir()
+        (folder / "test_results.json").write_bytes(data)
+    for extra in ([], ["--base_to_novel", "true"]):
+        status, out, err = run_cli(["report", str(tmp_path), *extra], capsys)
+        assert status == 0 and "Traceback" not in err, err
+        for name in bad:
+            assert f"skipping {tmp_path / name.removesuffix('.json') / 'test_results.json'}" in err, (name, err)
+    status, out, err = run_cli(["report", str(tmp_path)], capsys)
+    assert "50.0" in out  # the good run is reported

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -150,14 +150,52 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
         target[name] = yaml.safe_load(value)
     if "class_path" not in data:
         raise ValueError(f"{files}: no data.class_path (e.g. stori_pl.data.DTD) in the config")
-    path = data["class_path"] if "." in data["class_path"] else f"stori_pl.data.{data['class_path']}"
-    module, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
+    cls = datamodule_class(data["class_path"])
     args = dict(data["init_args"])
     for k in ("clip_model", "pretrained"):  # linked from the model by `stori fit`
         if k not in args and k in model:
             args[k] = model[k]
     return cls, args
+
+
+def datamodule_class(class_path: Any) -> type:
+    """The datamodule class a config's ``data.class_path`` names, checked before anything is called.
+
+    A bare name must be one of the shipped datamodules (``DTD``, ..., ``ToyShapes``); a dotted path is imported
+    as ``stori fit`` imports it (jsonargparse imports the module of every ``class_path``) and must name a
+    :class:`~stori_pl.data.FewShotDataModule` subclass. Anything else (``subprocess.Popen``, ``os.system``, a
+    function) is refused here, so a shared config cannot make ``stori cache`` / ``stori attributes`` run code.
+
+    Raises:
+        ValueError: Not a shipped datamodule name, not importable, or not a FewShotDataModule subclass.
+    """
+    import stori_pl.data
+    from stori_pl.data.base import FewShotDataModule
+
+    registry = {n: getattr(stori_pl.data, n) for n in stori_pl.data.__all__}
+    try:
+        from stori_pl.toy.data import ToyShapes
+
+        registry["ToyShapes"] = ToyShapes
+    except ImportError:  # pragma: no cover
+        pass
+    known = sorted(n for n, c in registry.items() if isinstance(c, type) and issubclass(c, FewShotDataModule)
+                   and c is not FewShotDataModule)
+    if not isinstance(class_path, str) or not class_path.strip():
+        raise ValueError(f"data.class_path must be a datamodule name, got {class_path!r}; choose one of: "
+                         f"{', '.join(known)}")
+    if "." not in class_path:
+        cls = registry.get(class_path)
+    else:
+        module, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError as err:
+            raise ValueError(f"data.class_path {class_path!r}: cannot import {module!r} ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, FewShotDataModule) and cls is not FewShotDataModule):
+        raise ValueError(f"data.class_path {class_path!r} is not a few-shot datamodule (a FewShotDataModule "
+                         f"subclass); refused, nothing was called. Choose one of: {', '.join(known)}")
+    return cls
 
 
 # A list default (never mutated) rather than a tuple: jsonargparse's `--parts+ X` appends to a list default.
