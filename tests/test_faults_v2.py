@@ -268,3 +268,177 @@ def test_report_skips_bad_results_files_and_names_them(tmp_path, capsys):
             assert f"skipping {tmp_path / name.removesuffix('.json') / 'test_results.json'}" in err, (name, err)
     status, out, err = run_cli(["report", str(tmp_path)], capsys)
     assert "50.0" in out  # the good run is reported
+
+
+# ------------------------------------------------------------------------------- fit, test, resume
+def fit_args(fake, name: str, *extra: str, epochs: int = 2) -> list[str]:
+    """A seconds-long fit on fake DTD with the tiny random CLIP (as tests/test_faults.py)."""
+    return ["fit", "--model", "StoriClassifier", "--model.clip_model", "stori-tiny", "--model.pretrained", "null",
+            "--model.start_block", "3", "--model.lr", "0.5", "--data", "DTD", "--data.root", str(fake.root),
+            "--data.cupl", str(fake.cupl), "--data.shots", "2", "--data.batch_size", "2", "--data.num_workers", "0",
+            "--seed_everything", "7", "--trainer.max_epochs", str(epochs), "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.logger.init_args.name", name, *extra]
+
+
+def stori_process(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "import sys; from stori_pl.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def sigterm_run(tmp_path_factory):
+    """A fit of 1000 epochs stopped by SIGTERM once its first last.ckpt exists: (fake, root, status, output)."""
+    import signal
+    import time
+
+    root = tmp_path_factory.mktemp("faults_v2")
+    fake = make_fake("dtd", root / "data")
+    env_cache = {"STORI_CACHE": str(root / "cache")}
+    os.environ.update(env_cache)
+    ckpt = root / "runs" / "term" / "version_0" / "checkpoints" / "last.ckpt"
+    proc = stori_process(fit_args(fake, "term", epochs=1000), root)
+    deadline = time.monotonic() + 280
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    yield fake, root, proc.returncode, out
+
+
+@pytest.mark.slow
+def test_sigterm_mid_fit_writes_a_resumable_checkpoint_and_exits_143(sigterm_run):
+    from stori_pl.lightning.checkpoint import read_checkpoint
+
+    fake, root, status, out = sigterm_run
+    run = root / "runs" / "term" / "version_0"
+    assert status == 143, out
+    assert "Traceback" not in out and "resume with --ckpt_path last" in out, out
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] < 999  # stopped early, a whole epoch in the checkpoint
+    assert not (run / ".stori-fit.lock").exists()  # the lock was released
+
+
+@pytest.mark.slow
+def test_second_resume_of_a_run_refuses_naming_the_holder(sigterm_run, monkeypatch, capsys):
+    import socket
+
+    fake, root, _, _ = sigterm_run
+    monkeypatch.chdir(root)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = root / "runs" / "term" / "version_0" / ".stori-fit.lock"
+    try:
+        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": 0}))
+        status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=1000), capsys)
+        one_line_error(status, err, f"is in use by process {holder.pid}", "runs/term/version_0/.stori-fit.lock")
+    finally:
+        holder.kill()
+        holder.wait()
+        lock.unlink(missing_ok=True)
+    assert not (root / "runs" / "term" / "version_1").exists()
+
+
+def test_run_lock_is_exclusive_and_takes_over_stale_locks(tmp_path):
+    import socket
+
+    from stori_pl.lightning.run_guard import RunLock, RunLockedError
+
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(RunLockedError, match=f"in use by process {os.getpid()}"):
+        second.acquire()
+    first.release()
+    second.acquire()  # free again
+    second.release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".stori-fit.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    third = RunLock(tmp_path)
+    third.acquire()  # the holder is gone: stale, taken over
+    assert json.loads((tmp_path / ".stori-fit.lock").read_text())["pid"] == os.getpid()
+    third.release()
+    (tmp_path / ".stori-fit.lock").write_text("")  # a holder killed while writing it: stale after a while
+    os.utime(tmp_path / ".stori-fit.lock", (0, 0))
+    RunLock(tmp_path).acquire()
+
+
+@pytest.mark.slow
+def test_resume_past_max_epochs_and_negative_max_epochs_are_one_line(sigterm_run, monkeypatch, capsys):
+    fake, root, _, _ = sigterm_run
+    monkeypatch.chdir(root)
+    status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=0), capsys)
+    one_line_error(status, err, "--trainer.max_epochs 0: the checkpoint", "has already trained")
+    for epochs, needle in ((-1, "train forever"), (-2, "give a number of epochs")):
+        status, _, err = run_cli(fit_args(fake, "neg", epochs=epochs), capsys)
+        one_line_error(status, err, f"--trainer.max_epochs {epochs}", needle)
+    assert not (root / "runs" / "neg").exists() or not any((root / "runs" / "neg").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "pickle", "folder"])
+@pytest.mark.parametrize("command", ["fit", "test", "validate"])
+def test_ckpt_path_file_that_is_not_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys, kind, command):
+    """Refused before LightningCLI's _parse_ckpt_path reads the file (EOFError / OSError / UnpicklingError)."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    fake = make_fake("dtd", tmp_path / "data")
+    path = tmp_path / "bad.ckpt"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, buf)
+    data = {"truncated": buf.getvalue()[:50], "empty": b"", "pickle": pickle.dumps(Path("x"))}
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(data[kind])
+    argv = fit_args(fake, "bad")
+    argv[0] = command
+    status, _, err = run_cli([*argv, "--ckpt_path", str(path)], capsys)
+    one_line_error(status, err, "bad.ckpt")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("version_*"))
+
+
+def test_bad_option_values_and_python_yaml_tags_are_one_line(tmp_path, monkeypatch, capsys):
+    """``--model.lr nan`` (was a 78-line usage dump) and ``!!python/object/apply`` configs (a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    fake = make_fake("dtd", tmp_path / "data")
+    status, out, err = run_cli([*fit_args(fake, "nan"), "--model.lr", "nan"], capsys)
+    one_line_error(status, err, "--model.lr", "nan")
+    assert len(err.strip().splitlines()) <= 2 and "usage:" not in err, err
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'model: !!python/object/apply:os.system ["touch {tmp_path / "pwned"}"]\n')
+    status, _, err = run_cli(["fit", "--config", str(evil)], capsys)
+    one_line_error(status, err, "evil.yaml", "Python tags are refused")
+    assert not (tmp_path / "pwned").exists()
+    status, _, err = run_cli(["embed", "--config", str(evil), "a photo"], capsys)
+    one_line_error(status, err, "python/object/apply", "Python tags are refused")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_failed_run_after_its_logger_started_leaves_no_folder(tmp_path, monkeypatch):
+    """A run failing in its first training step (after config.yaml and a scalar-less event file exist) gives its
+    version folder back; a folder with scalars or checkpoints is kept."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from stori_pl.lightning.cli import run_lightning_cli
+    from stori_pl.lightning.run_guard import remove_if_empty_run
+    from stori_pl.models import StoriClassifier
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
+    fake = make_fake("dtd", tmp_path / "data")
+
+    def boom(self, batch, batch_idx):
+        assert (Path(self.trainer.log_dir) / "config.yaml").is_file()  # the logger has started
+        raise RuntimeError("boom in training_step")
+
+    monkeypatch.setattr(StoriClassifier, "training_step", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_lightning_cli(fit_args(fake, "late"))
+    assert not (tmp_path / "runs" / "late" / "version_0").exists()
+    kept = tmp_path / "kept"
+    with SummaryWriter(str(kept)) as w:
+        w.add_scalar("x", 1.0, 0)
+    (kept / "config.yaml").write_text("a: 1\n")
+    assert remove_if_empty_run(kept) is False and kept.is_dir()

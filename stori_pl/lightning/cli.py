@@ -292,6 +292,13 @@ def claim_run_version(run_dir: str | os.PathLike) -> int:
         return n
 
 
+def _give_back_folder(claimed_before: str | None) -> None:
+    """After a failed run: remove the folder it claimed if it holds no result (:func:`remove_if_empty_run`)."""
+    claimed = os.environ.get(RUN_DIR_ENV)
+    if claimed and claimed != claimed_before and Path(claimed).is_dir():
+        remove_if_empty_run(claimed)
+
+
 def run_lightning_cli(argv: list[str]) -> int:
     """Run ``stori <fit|validate|test|predict> ...``; returns the exit status."""
     import argparse
@@ -308,15 +315,14 @@ def run_lightning_cli(argv: list[str]) -> int:
         try:
             cli = StoriCLI(args=argv)
         except FloatingPointError as err:
+            _give_back_folder(claimed_before)
             print(f"stori: {err}", file=sys.stderr)
             return 1
         except SIGTERMException:  # Lightning stopped at a batch or epoch end; last.ckpt is the last whole epoch
             print("stori: SIGTERM received: stopped; resume with --ckpt_path last (exit status 143)", file=sys.stderr)
             return SIGTERM_STATUS
         except BaseException as err:
-            claimed = os.environ.get(RUN_DIR_ENV)
-            if claimed and claimed != claimed_before and Path(claimed).is_dir():
-                remove_if_empty_run(claimed)  # failed before writing a result: give its folder back
+            _give_back_folder(claimed_before)
             if isinstance(err, argparse.ArgumentError):
                 raise RunConfigError(parse_error_line(str(err))) from None
             if isinstance(err, MisconfigurationException):

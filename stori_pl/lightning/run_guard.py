@@ -50,7 +50,10 @@ def parse_error_line(message: str) -> str:
         return "invalid arguments"
     keys = [(i, m.group(1)) for i, line in enumerate(lines) if (m := re.match(r'Parser key "([^"]+)"', line))]
     if not keys:
-        return re.sub(r"<class '([\w.]+)'>", r"\1", lines[0])
+        line = re.sub(r"<class '([\w.]+)'>", r"\1", lines[0])
+        if "constructor for the tag" in line:
+            line += " (configs are plain YAML: Python tags are refused, nothing ran)"
+        return line
     last = keys[-1][0]
     detail = lines[last].split(":", 1)[1].strip() or (lines[last + 1] if last + 1 < len(lines) else "")
     detail = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", detail).rstrip(".")
@@ -217,13 +220,15 @@ class RunLock:
 
 # ------------------------------------------------------------------------------------------ empty run folders
 def event_file_has_scalars(path: Path) -> bool:
-    """Whether a TensorBoard event file holds at least one summary value (True if it cannot be read)."""
+    """Whether a TensorBoard event file holds a logged value (True if it cannot be read). The placeholders the
+    logger writes when it starts (``hp_metric`` = -1 and the ``_hparams_/*`` summaries) do not count."""
     try:
         from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     except ImportError:  # pragma: no cover - keep the folder when we cannot tell
         return True
     try:
-        return any(event.summary.value for event in EventFileLoader(str(path)).Load())
+        return any(v.tag != "hp_metric" and not v.tag.startswith("_hparams_/")
+                   for event in EventFileLoader(str(path)).Load() for v in event.summary.value)
     except Exception:  # noqa: BLE001 - a corrupt file: keep it
         return True
 
