@@ -442,3 +442,57 @@ def test_failed_run_after_its_logger_started_leaves_no_folder(tmp_path, monkeypa
         w.add_scalar("x", 1.0, 0)
     (kept / "config.yaml").write_text("a: 1\n")
     assert remove_if_empty_run(kept) is False and kept.is_dir()
+
+
+# --------------------------------------------------------------------------------- CLIP weights
+@pytest.mark.parametrize("kind", ["text", "pickle", "truncated"])
+def test_pretrained_file_that_is_not_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys, kind):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "weights.pt"
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf)
+    path.write_bytes({"text": b"hello, not weights\n", "pickle": pickle.dumps(Path("x")),
+                      "truncated": buf.getvalue()[:40]}[kind])
+    status, _, err = run_cli(["embed", "a photo", "--model", "stori-tiny", "--pretrained", str(path)], capsys)
+    one_line_error(status, err, f"--pretrained {path} is not a CLIP checkpoint")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_offline_pretrained_tag_fails_fast_in_one_line(monkeypatch, capsys):
+    """``stori embed "a photo" --model ViT-B-32 --pretrained openai`` offline: one line naming the tag, where
+    open_clip looked and --pretrained FILE, after the ~3 s probe (simulated: no network is used)."""
+    import time
+
+    import huggingface_hub
+    import open_clip
+
+    from stori_pl.text import clip_weights
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # not cached
+    for var in (*clip_weights.PROXY_VARS, "HF_HUB_OFFLINE", "STORI_NO_NETWORK_PROBE"):
+        monkeypatch.delenv(var, raising=False)
+    probed = []
+    monkeypatch.setattr(clip_weights, "reachable", lambda host, **k: probed.append(host) or False)
+
+    def no_download(*a, **k):
+        raise AssertionError("open_clip must not be asked to download")
+
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", no_download)
+    start = time.monotonic()
+    status, _, err = run_cli(["embed", "a photo", "--model", "ViT-B-32", "--pretrained", "openai"], capsys)
+    line = one_line_error(status, err, "'openai'", "huggingface", "--pretrained /path/to/checkpoint")
+    assert "timm/vit_base_patch32_clip_224.openai" in line and probed == ["huggingface.co"]
+    assert time.monotonic() - start < 20 and len(err.strip().splitlines()) == 1, err
+
+    # reachable, but the download itself fails (a firewall, a 5xx): the same one line with the reason
+    monkeypatch.setattr(clip_weights, "reachable", lambda host, **k: True)
+
+    def refused(*a, **k):
+        raise OSError("connection refused by the simulated server")
+
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", refused)
+    status, _, err = run_cli(["embed", "a photo", "--model", "ViT-B-32", "--pretrained", "openai"], capsys)
+    one_line_error(status, err, "'openai'", "simulated server", "--pretrained /path/to/checkpoint")
+    assert len(err.strip().splitlines()) == 1, err
