@@ -496,3 +496,107 @@ def test_offline_pretrained_tag_fails_fast_in_one_line(monkeypatch, capsys):
     status, _, err = run_cli(["embed", "a photo", "--model", "ViT-B-32", "--pretrained", "openai"], capsys)
     one_line_error(status, err, "'openai'", "simulated server", "--pretrained /path/to/checkpoint")
     assert len(err.strip().splitlines()) == 1, err
+
+
+# ------------------------------------------------------------------------------------- retrieve
+def test_retrieve_with_an_unwritable_cache_warns_once_and_ranks(tmp_path, monkeypatch, capsys):
+    """The cache folder cannot be made (a file is in the way; as root a chmod would not stop the write):
+    one CacheWriteWarning, the ranking is printed, exit 0."""
+    import warnings
+
+    fake = make_fake("dtd", tmp_path / "data")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, out, err = run_cli(["retrieve", "--images", str(fake.dataset_dir), "--prompts+", "a photo", "--model",
+                                    "stori-tiny", "--pretrained", "null", "--start_block", "2", "--top_k", "3", "--cache_dir",
+                                    str(blocker / "cache")], capsys)
+    assert status == 0, err
+    cache_warnings = [w for w in caught if "could not write the feature cache" in str(w.message)]
+    assert len(cache_warnings) == 1, [str(w.message) for w in caught]
+    assert "#1" in out or "1." in out or "a photo" in out, out
+    assert not (blocker / "cache").exists()
+
+
+# ------------------------------------------------------------------------------------ output paths
+@pytest.fixture(scope="module")
+def stori_ckpt(tmp_path_factory, tiny_clip):
+    """A two-epoch StoriClassifier checkpoint on random features (as tests/test_explain.py)."""
+    import lightning as L
+    from test_explain import PROMPTS, _Data
+
+    from stori_pl.models import StoriClassifier
+
+    root = tmp_path_factory.mktemp("explain_v2")
+    model = StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, lr=0.5, prompts=PROMPTS)
+    trainer = L.Trainer(max_epochs=2, default_root_dir=root, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, datamodule=_Data(model.clip.visual.output_dim))
+    path = root / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_explain_image_html_without_sae_writes_the_page(stori_ckpt, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(photo)
+    html = tmp_path / "why.html"
+    status, out, err = run_cli(["explain", str(stori_ckpt), "--image", str(photo), "--html", str(html)], capsys)
+    assert status == 0, err
+    assert html.is_file() and "<html" in html.read_text(encoding="utf-8").lower() and f"wrote {html}" in out
+
+
+def test_output_path_that_is_a_folder_or_a_full_disk_is_one_line(stori_ckpt, tmp_path, monkeypatch, capsys):
+    """embed --out, explain --html, report --csv naming a folder; report --csv on a full disk (ENOSPC)."""
+    import contextlib
+    import errno
+
+    import stori_pl.cli.report as report_cmd
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("emb.npy", "page.html", "table.csv"):
+        (tmp_path / name).mkdir()
+    run = tmp_path / "runs" / "r" / "version_0"
+    run.mkdir(parents=True)
+    (run / "test_results.json").write_text(json.dumps(
+        {"method": "StoriClassifier", "method_name": "SToRI", "dataset": "DTD", "shots": 2, "seed": 1,
+         "metrics": {"test/acc": 0.5}}))
+    cases = [["embed", "a photo", "--model", "stori-tiny", "--pretrained", "null", "--start_block", "2",
+              "--out", "emb.npy"],
+             ["explain", str(stori_ckpt), "--html", "page.html"],
+             ["report", "runs", "--csv", "table.csv"]]
+    for argv in cases:
+        status, _, err = run_cli(argv, capsys)
+        one_line_error(status, err, argv[-1], "folder")
+
+    @contextlib.contextmanager
+    def full_disk(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(report_cmd, "atomic_write", full_disk)
+    status, _, err = run_cli(["report", "runs", "--csv", "new.csv"], capsys)
+    one_line_error(status, err, "cannot write new.csv: No space left on device")
+
+
+@pytest.mark.slow
+def test_resume_in_a_read_only_run_folder_is_one_line(sigterm_run, monkeypatch, capsys):
+    """``fit --ckpt_path last`` where the run folder is read-only (EROFS; simulated, root ignores chmod):
+    refused before training (it was the TensorBoard writer's Errno 30 traceback)."""
+    import errno
+
+    from stori_pl.lightning import run_guard
+
+    fake, root, _, _ = sigterm_run
+    monkeypatch.chdir(root)
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if str(path).endswith(run_guard.LOCK_NAME):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(run_guard.os, "open", read_only)
+    status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=1000), capsys)
+    one_line_error(status, err, "cannot write in the run folder runs/term/version_0", "Read-only file system")

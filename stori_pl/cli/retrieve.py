@@ -94,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 def folder_features(paths: list[Path], model: str, pretrained: str | None, cache_dir: str | None, batch_size: int,
                     device: str) -> tuple[torch.Tensor, list[Path]]:
     """Cached image features ``[N, D]`` of the readable images and their paths; lists skipped files on stderr."""
-    from stori_pl.data.features import image_features
+    from stori_pl.data.features import CacheWriteWarning, image_features
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # we list skipped files ourselves, on cache hits too
+        warnings.simplefilter("always", CacheWriteWarning)
         feats, kept = image_features(paths, model, pretrained, cache_dir=cache_dir, batch_size=batch_size,
                                      device=device, skip_bad_images=True)
+    for w in [w for w in caught if issubclass(w.category, CacheWriteWarning)][:1]:  # an unwritable cache: rank anyway
+        warnings.warn(w.message, CacheWriteWarning, stacklevel=2)
     skipped = sorted(set(range(len(paths))) - set(kept))
     if skipped:
         listing = "\n  ".join(str(paths[i]) for i in skipped)

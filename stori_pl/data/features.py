@@ -346,8 +346,20 @@ def save_encoded(path: Path, key: str, chunks: list[torch.Tensor], kept: list[in
     if not chunks:
         raise BadImageError(f"none of the {len(paths)} images could be read (first: {paths[:3]})")
     feats = torch.cat(chunks)  # [N', D] or [N', 1+V, D]
-    save_cached(path, key, feats, kept, len(paths), info=info)
+    try:
+        save_cached(path, key, feats, kept, len(paths), info=info)
+    except OSError as err:  # a read-only, full or missing cache folder: use the features, say so once
+        warnings.warn(f"could not write the feature cache {path} ({err.strerror or err}); the features of these "
+                      f"{len(paths)} images are used now but will be encoded again next time (set STORI_CACHE or "
+                      "--cache_dir to a writable folder)", CacheWriteWarning, stacklevel=2)
     return feats
+
+
+class CacheWriteWarning(UserWarning):
+    """The feature cache could not be written; the run continues with the features it encoded."""
+
+
+warnings.filterwarnings("once", category=CacheWriteWarning, append=True)  # one warning per cache folder
 
 
 def cls_activations(
