@@ -600,3 +600,41 @@ def test_resume_in_a_read_only_run_folder_is_one_line(sigterm_run, monkeypatch, 
     monkeypatch.setattr(run_guard.os, "open", read_only)
     status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=1000), capsys)
     one_line_error(status, err, "cannot write in the run folder runs/term/version_0", "Read-only file system")
+
+
+# ---------------------------------------------------------------------------------------- threads
+def test_thread_choice_degrades_gracefully_on_a_busy_machine(monkeypatch):
+    from stori_pl.cli import threads
+
+    for var in ("STORI_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "_cores", lambda: 8)
+    monkeypatch.setattr(threads, "_load", lambda: 0.2)
+    big = ["fit", "--config", "coop/imagenet_16shot.yaml"]
+    assert threads.choose_threads(big) == 8  # an idle machine: every core
+    assert threads.choose_threads(["fit", "--config", "demo"]) == 1  # toy-size: one thread
+    assert threads.choose_threads(["embed", "a photo", "--model", "stori-tiny"]) == 1
+    assert threads.choose_threads(["toy-pretrain"]) == 1
+    monkeypatch.setattr(threads, "_load", lambda: 7.6)
+    assert threads.choose_threads(big) == 1  # busy: the idle cores only, never oversubscribed
+    monkeypatch.setattr(threads, "_load", lambda: 5.0)
+    assert threads.choose_threads(big) == 3
+    monkeypatch.setattr(threads, "_load", lambda: 30.0)
+    assert threads.choose_threads(big) == 1
+    monkeypatch.setenv("STORI_THREADS", "4")
+    assert threads.choose_threads(["fit", "--config", "demo"]) == 4  # forced
+    monkeypatch.setenv("STORI_THREADS", "torch")
+    assert threads.choose_threads(big) is None
+    monkeypatch.setenv("STORI_THREADS", "many")
+    with pytest.raises(ValueError, match="STORI_THREADS='many'"):
+        threads.choose_threads(big)
+    monkeypatch.delenv("STORI_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.choose_threads(["fit", "--config", "demo"]) is None  # the user's setting wins
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert threads.configure_threads(["fit", "--config", "demo"]) == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

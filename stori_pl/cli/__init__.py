@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstori: error: unknown command {command!r}", file=sys.stderr)
         return 2
     try:
+        from stori_pl.cli.threads import configure_threads
+
+        configure_threads(argv)  # before torch starts its thread pool: 1 thread for toy models, idle cores else
         return run_command(command, argv[1:])
     except SystemExit as exit_:
         if debug or not isinstance(exit_.code, str):
