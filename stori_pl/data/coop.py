@@ -50,14 +50,20 @@ def read_split(path: str | Path, source: str | None = None) -> dict[str, list[En
         raise FileNotFoundError(f"split file not found: {path}.{hint} (or set download: true).")
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"split file {path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"split file {path} is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(split, dict) or "train" not in split or "test" not in split:
         raise ValueError(f"split file {path} must be a JSON object with 'train', 'val', 'test' lists")
     for name in ("train", "val", "test"):
         entries = split.setdefault(name, [])
+        if entries is None:
+            entries = split[name] = []
+        if not isinstance(entries, list):
+            raise ValueError(f"split file {path}: {name!r} must be a list of [impath, label, classname], "
+                             f"not a JSON {type(entries).__name__}")
         for i, e in enumerate(entries):
-            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], int)):
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], int)
+                    and not isinstance(e[1], bool) and isinstance(e[2], str)):
                 raise ValueError(f"split file {path}: {name}[{i}] = {e!r} is not [impath, label, classname]")
     return split
 
