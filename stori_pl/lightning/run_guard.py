@@ -81,7 +81,7 @@ def check_ckpt_option(argv: list[str]) -> None:
     """Read ``--ckpt_path FILE`` safely before LightningCLI parses it.
 
     Raises:
-        FileNotFoundError: No such file.
+        RunConfigError: A folder.
         UnreadableCheckpointError: Truncated, empty, random or pickle-payload file (one line, listing the run's
             readable checkpoints).
     """
@@ -93,9 +93,8 @@ def check_ckpt_option(argv: list[str]) -> None:
     path = Path(ckpt).expanduser()
     if path.is_dir():
         raise RunConfigError(f"--ckpt_path {ckpt} is a folder; give a checkpoint file (e.g. {path}/last.ckpt)")
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
-    check_checkpoint(path)
+    if path.is_file():  # a missing file is reported by StoriCLI (after --print_config / --help had their say)
+        check_checkpoint(path)
 
 
 # ------------------------------------------------------------------------------------------ epochs
