@@ -21,7 +21,6 @@ from fakedata import make_fake
 from PIL import Image
 
 from stori_pl.cli import main
-from stori_pl.data.image_io import BadImageError, ImageTooLargeError, open_rgb, to_rgb
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -67,6 +66,8 @@ def grey_images(tmp_path: Path) -> dict[str, Path]:
 
 def test_every_pil_mode_reads_as_the_same_rgb(tmp_path):
     """16-bit PNG/TIFF (I;16, I;16B), 32-bit I, float F and CMYK read as the grey they show, not white."""
+    from stori_pl.data.image_io import BadImageError, ImageTooLargeError, open_rgb, to_rgb  # noqa: F401
+
     for mode, path in grey_images(tmp_path).items():
         with Image.open(path) as im:
             assert im.mode == mode, (mode, im.mode)
@@ -77,6 +78,8 @@ def test_every_pil_mode_reads_as_the_same_rgb(tmp_path):
 
 def test_transparent_pixels_are_shown_over_white(tmp_path):
     """RGBA / LA / P-with-transparency: a fully transparent pixel is white, an opaque one keeps its colour."""
+    from stori_pl.data.image_io import BadImageError, ImageTooLargeError, open_rgb, to_rgb  # noqa: F401
+
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))  # transparent black (what convert("RGB") shows)
     rgba.putpixel((0, 0), (200, 10, 10, 255))
     la = Image.new("LA", (4, 4), (0, 0))
@@ -100,6 +103,8 @@ def test_transparent_pixels_are_shown_over_white(tmp_path):
 
 def test_plain_rgb_and_l_are_unchanged(tmp_path):
     """8-bit RGB / L / P read exactly as convert("RGB") read them (existing feature caches stay valid)."""
+    from stori_pl.data.image_io import BadImageError, ImageTooLargeError, open_rgb, to_rgb  # noqa: F401
+
     im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8))
     for mode in ("RGB", "L", "P"):
         path = tmp_path / f"x_{mode}.png"
@@ -122,6 +127,8 @@ def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
 def test_decompression_bomb_is_refused_in_one_line(tmp_path, monkeypatch):
     """A header claiming 20000×20000 pixels: ImageTooLargeError naming the file and the size, nothing decoded;
     through the datasets' loader (a bad image named) and the loaders of explain --image and components."""
+    from stori_pl.data.image_io import BadImageError, ImageTooLargeError, open_rgb, to_rgb  # noqa: F401
+
     from stori_pl.cli.component_inputs import load_images
     from stori_pl.data.features import ImagePathDataset
 
@@ -321,6 +328,13 @@ def test_sigterm_mid_fit_writes_a_resumable_checkpoint_and_exits_143(sigterm_run
     assert not (run / ".stori-fit.lock").exists()  # the lock was released
 
 
+def one_more_epoch(root: Path) -> int:
+    """max_epochs for a resume of the SIGTERM run that trains one epoch (bounded if a refusal fails)."""
+    from stori_pl.lightning.checkpoint import read_checkpoint
+
+    return int(read_checkpoint(root / "runs" / "term" / "version_0" / "checkpoints" / "last.ckpt")["epoch"]) + 2
+
+
 @pytest.mark.slow
 def test_second_resume_of_a_run_refuses_naming_the_holder(sigterm_run, monkeypatch, capsys):
     import socket
@@ -331,7 +345,7 @@ def test_second_resume_of_a_run_refuses_naming_the_holder(sigterm_run, monkeypat
     lock = root / "runs" / "term" / "version_0" / ".stori-fit.lock"
     try:
         lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": 0}))
-        status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=1000), capsys)
+        status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=one_more_epoch(root)), capsys)
         one_line_error(status, err, f"is in use by process {holder.pid}", "runs/term/version_0/.stori-fit.lock")
     finally:
         holder.kill()
@@ -598,7 +612,7 @@ def test_resume_in_a_read_only_run_folder_is_one_line(sigterm_run, monkeypatch, 
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(run_guard.os, "open", read_only)
-    status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=1000), capsys)
+    status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=one_more_epoch(root)), capsys)
     one_line_error(status, err, "cannot write in the run folder runs/term/version_0", "Read-only file system")
 
 
