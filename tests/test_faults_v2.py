@@ -427,6 +427,9 @@ def test_bad_option_values_and_python_yaml_tags_are_one_line(tmp_path, monkeypat
     assert not (tmp_path / "pwned").exists()
     status, _, err = run_cli(["embed", "--config", str(evil), "a photo"], capsys)
     one_line_error(status, err, "python/object/apply", "Python tags are refused")
+    for command in (["cache"], ["attributes", "--labeller", "toy"]):
+        status, _, err = run_cli([command[0], "--config", str(evil), *command[1:]], capsys)
+        one_line_error(status, err, "evil.yaml is not plain YAML", "Python tags are refused")
     assert not (tmp_path / "pwned").exists()
 
 

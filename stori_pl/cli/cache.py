@@ -137,7 +137,9 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
     """
     data, model = {}, {}
     for f in files:
-        cfg = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
+        cfg = _plain_yaml(Path(f).read_text(encoding="utf-8"), f"config {f}") or {}
+        if not isinstance(cfg, dict):
+            raise ValueError(f"config {f} must be a YAML mapping with data: and model: sections")
         d, m = cfg.get("data") or {}, cfg.get("model") or {}
         data = {**data, **d, "init_args": {**data.get("init_args", {}), **d.get("init_args", {})}}
         flat = {k: v for k, v in m.items() if k not in ("class_path", "init_args")}  # model: {clip_model: ..}
@@ -147,7 +149,7 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
         target = {"data": data["init_args"] if name != "class_path" else data, "model": model}.get(section)
         if target is None or not name:
             raise ValueError(f"unknown option --{key} (use --data.<arg> or --model.<arg>)")
-        target[name] = yaml.safe_load(value)
+        target[name] = _plain_yaml(value, f"--{key}")
     if "class_path" not in data:
         raise ValueError(f"{files}: no data.class_path (e.g. stori_pl.data.DTD) in the config")
     cls = datamodule_class(data["class_path"])
@@ -156,6 +158,15 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
         if k not in args and k in model:
             args[k] = model[k]
     return cls, args
+
+
+def _plain_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with its errors (a ``!!python/...`` tag, bad syntax) as one ValueError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{where} is not plain YAML ({first}); Python tags are refused, nothing ran") from None
 
 
 def datamodule_class(class_path: Any) -> type:
