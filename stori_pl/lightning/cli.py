@@ -159,7 +159,7 @@ class StoriCLI(LightningCLI):
         check_epochs(sub.get("trainer"), sub.get("ckpt_path"), self.subcommand)
         if run_dir is not None and init.get("version") is None:
             init["version"] = claim_run_version(run_dir)
-        if run_dir is not None and self.subcommand == "fit" and int(os.environ.get("LOCAL_RANK", 0) or 0) == 0:
+        if run_dir is not None and self.subcommand == "fit" and _launching_process():
             RunLock(run_dir / f"version_{init['version']}").acquire()  # one fit per run folder
 
     def _resolve_last(self, sub: Any, init: Any, run_dir: Path) -> None:
@@ -290,6 +290,11 @@ def claim_run_version(run_dir: str | os.PathLike) -> int:
             continue  # another run took it between the listing and the mkdir
         os.environ[RUN_DIR_ENV] = str(run_dir / f"version_{n}")
         return n
+
+
+def _launching_process() -> bool:
+    """Whether this is the process that started the run (not a DDP rank > 0, another node or a SLURM task > 0)."""
+    return all(int(os.environ.get(v, 0) or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
 def _give_back_folder(claimed_before: str | None) -> None:
