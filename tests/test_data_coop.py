@@ -92,11 +92,10 @@ def test_empty_val_is_drawn_from_unused_train():
     assert [e[1] for e in fs["train"]][::2] == [1, 0, 2]  # labels in order of first appearance
 
 
-def test_classes_with_few_images_are_repeated_to_k():
+def test_classes_with_few_images_give_all_their_images():
     fs = coop.few_shot_split(_toy_split(), 16, 3)  # 3 classes of 6 training images, no val list
-    assert len(fs["train"]) == 3 * 16  # each class drawn 16 times (with replacement)
-    assert not {e[0] for e in fs["val"]} & {e[0] for e in fs["train"]}  # val: only images never drawn for train
-    assert all(sum(e[1] == c for e in fs["train"]) == 16 for c in (0, 1, 2))
+    assert len(fs["train"]) == 3 * 6  # every image once (CoOp: Dassl's generate_fewshot_dataset, repeat=False)
+    assert not fs["val"]  # no train image left over for val
 
 
 @pytest.mark.parametrize("shots,seed",
@@ -142,15 +141,15 @@ def test_fewshot_file_from_another_split_is_rejected(tmp_path):
         coop.load_fewshot_file(tmp_path / "nope.json", split)
 
 
-def test_class_with_fewer_images_than_shots_is_sampled_with_replacement():
-    """Dassl's generate_fewshot_dataset(repeat=True): random.choices for a short class, sample for the others."""
+def test_class_with_fewer_images_than_shots_gives_all_of_them():
+    """CoOp calls Dassl's generate_fewshot_dataset(train, num_shots) with repeat=False (Dassl.pytorch
+    dassl/data/datasets/base_dataset.py:167, CoOp datasets/dtd.py:41): sample for a big class, all of a short one."""
     import random
 
     entries = [[f"a{i}.jpg", 0, "a"] for i in range(20)] + [[f"b{i}.jpg", 1, "b"] for i in range(3)]
-    out = coop.few_shot_split({"train": entries, "val": entries}, shots=8, seed=1)
+    with pytest.warns(coop.FewerImagesWarning, match="1 of 2 classes"):
+        out = coop.few_shot_split({"train": entries, "val": entries}, shots=8, seed=1)
     rng = random.Random(1)  # the reference, written from Dassl's loop
-    expected = rng.sample(entries[:20], 8) + rng.choices(entries[20:], k=8)
+    expected = rng.sample(entries[:20], 8) + entries[20:]
     assert out["train"] == expected
-    b = [e for e in out["train"] if e[1] == 1]
-    assert len(b) == 8 and len({e[0] for e in b}) <= 3  # repeats
     assert len([e for e in out["val"] if e[1] == 1]) == 3  # val keeps what there is (min(8, 4) = 4 > 3)

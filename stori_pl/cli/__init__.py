@@ -6,13 +6,17 @@ each module's docstring) from the source files, so it imports no command.
 
 User errors of every command (a missing file or folder, a bad value, an unknown name) end with one line
 ``stori <command>: error: <message>`` on stderr and exit status 2; ``--traceback`` anywhere on the command
-line (or ``STORI_DEBUG=1``) shows the full Python traceback instead. Other exceptions are bugs and keep their
-traceback.
+line (or ``STORI_DEBUG=1``) shows the full Python traceback instead. A parse error is one line too (the parsers
+raise instead of printing their usage), and so is an OSError about the user's disk or paths (a full disk, a
+read-only folder, an output path that is a folder: :data:`ENVIRONMENT_ERRNOS`). Other exceptions are bugs and
+keep their traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import errno
 import importlib
 import os
 import sys
@@ -42,6 +46,9 @@ LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.lightning.cli) and 
 }
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 TRACEBACK_FLAG = "--traceback"
+# OSErrors that describe the user's disk or paths, not a bug: printed as one line like the user errors
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                      errno.ENOTDIR, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,15 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstori: error: unknown command {command!r}", file=sys.stderr)
         return 2
     try:
+        from stori_pl.cli.threads import configure_threads
+
+        configure_threads(argv)  # before torch starts its thread pool: 1 thread for toy models, idle cores else
         return run_command(command, argv[1:])
     except SystemExit as exit_:
         if debug or not isinstance(exit_.code, str):
             raise  # argparse's own exits (status 0 for --help, 2 with its message printed)
         return report_error(command, exit_.code.removeprefix("stori: "))
+    except argparse.ArgumentError as err:  # the parsers raise instead of printing their usage (exit_on_error=False)
+        if debug:
+            raise
+        from stori_pl.lightning.run_guard import parse_error_line
+
+        return report_error(command, parse_error_line(str(err)))
     except USER_ERRORS as err:
         if debug or not is_user_error(err):
             raise
         return report_error(command, error_message(err))
+    except OSError as err:  # a full disk, a read-only folder, an output path that is a folder: the user's to fix
+        if debug or err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        return report_error(command, os_error_message(err))
 
 
 def run_command(command: str, args: list[str]) -> int:
@@ -81,6 +101,13 @@ def run_command(command: str, args: list[str]) -> int:
         return int(run_lightning_cli([command, *args]) or 0)
     module = importlib.import_module(UTILITY_COMMANDS[command])
     return int(module.main(args) or 0)
+
+
+def os_error_message(err: OSError) -> str:
+    """``cannot write PATH: No space left on device`` (the file and the system's reason, one line)."""
+    what = f" {err.filename}" if err.filename else ""
+    hint = " (give a file name, not a folder)" if err.errno == errno.EISDIR else ""
+    return f"cannot write{what}: {err.strerror or err}{hint}"
 
 
 def is_user_error(err: BaseException) -> bool:

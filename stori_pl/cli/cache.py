@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -137,7 +137,9 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
     """
     data, model = {}, {}
     for f in files:
-        cfg = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
+        cfg = _plain_yaml(Path(f).read_text(encoding="utf-8"), f"config {f}") or {}
+        if not isinstance(cfg, dict):
+            raise ValueError(f"config {f} must be a YAML mapping with data: and model: sections")
         d, m = cfg.get("data") or {}, cfg.get("model") or {}
         data = {**data, **d, "init_args": {**data.get("init_args", {}), **d.get("init_args", {})}}
         flat = {k: v for k, v in m.items() if k not in ("class_path", "init_args")}  # model: {clip_model: ..}
@@ -147,17 +149,64 @@ def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tu
         target = {"data": data["init_args"] if name != "class_path" else data, "model": model}.get(section)
         if target is None or not name:
             raise ValueError(f"unknown option --{key} (use --data.<arg> or --model.<arg>)")
-        target[name] = yaml.safe_load(value)
+        target[name] = _plain_yaml(value, f"--{key}")
     if "class_path" not in data:
         raise ValueError(f"{files}: no data.class_path (e.g. stori_pl.data.DTD) in the config")
-    path = data["class_path"] if "." in data["class_path"] else f"stori_pl.data.{data['class_path']}"
-    module, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
+    cls = datamodule_class(data["class_path"])
     args = dict(data["init_args"])
     for k in ("clip_model", "pretrained"):  # linked from the model by `stori fit`
         if k not in args and k in model:
             args[k] = model[k]
     return cls, args
+
+
+def _plain_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with its errors (a ``!!python/...`` tag, bad syntax) as one ValueError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{where} is not plain YAML ({first}); Python tags are refused, nothing ran") from None
+
+
+def datamodule_class(class_path: Any) -> type:
+    """The datamodule class a config's ``data.class_path`` names, checked before anything is called.
+
+    A bare name must be one of the shipped datamodules (``DTD``, ..., ``ToyShapes``); a dotted path is imported
+    as ``stori fit`` imports it (jsonargparse imports the module of every ``class_path``) and must name a
+    :class:`~stori_pl.data.FewShotDataModule` subclass. Anything else (``subprocess.Popen``, ``os.system``, a
+    function) is refused here, so a shared config cannot make ``stori cache`` / ``stori attributes`` run code.
+
+    Raises:
+        ValueError: Not a shipped datamodule name, not importable, or not a FewShotDataModule subclass.
+    """
+    import stori_pl.data
+    from stori_pl.data.base import FewShotDataModule
+
+    registry = {n: getattr(stori_pl.data, n) for n in stori_pl.data.__all__}
+    try:
+        from stori_pl.toy.data import ToyShapes
+
+        registry["ToyShapes"] = ToyShapes
+    except ImportError:  # pragma: no cover
+        pass
+    known = sorted(n for n, c in registry.items() if isinstance(c, type) and issubclass(c, FewShotDataModule)
+                   and c is not FewShotDataModule)
+    if not isinstance(class_path, str) or not class_path.strip():
+        raise ValueError(f"data.class_path must be a datamodule name, got {class_path!r}; choose one of: "
+                         f"{', '.join(known)}")
+    if "." not in class_path:
+        cls = registry.get(class_path)
+    else:
+        module, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError as err:
+            raise ValueError(f"data.class_path {class_path!r}: cannot import {module!r} ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, FewShotDataModule) and cls is not FewShotDataModule):
+        raise ValueError(f"data.class_path {class_path!r} is not a few-shot datamodule (a FewShotDataModule "
+                         f"subclass); refused, nothing was called. Choose one of: {', '.join(known)}")
+    return cls
 
 
 # A list default (never mutated) rather than a tuple: jsonargparse's `--parts+ X` appends to a list default.

@@ -37,7 +37,8 @@ def command_parser(prog: str, doc: str | None, config: bool = True) -> ArgumentP
         doc: Description shown by ``--help`` (line breaks kept).
         config: Add ``--config FILE`` (jsonargparse's ``ActionConfigFile``).
     """
-    p = ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    # exit_on_error=False: a parse error raises ArgumentError, which `stori` prints as one line (no usage dump)
+    p = ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter, exit_on_error=False)
     if config:
         p.add_argument("--config", action=ActionConfigFile, help=CONFIG_HELP)
     return p

@@ -45,18 +45,10 @@ def load_matching_sae(path: str | None, classifier):
 
 def load_images(classifier, paths: list[Path]) -> torch.Tensor:
     """Preprocessed images ``[N, 3, H, W]``; an unreadable one raises ValueError naming its path."""
-    from PIL import Image, UnidentifiedImageError
+    from stori_pl.data.image_io import open_rgb
 
-    out = []
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                out.append(classifier.preprocess(im.convert("RGB")))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"image {path} not found") from err
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-    return torch.stack(out)
+    # open_rgb: every PIL mode to RGB; "image PATH not found" / "cannot read image PATH: …" / too many pixels
+    return torch.stack([classifier.preprocess(open_rgb(path)) for path in paths])
 
 
 def check_class(classifier, name: str) -> str:

@@ -32,7 +32,8 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
             10, else the 10 whose weights moved most).
         all_classes: Show every class.
         top: Words in the 'most emphasized' summaries.
-        html: Write a self-contained HTML page of all classes to this file.
+        html: Write a self-contained HTML page of all classes to this file (with --image too; with --image and
+            --sae the page of the image's words and components).
         png: Save the shown classes' figures (the attribution figures with --image) to this PNG.
         image: Classify this image and attribute its top class (or --classes) to words.
         color: ANSI colors: auto (only on a terminal and without NO_COLOR), always or never.
@@ -56,6 +57,9 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
     if prompt_words.checkpoint_model(ckpt) in prompt_words.PROMPT_MODELS:  # CoOp / IntCoOp: words of the prompt
+        if html is not None:
+            raise ValueError(f"--html {html}: the HTML page draws a SToRI checkpoint's word weights; a CoOp / "
+                             "IntCoOp checkpoint has none (its prompt words are printed); drop --html")
         return explain_prompt_model(ckpt, image, classes, top, pretrained, sae, target)
     model = load_stori_checkpoint(ckpt, pretrained=pretrained)
     use_color = viz_use_color(color)
@@ -71,6 +75,8 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
             from stori_pl.cli.components import explain_with_components
 
             explain_with_components(model, sae, image, shown if classes else None, top, html, target)
+        elif html is not None:  # without --sae the page is the word weights' (it used to be skipped silently)
+            write_weight_pages(ckpt, hp.clip_model, weights, shown, html, None, absolute)
         return status
     print_weights(weights, shown, top, use_color, absolute)
     write_weight_pages(ckpt, hp.clip_model, weights, shown, html, png, absolute)

@@ -63,20 +63,61 @@ def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], d
     table: dict[tuple[str, int, str], dict] = defaultdict(dict)
     for path in sorted(files, key=lambda p: p.stat().st_mtime):
         try:
-            r = json.loads(path.read_text(encoding="utf-8"))
-            value = r["metrics"][metric]
-        except (json.JSONDecodeError, KeyError) as err:
-            print(f"stori report: skipping {path}: no {metric!r} ({err.__class__.__name__}: {err})", file=sys.stderr)
+            r = read_result(path, metric)
+        except BadResultsFile as err:
+            print(f"stori report: skipping {path}: {err}", file=sys.stderr)
             continue
-        shots = 0 if r.get("method") in TRAINED_NOTHING else int(r.get("shots") or 0)
-        dataset, subsample = r.get("dataset") or "?", r.get("subsample_classes") or "all"
-        dataset = dataset if subsample == "all" else f"{dataset} ({subsample})"
-        key = (r.get("method_name") or r.get("method") or "?", shots, dataset)
-        seed = r.get("seed")
+        key, seed = (r["name"], r["shots"], r["dataset"]), r["seed"]
         if seed in table[key]:
             print(f"stori report: {key} seed {seed} appears twice; using {path}", file=sys.stderr)
-        table[key][seed] = Run(float(value), float(r.get("wall_time_s", math.nan)), r.get("test_ckpt") or "?")
+        table[key][seed] = Run(r["value"], r["wall_s"], r["test_ckpt"])
     return table
+
+
+class BadResultsFile(ValueError):
+    """A ``test_results.json`` that cannot be reported (not UTF-8 JSON, not an object, a missing or non-numeric
+    value); ``stori report`` names the file and skips it."""
+
+
+def _text(value, default: str = "?") -> str:
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "" \
+        else default
+
+
+def read_result(path: Path, metric: str) -> dict:
+    """One ``test_results.json`` as ``{name, shots, dataset, seed, value, wall_s, test_ckpt}``.
+
+    Raises:
+        BadResultsFile: The file is not UTF-8 JSON, not an object, has no numeric ``metrics[metric]``, or holds
+            values of the wrong type (shots that are not a whole number, a seed that is a list, ...).
+    """
+    try:
+        r = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise BadResultsFile(f"not UTF-8 text (byte {err.start})") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise BadResultsFile(f"not valid JSON ({str(err)[:120]})") from None
+    except OSError as err:
+        raise BadResultsFile(f"cannot read it ({err.strerror or err})") from None
+    if not isinstance(r, dict):
+        raise BadResultsFile(f"a JSON {type(r).__name__}, not an object")
+    metrics = r.get("metrics")
+    value = metrics.get(metric) if isinstance(metrics, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadResultsFile(f"no numeric {metric!r} in its metrics (found {str(value)[:40]!r})")
+    shots, seed, wall = r.get("shots"), r.get("seed"), r.get("wall_time_s", math.nan)
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, float)) or shots != int(shots)):
+        raise BadResultsFile(f"shots {str(shots)[:40]!r} is not a whole number")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, str))):
+        raise BadResultsFile(f"seed {str(seed)[:40]!r} is not a number")
+    wall, base, new = (float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+                       for x in (wall, r.get("base_acc", value), r.get("new_acc")))
+    dataset, subsample = _text(r.get("dataset")), _text(r.get("subsample_classes"), "all")
+    return {"name": _text(r.get("method_name"), _text(r.get("method"))),
+            "shots": 0 if r.get("method") in TRAINED_NOTHING else int(shots or 0),
+            "dataset": dataset if subsample == "all" else f"{dataset} ({subsample})",
+            "seed": seed, "value": float(value), "wall_s": wall, "test_ckpt": _text(r.get("test_ckpt")),
+            "raw_dataset": dataset, "subsample": subsample, "base_acc": base, "new_acc": new}
 
 
 def _order(values: set[str], preferred: list[str]) -> list[str]:
@@ -148,15 +189,14 @@ def load_base_to_novel(files: list[Path]) -> dict[tuple[str, int, str], dict]:
     table: dict[tuple[str, int, str], dict] = defaultdict(dict)
     for path in sorted(files, key=lambda p: p.stat().st_mtime):
         try:
-            r = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+            r = read_result(path, "test/acc")
+        except BadResultsFile as err:
             print(f"stori report: skipping {path}: {err}", file=sys.stderr)
             continue
-        if r.get("subsample_classes") != "base" or "test/acc" not in r.get("metrics", {}):
+        if r["subsample"] != "base":
             continue
-        shots = 0 if r.get("method") in TRAINED_NOTHING else int(r.get("shots") or 0)
-        key = (r.get("method_name") or r.get("method") or "?", shots, r.get("dataset") or "?")
-        table[key][r.get("seed")] = (float(r.get("base_acc", r["metrics"]["test/acc"])), float(r.get("new_acc", math.nan)))
+        key = (r["name"], r["shots"], r["raw_dataset"])
+        table[key][r["seed"]] = (r["base_acc"], r["new_acc"])
     return table
 
 

@@ -94,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 def folder_features(paths: list[Path], model: str, pretrained: str | None, cache_dir: str | None, batch_size: int,
                     device: str) -> tuple[torch.Tensor, list[Path]]:
     """Cached image features ``[N, D]`` of the readable images and their paths; lists skipped files on stderr."""
-    from stori_pl.data.features import image_features
+    from stori_pl.data.features import CacheWriteWarning, image_features
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # we list skipped files ourselves, on cache hits too
+        warnings.simplefilter("always", CacheWriteWarning)
         feats, kept = image_features(paths, model, pretrained, cache_dir=cache_dir, batch_size=batch_size,
                                      device=device, skip_bad_images=True)
+    for w in [w for w in caught if issubclass(w.category, CacheWriteWarning)][:1]:  # an unwritable cache: rank anyway
+        warnings.warn(w.message, CacheWriteWarning, stacklevel=2)
     skipped = sorted(set(range(len(paths))) - set(kept))
     if skipped:
         listing = "\n  ".join(str(paths[i]) for i in skipped)
@@ -149,6 +152,7 @@ def contact_sheet(path: Path, prompts: list[str], rankings, paths: list[Path], t
     """One block of thumbnails (rank and score under each) per prompt; PNG written atomically."""
     from PIL import Image, ImageDraw
 
+    from stori_pl.data.image_io import open_rgb
     from stori_pl.utils import atomic_path
 
     cell_h, title_h = thumb + 16, 18
@@ -163,10 +167,9 @@ def contact_sheet(path: Path, prompts: list[str], rankings, paths: list[Path], t
         y += title_h
         for r, (i, s) in enumerate(rk):
             x0, y0 = (r % cols) * thumb, y + (r // cols) * cell_h
-            with Image.open(paths[i]) as im:
-                im = im.convert("RGB")
-                im.thumbnail((thumb - 4, thumb - 4))
-                sheet.paste(im, (x0 + 2 + (thumb - 4 - im.width) // 2, y0 + 2 + (thumb - 4 - im.height) // 2))
+            im = open_rgb(paths[i])
+            im.thumbnail((thumb - 4, thumb - 4))
+            sheet.paste(im, (x0 + 2 + (thumb - 4 - im.width) // 2, y0 + 2 + (thumb - 4 - im.height) // 2))
             draw.text((x0 + 3, y0 + thumb), f"#{r + 1} {s:.3f}", fill="black")
         y += n_rows * cell_h
     with atomic_path(path) as tmp:

@@ -55,8 +55,9 @@ def blip2_labels(images: Sequence[Any], classnames: Sequence[str], generator: Ca
     Raises:
         ValueError: ``question`` without ``{}``, a length mismatch, or an empty answer (naming the image).
     """
-    from PIL import Image
     from tqdm.auto import tqdm
+
+    from stori_pl.data.image_io import open_rgb, to_rgb
 
     if "{}" not in question:
         raise ValueError(f"the BLIP-2 question needs a {{}} for the class name, got {question!r}")
@@ -68,7 +69,7 @@ def blip2_labels(images: Sequence[Any], classnames: Sequence[str], generator: Ca
     out: list[str] = []
     for start in tqdm(range(0, len(images), batch_size), desc="BLIP-2 attributes", unit="batch", disable=not progress):
         chunk = images[start:start + batch_size]
-        pil = [Image.open(im).convert("RGB") if isinstance(im, (str, Path)) else im for im in chunk]
+        pil = [open_rgb(im) if isinstance(im, (str, Path)) else to_rgb(im) for im in chunk]
         prompts = [question.format(c) for c in classnames[start:start + batch_size]]
         answers = list(generator(pil, prompts))
         if len(answers) != len(chunk):

@@ -13,7 +13,8 @@ import json
 import math
 import random
 import shutil
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ Entry = list  # [impath: str, label: int, classname: str]
 
 GDRIVE = "https://drive.google.com/file/d/{}/view"
 """CoOp publishes its split files on Google Drive (links in CoOp's DATASETS.md)."""
+
+
+class FewerImagesWarning(UserWarning):
+    """A class has fewer training images than ``shots``: all of them are taken (CoOp / Dassl)."""
 
 
 def check_shots_seed(shots: Any, seed: Any) -> None:
@@ -45,14 +50,20 @@ def read_split(path: str | Path, source: str | None = None) -> dict[str, list[En
         raise FileNotFoundError(f"split file not found: {path}.{hint} (or set download: true).")
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"split file {path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"split file {path} is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(split, dict) or "train" not in split or "test" not in split:
         raise ValueError(f"split file {path} must be a JSON object with 'train', 'val', 'test' lists")
     for name in ("train", "val", "test"):
         entries = split.setdefault(name, [])
+        if entries is None:
+            entries = split[name] = []
+        if not isinstance(entries, list):
+            raise ValueError(f"split file {path}: {name!r} must be a list of [impath, label, classname], "
+                             f"not a JSON {type(entries).__name__}")
         for i, e in enumerate(entries):
-            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], int)):
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], int)
+                    and not isinstance(e[1], bool) and isinstance(e[2], str)):
                 raise ValueError(f"split file {path}: {name}[{i}] = {e!r} is not [impath, label, classname]")
     return split
 
@@ -71,8 +82,9 @@ def classnames_from_split(split: dict[str, list[Entry]], where: str = "split") -
 
 
 def _sample_per_label(entries: list[Entry], k: int, rng: random.Random, repeat: bool = False) -> list[Entry]:
-    """Dassl's ``generate_fewshot_dataset``: ``sample(items, k)`` per label; a label with fewer than ``k`` items
-    gets ``choices(items, k=k)`` (with replacement) when ``repeat``, else all its items."""
+    """Dassl's ``generate_fewshot_dataset`` (Dassl.pytorch ``dassl/data/datasets/base_dataset.py`` lines
+    167-207): ``sample(items, k)`` per label; a label with fewer than ``k`` items gets ``choices(items, k=k)``
+    (with replacement) when ``repeat``, else all its items."""
     by_label: dict[int, list[Entry]] = defaultdict(list)  # insertion order = first appearance
     for e in entries:
         by_label[e[1]].append(e)
@@ -88,10 +100,14 @@ def _sample_per_label(entries: list[Entry], k: int, rng: random.Random, repeat: 
 def few_shot_split(split: dict[str, list[Entry]], shots: int, seed: int) -> dict[str, list[Entry]]:
     """CoOp's few-shot subset: ``shots`` train and ``min(shots, 4)`` val images per class.
 
-    ``random.Random(seed)``; labels in order of first appearance; ``sample(items, k)`` per label (a class with
-    fewer training images is sampled with replacement, as Dassl's ``generate_fewshot_dataset(repeat=True)``;
-    none of the six benchmarks has one); then the same over val (all of a class's images when it has fewer). When the split has no val list (ImageNet), val is
-    drawn the same way from the train images not picked for training (CoOp itself validates on test there).
+    ``random.Random(seed)``; labels in order of first appearance; ``sample(items, k)`` per label; a class with
+    fewer training images than ``shots`` gives all of them, once (CoOp calls Dassl's
+    ``generate_fewshot_dataset(train, num_shots=num_shots)`` with its default ``repeat=False``, CoOp
+    ``datasets/dtd.py`` line 41; none of the six benchmarks has such a class at 16 shots), and a
+    :class:`FewerImagesWarning` says so once, naming how many classes; ``--data.shots 100000`` thus takes every
+    training image instead of building millions of repeats. Then the same over val. When the split has no val
+    list (ImageNet), val is drawn the same way from the train images not picked for training (CoOp itself
+    validates on test there).
 
     Args:
         split: Loaded split dict (:func:`read_split`).
@@ -103,7 +119,13 @@ def few_shot_split(split: dict[str, list[Entry]], shots: int, seed: int) -> dict
     """
     check_shots_seed(shots, seed)
     rng = random.Random(seed)
-    train = _sample_per_label(split["train"], shots, rng, repeat=True)
+    train = _sample_per_label(split["train"], shots, rng)
+    counts = Counter(e[1] for e in split["train"])
+    short = sorted(label for label, n in counts.items() if n < shots)
+    if short:
+        warnings.warn(f"shots={shots}: {len(short)} of {len(counts)} classes have fewer training images "
+                      f"(the smallest {min(counts.values())}); taking every image of those classes, as CoOp/Dassl "
+                      f"do ({len(train)} training images in all)", FewerImagesWarning, stacklevel=2)
     val_pool = split.get("val") or _without(split["train"], train)
     val = _sample_per_label(val_pool, min(shots, 4), rng)
     return {"train": train, "val": val}

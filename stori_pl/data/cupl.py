@@ -15,6 +15,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,15 +55,32 @@ def load_cupl(source: str | Path, cache_dir: str | Path | None = None) -> dict[s
     if not path.is_file():
         raise FileNotFoundError(f"CuPL prompt file not found: {path} (pass a path or URL as `cupl:`)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"CuPL file {path} ({source}) is not valid JSON: {e}") from e
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"CuPL file {path} ({source}) is not valid JSON: {str(e)[:200]}") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"CuPL file {path}: key {e.args[0]!r} appears twice (the second list would silently "
+                         "replace the first); merge its sentences into one list") from None
     if not isinstance(data, dict) or not data:
         raise ValueError(f"CuPL file {path} must be a non-empty JSON object {{class name: [sentences]}}")
     for key, value in data.items():
         if not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
             raise ValueError(f"CuPL file {path}: entry {key!r} is not a list of strings")
     return data
+
+
+class _DuplicateKey(Exception):
+    """Internal: a JSON object repeats a key."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` ``object_pairs_hook`` refusing a repeated key (JSON keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _norm(name: str) -> str:

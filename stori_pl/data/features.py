@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from stori_pl.data.feature_cache import (
@@ -30,6 +29,7 @@ from stori_pl.data.feature_cache import (
     save_cached,
     tensor_checksum,
 )
+from stori_pl.data.image_io import BadImageError, open_rgb
 
 __all__ = [
     "FORMAT_VERSION", "IMAGE_EXTENSIONS", "BadImageError", "ImageFolderDataset", "ImagePathDataset",
@@ -45,10 +45,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 AUGMENT_SCALE = (0.08, 1.0)  # Dassl's INPUT.RRCROP_SCALE, used by CoOp and TaskRes
-
-
-class BadImageError(RuntimeError, ValueError):
-    """An image file could not be read or decoded (a user error: the ``stori`` commands print it as one line)."""
 
 
 class ImagePathDataset(Dataset):
@@ -75,16 +71,15 @@ class ImagePathDataset(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.paths[i]) as im:
-                im = im.convert("RGB")
-                x = self.transform(im)  # [3, H, W]
-                if self.views:
-                    aug = []
-                    for v in range(self.views):
-                        with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(i * 1009 + v)
-                            aug.append(self.augment(im))
-                    x = torch.stack([x, *aug])  # [1+V, 3, H, W]
+            im = open_rgb(self.paths[i])  # every PIL mode to RGB, bombs refused (data/image_io.py)
+            x = self.transform(im)  # [3, H, W]
+            if self.views:
+                aug = []
+                for v in range(self.views):
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(i * 1009 + v)
+                        aug.append(self.augment(im))
+                x = torch.stack([x, *aug])  # [1+V, 3, H, W]
             return x, i, True
         except Exception as e:  # noqa: BLE001 - any decoding failure is a bad image
             log.debug("cannot read %s: %s", self.paths[i], e)
@@ -351,8 +346,20 @@ def save_encoded(path: Path, key: str, chunks: list[torch.Tensor], kept: list[in
     if not chunks:
         raise BadImageError(f"none of the {len(paths)} images could be read (first: {paths[:3]})")
     feats = torch.cat(chunks)  # [N', D] or [N', 1+V, D]
-    save_cached(path, key, feats, kept, len(paths), info=info)
+    try:
+        save_cached(path, key, feats, kept, len(paths), info=info)
+    except OSError as err:  # a read-only, full or missing cache folder: use the features, say so once
+        warnings.warn(f"could not write the feature cache {path} ({err.strerror or err}); the features of these "
+                      f"{len(paths)} images are used now but will be encoded again next time (set STORI_CACHE or "
+                      "--cache_dir to a writable folder)", CacheWriteWarning, stacklevel=2)
     return feats
+
+
+class CacheWriteWarning(UserWarning):
+    """The feature cache could not be written; the run continues with the features it encoded."""
+
+
+warnings.filterwarnings("once", category=CacheWriteWarning, append=True)  # one warning per cache folder
 
 
 def cls_activations(

@@ -29,10 +29,9 @@ class WithImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from PIL import Image
+        from stori_pl.data.image_io import open_rgb
 
-        with Image.open(self.paths[i]) as im:
-            image = self.preprocess(im.convert("RGB"))
+        image = self.preprocess(open_rgb(self.paths[i]))
         return {**self.features[i], "image": image}
 
 

@@ -67,12 +67,11 @@ def as_image_feature(model: Any, image: Any) -> torch.Tensor:
     """L2-normalized image feature ``[D]`` of a path, PIL image, preprocessed tensor ``[3, H, W]`` /
     ``[1, 3, H, W]``, or an image feature ``[D]`` / ``[1, D]`` (normalized here)."""
     if isinstance(image, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
+        from stori_pl.data.image_io import open_rgb
 
         try:
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+            image = open_rgb(image)  # every PIL mode to RGB; a decompression bomb refused (ImageTooLargeError)
+        except FileNotFoundError as err:
             raise ValueError(f"cannot read image {os.fspath(image)!r}: {err}") from err
     if isinstance(image, torch.Tensor):
         if image.ndim <= 2:

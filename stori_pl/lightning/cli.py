@@ -39,6 +39,16 @@ from stori_pl.lightning.checkpoint import (
     AtomicCheckpointIO,
     check_checkpoint,
 )
+from stori_pl.lightning.run_guard import (
+    SIGTERM_STATUS,
+    RunConfigError,
+    RunLock,
+    check_ckpt_option,
+    check_epochs,
+    parse_error_line,
+    release_all,
+    remove_if_empty_run,
+)
 from stori_pl.lightning.cli_args import (
     CONFIG_DIR,
     prepare_argv,
@@ -101,7 +111,8 @@ class StoriCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={"prog": "stori", "description": "SToRI few-shot classification (LightningCLI)"},
+            parser_kwargs={"prog": "stori", "description": "SToRI few-shot classification (LightningCLI)",
+                           "exit_on_error": False},  # a parse error: one line (run_guard.parse_error_line)
             args=args,
             run=run,
             **kwargs,
@@ -145,8 +156,11 @@ class StoriCLI(LightningCLI):
             if not Path(ckpt).is_file():
                 raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
             check_checkpoint(ckpt)
+        check_epochs(sub.get("trainer"), sub.get("ckpt_path"), self.subcommand)
         if run_dir is not None and init.get("version") is None:
             init["version"] = claim_run_version(run_dir)
+        if run_dir is not None and self.subcommand == "fit" and _launching_process():
+            RunLock(run_dir / f"version_{init['version']}").acquire()  # one fit per run folder
 
     def _resolve_last(self, sub: Any, init: Any, run_dir: Path) -> None:
         """``--ckpt_path last``: the ``last.ckpt`` of the newest run of this name."""
@@ -278,23 +292,53 @@ def claim_run_version(run_dir: str | os.PathLike) -> int:
         return n
 
 
+def _launching_process() -> bool:
+    """Whether this is the process that started the run (not a DDP rank > 0, another node or a SLURM task > 0)."""
+    return all(int(os.environ.get(v, 0) or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _give_back_folder(claimed_before: str | None) -> None:
+    """After a failed run: remove the folder it claimed if it holds no result (:func:`remove_if_empty_run`)."""
+    claimed = os.environ.get(RUN_DIR_ENV)
+    if claimed and claimed != claimed_before and Path(claimed).is_dir():
+        remove_if_empty_run(claimed)
+
+
 def run_lightning_cli(argv: list[str]) -> int:
     """Run ``stori <fit|validate|test|predict> ...``; returns the exit status."""
+    import argparse
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    check_ckpt_option(argv)  # before LightningCLI reads the file (its _parse_ckpt_path)
     argv = prepare_argv(argv)
     with warnings.catch_warnings():
         # we pass args explicitly (sys.argv stays intact: DDP's launcher re-runs it on the other ranks)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         claimed_before = os.environ.get(RUN_DIR_ENV)
         try:
-            StoriCLI(args=argv)
+            cli = StoriCLI(args=argv)
         except FloatingPointError as err:
+            _give_back_folder(claimed_before)
             print(f"stori: {err}", file=sys.stderr)
             return 1
-        except BaseException:
-            claimed = os.environ.get(RUN_DIR_ENV)
-            if claimed and claimed != claimed_before and Path(claimed).is_dir() and not any(Path(claimed).iterdir()):
-                Path(claimed).rmdir()  # the run failed before writing anything: give its folder back
+        except SIGTERMException:  # Lightning stopped at a batch or epoch end; last.ckpt is the last whole epoch
+            print("stori: SIGTERM received: stopped; resume with --ckpt_path last (exit status 143)", file=sys.stderr)
+            return SIGTERM_STATUS
+        except BaseException as err:
+            _give_back_folder(claimed_before)
+            if isinstance(err, argparse.ArgumentError):
+                raise RunConfigError(parse_error_line(str(err))) from None
+            if isinstance(err, MisconfigurationException):
+                raise RunConfigError(str(err).strip().splitlines()[0]) from err
             raise
+        finally:
+            release_all()
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None and getattr(trainer, "received_sigterm", False):
+        print("stori: SIGTERM received: stopped; resume with --ckpt_path last (exit status 143)", file=sys.stderr)
+        return SIGTERM_STATUS
     return 0
 
 

@@ -60,7 +60,12 @@ def config_model(argv: list[str]) -> tuple[str, str] | None:
         path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else \
             arg.split("=", 1)[1] if arg.startswith("--config=") else None
         if path and Path(path).is_file():
-            model = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("model")
+            try:
+                cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as err:  # e.g. a !!python/object/apply tag: never run
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"config {path} is not plain YAML ({first}); Python tags are refused") from None
+            model = cfg.get("model") if isinstance(cfg, dict) else None
             if isinstance(model, dict) and model.get("class_path"):
                 found = (path, str(model["class_path"]).rsplit(".", 1)[-1])
     return found

@@ -257,7 +257,9 @@ class ClipClassifier(L.LightningModule):
             batch = images if images.ndim == 4 else images[None]
         else:
             images = [images] if not isinstance(images, Sequence) else images
-            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images])  # [N, 3, H, W]
+            from stori_pl.data.image_io import to_rgb
+
+            batch = torch.stack([self.preprocess(to_rgb(im)) for im in images])  # [N, 3, H, W]
         out = []
         with torch.no_grad():
             for chunk in batch.split(batch_size):

@@ -315,7 +315,9 @@ class IntCoOp(CoOp):
             return super().encode_images(images, batch_size)
         if not isinstance(images, torch.Tensor):
             images = [images] if not isinstance(images, (list, tuple)) else images
-            images = torch.stack([self.preprocess(im.convert("RGB")) for im in images])  # [N, 3, H, W]
+            from stori_pl.data.image_io import to_rgb
+
+            images = torch.stack([self.preprocess(to_rgb(im)) for im in images])  # [N, 3, H, W]
         images = images if images.ndim == 4 else images[None]
         with torch.no_grad():
             return torch.cat([F.normalize(self.visual_prompt.encode(self.clip.visual, chunk).float(), dim=-1)

@@ -124,9 +124,7 @@ def load_clip(
             RandomWeightsWarning,
             stacklevel=2,
         )
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=source, device=device, precision=precision, cache_dir=cache_dir
-    )
+    model, preprocess = _create(model_name, source, device, precision, cache_dir)
     model.requires_grad_(False).eval()
     model.stori_model_name = model_name
     tokenizer = _get_tokenizer(model, model_name, source)
@@ -195,6 +193,35 @@ def _get_tokenizer(model: nn.Module, model_name: str, source: str | None) -> Cal
         context = getattr(model, "context_length", None) or 64
         vocab = getattr(model, "vocab_size", None) or text_tower(model).token_embedding.num_embeddings
         return StandInTokenizer(context, vocab)
+
+
+def _create(model_name: str, source: str | None, device, precision: str, cache_dir: str | None):
+    """open_clip's model and eval transform; a tag that cannot be downloaded or a file that is not a checkpoint
+    raises one clear ValueError (:mod:`stori_pl.text.clip_weights`) instead of open_clip's tracebacks."""
+    import logging
+
+    from stori_pl.text import clip_weights
+
+    is_file = source is not None and os.path.isfile(source)
+    where = clip_weights.check_tag_available(model_name, source, cache_dir) if source and not is_file else ""
+    quiet = logging.Filter()
+    quiet.filter = lambda record: not str(record.msg).startswith(("Failed to download weights", "Pretrained tag"))
+    logging.getLogger().addFilter(quiet)  # open_clip logs the error it then raises
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch, before it refuses
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=source, device=device, precision=precision, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 - open_clip / torch raise many types for these two cases
+        if is_file and not isinstance(err, (MemoryError, NotImplementedError)):
+            raise clip_weights.not_a_checkpoint(source, err) from err
+        if source and not is_file and isinstance(err, (RuntimeError, OSError)) and "download" in str(err).lower():
+            reason = str(err).strip().splitlines()[0][:200]
+            raise clip_weights.unavailable(model_name, source, where, reason) from err
+        raise
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    return model, preprocess
 
 
 def clear_clip_cache() -> None:

@@ -61,14 +61,13 @@ def format_rows(rows: Sequence[dict], title: str, compare: dict[str, list[int]] 
 
 def thumbnail_uri(path: str | os.PathLike, size: int = THUMB) -> str:
     """``data:image/png;base64,...`` of ``path`` resized to ``size`` (empty string if unreadable)."""
-    from PIL import Image
+    from stori_pl.data.image_io import BadImageError, open_rgb
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-    except OSError:
+        im = open_rgb(path).resize((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    except (OSError, BadImageError):
         return ""
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
