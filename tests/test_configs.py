@@ -111,7 +111,7 @@ def parser(tmp_path_factory):
     """The `stori` parser (one instance: building it is the slow part)."""
     import os
 
-    from stori_pl.lightning.cli import StoriCLI
+    from stori_pl.cli.lightning_cli import StoriCLI
 
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cli"))

@@ -226,7 +226,7 @@ def parse_utility(name: str, args: list[str]) -> None:
 
 
 def parse_lightning(name: str, args: list[str]) -> None:
-    from stori_pl.lightning.cli import run_lightning_cli
+    from stori_pl.cli.lightning_cli import run_lightning_cli
 
     run_lightning_cli([name, *args] if "--help" in args or "-h" in args else [name, *args, "--print_config"])
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from stori_pl.interpret.function_words import is_function_word
+from stori_pl.text.function_words import is_function_word
 from stori_pl.interpret.metrics import (
     defining_words,
     explanation_metrics,

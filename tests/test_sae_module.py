@@ -19,7 +19,7 @@ from stori_pl.interpret.concepts import (
     describe_components,
     load_vocabulary,
 )
-from stori_pl.lightning.cli import CONFIG_DIR, run_lightning_cli
+from stori_pl.cli.lightning_cli import CONFIG_DIR, run_lightning_cli
 from stori_pl.models.sae import SparseAutoencoder, load_sae
 from stori_pl.text.clip import load_clip
 from stori_pl.toy.images import (
@@ -168,7 +168,7 @@ def test_vocabulary_and_image_errors(fitted, tmp_path):
 
 
 def test_shipped_configs_build_with_the_authors_recipe():
-    from stori_pl.lightning.cli import StoriCLI
+    from stori_pl.cli.lightning_cli import StoriCLI
 
     assert (CONFIG_DIR / "sae" / "toy_shapes.yaml").is_file()
     with warnings.catch_warnings():

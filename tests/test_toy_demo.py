@@ -132,7 +132,7 @@ def test_demo_discriminative_share_does_not_regress(demo_metrics):
 @pytest.mark.slow
 def test_demo_summaries_name_class_defining_words(demo_run):
     from stori_pl.interpret import viz
-    from stori_pl.interpret.function_words import is_function_word
+    from stori_pl.text.function_words import is_function_word
     from stori_pl.interpret.metrics import defining_words
     from stori_pl.lightning.callbacks import weights_from_json
 

@@ -33,7 +33,7 @@ UTILITY_COMMANDS = {
     "attributes": "stori_pl.cli.attributes",
     "toy-pretrain": "stori_pl.cli.toy_pretrain",
 }
-LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.lightning.cli) and their one-line summaries
+LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.cli.lightning_cli) and their one-line summaries
     "fit": "Train a classifier from a config (--config dtd_16shot.yaml), then test the checkpoint chosen on val.",
     "validate": "Few-shot val accuracy of a model or checkpoint (--ckpt_path).",
     "test": "Test accuracy of a model or checkpoint; writes test_results.json into the run folder.",
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(command: str, args: list[str]) -> int:
     """Run one ``stori`` command (no error handling; :func:`main` adds it)."""
     if command in LIGHTNING_COMMANDS:
-        from stori_pl.lightning.cli import run_lightning_cli
+        from stori_pl.cli.lightning_cli import run_lightning_cli
 
         return int(run_lightning_cli([command, *args]) or 0)
     module = importlib.import_module(UTILITY_COMMANDS[command])

@@ -18,7 +18,7 @@ def load_classifier(path: str, pretrained: str | None = None):
         ValueError: not a stori-pl classifier checkpoint.
     """
     import stori_pl.models as models
-    from stori_pl.lightning.checkpoint import read_checkpoint
+    from stori_pl.models.checkpoint import read_checkpoint
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")

@@ -127,7 +127,7 @@ def expected_vocabulary(classifier, path: Path | None, source: str = "class_name
         ValueError: the file is empty, not such a JSON object, or has an empty list.
     """
     if path is None:
-        from stori_pl.interpret.function_words import is_function_word
+        from stori_pl.text.function_words import is_function_word
 
         ps, out = classifier.prompt_set, {}
         for name, base, cupl in zip(ps.classnames, ps.base, ps.cupl):

@@ -192,7 +192,7 @@ def explain_image(model, image: Path, classes: list[str] | None, top: int, png: 
 
 def load_stori_checkpoint(path: str, pretrained: str | None = None):
     """Load a :class:`~stori_pl.models.StoriClassifier` checkpoint on CPU, with clear errors otherwise."""
-    from stori_pl.lightning.checkpoint import read_checkpoint
+    from stori_pl.models.checkpoint import read_checkpoint
     from stori_pl.models import StoriClassifier
 
     if not Path(path).is_file():

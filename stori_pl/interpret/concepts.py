@@ -49,7 +49,7 @@ def top_activating(sae: torch.nn.Module, activations: torch.Tensor, top_n: int =
     """The ``top_n`` images with the largest latent value, per latent, streamed over ``activations``.
 
     Args:
-        sae: A :class:`~stori_pl.interpret.sae.TopKSAE`.
+        sae: A :class:`~stori_pl.image.sae.TopKSAE`.
         activations: ``[N, d]`` CLS activations, one row per image.
         top_n: Images kept per latent.
         batch_size: Rows encoded at once (memory ``(top_n + batch_size) · m``).

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from stori_pl.interpret.function_words import is_function_word
+from stori_pl.text.function_words import is_function_word
 from stori_pl.toy.world import ATTRIBUTES
 
 CLASS_ATTRIBUTES = ("pattern", "color", "shape")  # the order of the words in a toy class name

@@ -120,7 +120,7 @@ def checkpoint_model(path: str) -> str | None:
     """The model name in a stori-pl checkpoint's ``"stori"`` entry (clear errors for missing/corrupt files)."""
     from pathlib import Path
 
-    from stori_pl.lightning.checkpoint import read_checkpoint
+    from stori_pl.models.checkpoint import read_checkpoint
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")

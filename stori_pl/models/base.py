@@ -341,12 +341,12 @@ class ClipClassifier(L.LightningModule):
         Raises:
             FileNotFoundError: no such file.
             ValueError: ``not a readable stori-pl checkpoint (truncated or corrupt): PATH``, listing the
-                readable checkpoints of the same run (see :func:`stori_pl.lightning.checkpoint.read_checkpoint`);
+                readable checkpoints of the same run (see :func:`stori_pl.models.checkpoint.read_checkpoint`);
                 or the checkpoint is not a stori-pl one / does not fit this class (see ``on_load_checkpoint``).
         """
         import os
 
-        from stori_pl.lightning.checkpoint import read_checkpoint
+        from stori_pl.models.checkpoint import read_checkpoint
 
         if weights_only is False:
             raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")

@@ -1,7 +1,7 @@
-"""``SparseAutoencoder``: the LightningModule training a :class:`stori_pl.interpret.sae.TopKSAE` on cached CLS
+"""``SparseAutoencoder``: the LightningModule training a :class:`stori_pl.image.sae.TopKSAE` on cached CLS
 activations (:class:`stori_pl.data.activations.ActivationData`) with ``stori fit --config sae/<name>.yaml``.
 
-Thin: the SAE, its loss and the dead-latent count are pure torch in :mod:`stori_pl.interpret.sae`. Recipe of
+Thin: the SAE, its loss and the dead-latent count are pure torch in :mod:`stori_pl.image.sae`. Recipe of
 ``maxdreyer/attributing-clip`` (model_training/train_sae.py, utils/training_utils.py, configs/train_sae):
 AdamW with lr 2e-4, eps 1e-7 and torch's default weight decay 0.01 (their ``get_optimizer`` does not pass
 theirs on), optionally MultiStepLR (``milestones``, gamma 0.1, per epoch; theirs [24, 28] of 30 epochs); their
@@ -10,7 +10,7 @@ gradient clipping (1.0) is a trainer option in the configs.
 Logged to TensorBoard: ``train/loss``, ``train/explained_variance`` (per step; on L2-normalized activations and
 reconstructions, what the scale-free loss fits), ``train/dead_fraction``
 (latents that did not fire in the last ``dead_window`` training activations, see
-:class:`~stori_pl.interpret.sae.DeadLatentTracker`), and per epoch ``val/loss``, ``val/explained_variance``
+:class:`~stori_pl.image.sae.DeadLatentTracker`), and per epoch ``val/loss``, ``val/explained_variance``
 (over the whole val split), ``val/dead_fraction`` (latents that fire on no val activation).
 
 For attribution, ``module.sae(cls)`` returns ``(x_out, z_pre, z)`` with ``x_out`` equal to ``cls`` and gradients
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from stori_pl.image.tower import resolve_block_of, vision_shape
-from stori_pl.interpret.sae import DeadLatentTracker, TopKSAE, explained_variance
+from stori_pl.image.sae import DeadLatentTracker, TopKSAE, explained_variance
 
 __all__ = ["SparseAutoencoder", "load_sae", "SAE_CHECKPOINT_FORMAT"]
 
@@ -178,7 +178,7 @@ class SparseAutoencoder(L.LightningModule):
         """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` and stori-pl's clear errors."""
         import os
 
-        from stori_pl.lightning.checkpoint import read_checkpoint
+        from stori_pl.models.checkpoint import read_checkpoint
 
         if weights_only is False:
             raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")
@@ -195,7 +195,7 @@ def load_sae(path: str, clip_model: str | None = None, block: int | None = None)
         FileNotFoundError: no such file.
         ValueError: not a readable SAE checkpoint, or trained on another CLIP / block (both named).
     """
-    from stori_pl.lightning.checkpoint import read_checkpoint
+    from stori_pl.models.checkpoint import read_checkpoint
 
     info = read_checkpoint(path).get("stori") or {}
     if info.get("model") != SparseAutoencoder.__name__:

@@ -31,7 +31,7 @@ class StoriClassifier(ClipClassifier):
         log_weight_l1: Coefficient of ``mean(|log_w|)`` added to the training loss (paper: 0).
         max_log_weight: Bound ``B`` on the log-weights: the encoder sees ``B · tanh(log_w / B)``, so no weight
             leaves ``[e^-B, e^B]``; None: unbounded (paper).
-        freeze_function_words: Function words and punctuation (:mod:`stori_pl.interpret.function_words`) keep
+        freeze_function_words: Function words and punctuation (:mod:`stori_pl.text.function_words`) keep
             weight 1 (paper: False, every token is trained).
         prompts: ``PromptSet.to_dict()``; None → from the datamodule at the first fit (saved in the checkpoint).
 
@@ -170,7 +170,7 @@ def function_word_mask(tokens: torch.Tensor, tokenizer, length: int) -> torch.Te
         tokenizer: Their tokenizer.
         length: Width of the mask (positions beyond it are dropped).
     """
-    from stori_pl.interpret.function_words import is_function_word
+    from stori_pl.text.function_words import is_function_word
     from stori_pl.text.syntax import token_words
 
     mask = torch.zeros(tokens.shape[0], length, dtype=torch.bool)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stori_pl.lightning.checkpoint import read_checkpoint
+from stori_pl.models.checkpoint import read_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

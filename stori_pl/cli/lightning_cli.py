@@ -35,11 +35,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from stori_pl.cli.report import RESULTS_FILE
-from stori_pl.lightning.checkpoint import (
+from stori_pl.models.checkpoint import (
     AtomicCheckpointIO,
     check_checkpoint,
 )
-from stori_pl.lightning.cli_args import (
+from stori_pl.cli.lightning_args import (
     CONFIG_DIR,
     prepare_argv,
     resolve_config,
