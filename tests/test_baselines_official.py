@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stori_pl.data.base import PromptSet
+from stori_pl.data.containers import PromptSet
 from stori_pl.models.schedules import dassl_lr, dassl_scheduler
 
 CLASSES = ["dog", "hot_dog", "golden retriever", "cat"]

@@ -89,7 +89,7 @@ def test_model_of_another_method_is_refused(env, capsys):
 
 
 def test_config_name_resolution_reports_the_file(env, capsys):
-    from stori_pl.cli.lightning_cli import resolve_config
+    from stori_pl.cli.lightning_args import resolve_config
 
     path = resolve_config("dtd_16shot")
     assert Path(path).as_posix().endswith("configs/stori/dtd_16shot.yaml") and Path(path).is_file()  # SToRI's

@@ -134,7 +134,7 @@ def sample_configs() -> list[Path]:
 @pytest.mark.parametrize("path", sample_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_config_parses_and_builds(path, parser, tiny12, monkeypatch):
     import stori_pl.text.clip
-    from stori_pl.data.base import PromptSet
+    from stori_pl.data.containers import PromptSet
 
     real = stori_pl.text.clip.load_clip
     monkeypatch.setattr(stori_pl.text.clip, "load_clip", lambda name, pretrained=None, **kw: real(tiny12, None))
@@ -186,7 +186,7 @@ def test_intcoop_config_parses_and_builds(stem, parser, tiny12, monkeypatch):
     import torch
 
     import stori_pl.text.clip
-    from stori_pl.data.base import PromptSet
+    from stori_pl.data.containers import PromptSet
 
     real = stori_pl.text.clip.load_clip
     monkeypatch.setattr(stori_pl.text.clip, "load_clip", lambda name, pretrained=None, **kw: real(tiny12, None))

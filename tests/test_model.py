@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from stori_pl.data.base import PromptSet
+from stori_pl.data.containers import PromptSet
 from stori_pl.models import (
     StoriClassifier,
     TaskRes,

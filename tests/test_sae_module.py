@@ -19,7 +19,8 @@ from stori_pl.interpret.concepts import (
     describe_components,
     load_vocabulary,
 )
-from stori_pl.cli.lightning_cli import CONFIG_DIR, run_lightning_cli
+from stori_pl.cli.lightning_args import RUN_CONFIG_DIR
+from stori_pl.cli.lightning_cli import run_lightning_cli
 from stori_pl.models.sae import SparseAutoencoder, load_sae
 from stori_pl.text.clip import load_clip
 from stori_pl.toy.images import (
@@ -170,10 +171,10 @@ def test_vocabulary_and_image_errors(fitted, tmp_path):
 def test_shipped_configs_build_with_the_authors_recipe():
     from stori_pl.cli.lightning_cli import StoriCLI
 
-    assert (CONFIG_DIR / "sae" / "toy_shapes.yaml").is_file()
+    assert (RUN_CONFIG_DIR / "sae" / "toy_shapes.yaml").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cli = StoriCLI(args=["--config", str(CONFIG_DIR / "sae" / "imagenet_vit_b16.yaml"), "--trainer.logger=false"],
+        cli = StoriCLI(args=["--config", str(RUN_CONFIG_DIR / "sae" / "imagenet_vit_b16.yaml"), "--trainer.logger=false"],
                        run=False)
     h = cli.model.hparams
     assert isinstance(cli.model, SparseAutoencoder)

@@ -45,6 +45,7 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None) -> dict:
     import torch
 
     from stori_pl.interpret.metrics import explanation_metrics
+    from stori_pl.toy import TOY_GROUND_TRUTH
     from stori_pl.models import StoriClassifier
     from stori_pl.toy.data import ToyShapes
 
@@ -65,7 +66,7 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None) -> dict:
     batches = list(dm.test_dataloader())
     feats, labels = torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
     acc = float((model.classify_features(feats).argmax(-1).cpu() == labels).float().mean())
-    result = explanation_metrics(model.word_weights(), 3, model, feats, labels)
+    result = explanation_metrics(model.word_weights(), TOY_GROUND_TRUTH, 3, model, feats, labels)
     return {"test_acc": acc, **result.summary}
 
 

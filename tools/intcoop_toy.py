@@ -20,7 +20,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from stori_pl.data.base import PromptSet
+from stori_pl.data.containers import PromptSet
+from stori_pl.lightning.results import harmonic_mean
 from stori_pl.toy.data import TOY_CLASSES, classname
 from stori_pl.toy.world import render, sample_object
 
@@ -147,10 +148,6 @@ def run_seed(seed: int, epochs: int = 50, shots: int = 16, n_test: int = 20, att
                     out[f"{name} attribute {half}"] = attribute_accuracy(model, part)
             out[f"{name} HM"] = harmonic_mean(out[f"{name} base"], out[f"{name} new"])
     return out
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
     """
     from stori_pl.cli.cache import load_config
     from stori_pl.data.attribute_labels import make_labels, read_labels
-    from stori_pl.cli.lightning_cli import resolve_config
+    from stori_pl.cli.lightning_args import resolve_config
 
     given = {"file": file, "attribute": attribute, "vocabulary": vocabulary, "template": template,
              "question": question, "model": model, "batch_size": batch_size}

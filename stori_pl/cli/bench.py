@@ -263,7 +263,7 @@ def naive_coop_encode(model) -> torch.Tensor:
 
 def time_coop(model: str, pretrained: str | None, n_classes: int, device: str, repeats: int, sync) -> dict:
     """(e): best-of-``repeats`` seconds of one CoOp step, ours (EOT cut, buckets) vs all 77 positions."""
-    from stori_pl.data.base import PromptSet
+    from stori_pl.data.containers import PromptSet
     from stori_pl.models.coop import CoOp
 
     names = class_names(n_classes)
@@ -295,7 +295,7 @@ def time_intcoop(model: str, pretrained: str | None, n_classes: int, batch: int,
     """(f): best-of-``repeats`` seconds of one training step (forward, loss, backward) at the same batch of
     ``batch`` random image features: IntCoOp (``batch × n_classes`` prompts, CE + attribute + regularizer losses)
     vs CoOp (``n_classes`` prompts, CE), both with 4 context vectors from "a photo of a"."""
-    from stori_pl.data.base import PromptSet
+    from stori_pl.data.containers import PromptSet
     from stori_pl.models.coop import CoOp
     from stori_pl.models.intcoop import IntCoOp
 

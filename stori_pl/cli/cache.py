@@ -183,7 +183,7 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
     Raises:
         ValueError: A config without data.class_path or an override of an unknown section.
     """
-    from stori_pl.cli.lightning_cli import resolve_config
+    from stori_pl.cli.lightning_args import resolve_config
 
     cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     dm = cls(**init_args)

@@ -44,14 +44,15 @@ def explain_eval(
     Returns:
         The :class:`~stori_pl.interpret.metrics.ExplanationMetrics`.
     """
-    from stori_pl.interpret.metrics import explanation_metrics, is_toy_benchmark
+    from stori_pl.interpret.metrics import explanation_metrics
+    from stori_pl.toy import TOY_GROUND_TRUTH
 
     if top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {top_k}")
     if split not in ("test", "val"):
         raise ValueError(f"--split must be test or val, got {split!r}")
     model = load_checkpoint(checkpoint)
-    if not is_toy_benchmark(model.classnames):
+    if not TOY_GROUND_TRUTH.covers(model.classnames):
         raise ValueError(
             f"{checkpoint}: classes such as {model.classnames[:3]} are not toy-world (pattern, color, shape) triples; "
             "explanation metrics need the toy world's ground truth (train with configs/demo.yaml)"
@@ -59,7 +60,7 @@ def explain_eval(
     features = labels = None
     if sign_agreement:
         features, labels = toy_features(model, data_root, split)
-    result = explanation_metrics(model.word_weights(), top_k, model, features, labels, max_images_per_class)
+    result = explanation_metrics(model.word_weights(), TOY_GROUND_TRUTH, top_k, model, features, labels, max_images_per_class)
     print(format_metrics(result, per_class))
     if json is not None:
         from stori_pl.utils import write_json

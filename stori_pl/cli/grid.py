@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stori_pl.cli.common import function_parser, run_function
+from stori_pl.lightning.results import RESULTS_FILE
 
 PASS_THROUGH = ("--data.", "--model.", "--trainer.", "--seed_everything")
 VALID_SHOTS = (1, 2, 4, 8, 16)
@@ -73,7 +74,7 @@ class Cell:
     def state(self, out_dir: Path) -> str:
         """``done`` (results exist), ``resume`` (a last.ckpt without results) or ``new``."""
         folder = out_dir / self.name
-        if any(folder.glob("version_*/test_results.json")):
+        if any(folder.glob(f"version_*/{RESULTS_FILE}")):
             return "done"
         return "resume" if any(folder.glob("version_*/checkpoints/last.ckpt")) else "new"
 

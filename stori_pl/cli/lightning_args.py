@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stori_pl.models.checkpoint import read_checkpoint
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+RUN_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -28,7 +28,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
 
 def shipped_configs() -> list[str]:
     """Names of the configs shipped with the package (``demo.yaml``, ``coop/dtd_16shot.yaml``, ...)."""
-    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
+    return sorted(p.relative_to(RUN_CONFIG_DIR).as_posix() for p in RUN_CONFIG_DIR.rglob("*.yaml"))
 
 
 def resolve_config(value: str) -> str:
@@ -38,8 +38,8 @@ def resolve_config(value: str) -> str:
         return value
     name = value[: -len(".yaml")] if value.endswith(".yaml") else value
     for candidate in (f"{name}.yaml", f"stori/{name}.yaml"):
-        if (CONFIG_DIR / candidate).is_file():
-            path = str(CONFIG_DIR / candidate)
+        if (RUN_CONFIG_DIR / candidate).is_file():
+            path = str(RUN_CONFIG_DIR / candidate)
             print(f"stori: using the shipped config {path}", file=sys.stderr)
             return path
     import difflib

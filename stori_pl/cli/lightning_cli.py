@@ -34,18 +34,12 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from stori_pl.cli.report import RESULTS_FILE
 from stori_pl.models.checkpoint import (
     AtomicCheckpointIO,
     check_checkpoint,
 )
-from stori_pl.cli.lightning_args import (
-    CONFIG_DIR,
-    prepare_argv,
-    resolve_config,
-    shipped_configs,
-)
-from stori_pl.utils import write_json
+from stori_pl.cli.lightning_args import prepare_argv
+from stori_pl.lightning.results import base_to_novel, write_results
 
 
 class ReproducibleEpochs(L.Callback):
@@ -225,15 +219,8 @@ class StoriCLI(LightningCLI):
         }
         if new is not None and "test/acc" in metrics and "test/acc" in new:
             result.update(base_to_novel(metrics["test/acc"], new["test/acc"]), metrics_new=new)
-        path = Path(trainer.log_dir) / RESULTS_FILE
-        write_json(path, result)
+        path = write_results(trainer.log_dir, result)
         print(f"stori: test results written to {path}")
-
-
-def base_to_novel(base_acc: float, new_acc: float) -> dict[str, float]:
-    """``{"base_acc", "new_acc", "hm"}`` with CoCoOp's harmonic mean ``2·b·n / (b + n)`` (0 when both are 0)."""
-    hm = 2 * base_acc * new_acc / (base_acc + new_acc) if base_acc + new_acc > 0 else 0.0
-    return {"base_acc": base_acc, "new_acc": new_acc, "hm": hm}
 
 
 def _version_number(path: Path) -> int:
@@ -298,5 +285,4 @@ def run_lightning_cli(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs", "claim_run_version",
-           "CONFIG_DIR"]
+__all__ = ["StoriCLI", "run_lightning_cli", "ReproducibleEpochs", "claim_run_version"]

@@ -18,7 +18,6 @@ Examples::
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -28,26 +27,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from stori_pl.cli.common import command_parser, parameter_help, run_function
+from stori_pl.lightning.results import RESULTS_FILE, find_results, harmonic_mean, read_results
 from stori_pl.utils import atomic_write
 
-RESULTS_FILE = "test_results.json"
 DATASET_ORDER = ["ImageNet", "Caltech101", "DTD", "Flowers102", "Food101", "SUN397"]
 METHOD_ORDER = ["Zero-shot CLIP", "CuPL", "CuPL + templates", "Linear probe", "CoOp", "Tip-Adapter", "Tip-Adapter-F",
                 "TaskRes (Base)", "TaskRes (Base+CuPL)", "SToRI"]
 TRAINED_NOTHING = ("ZeroShotCLIP",)  # methods whose result does not depend on the shots
-
-
-def find_results(paths: list[str]) -> list[Path]:
-    """``test_results.json`` files given directly or found under the given folders."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            found.append(p)
-        elif p.is_dir():
-            found += sorted(p.rglob(RESULTS_FILE))
-        else:
-            raise FileNotFoundError(f"{p}: no such run folder or results file")
-    return found
 
 
 class Run(NamedTuple):
@@ -61,11 +47,10 @@ class Run(NamedTuple):
 def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], dict[int | None, Run]]:
     """``{(method, shots, dataset): {seed: Run}}``; a later file (by mtime) wins for the same seed."""
     table: dict[tuple[str, int, str], dict] = defaultdict(dict)
-    for path in sorted(files, key=lambda p: p.stat().st_mtime):
+    for path, r in read_results(files):
         try:
-            r = json.loads(path.read_text(encoding="utf-8"))
             value = r["metrics"][metric]
-        except (json.JSONDecodeError, KeyError) as err:
+        except (KeyError, TypeError) as err:
             print(f"stori report: skipping {path}: no {metric!r} ({err.__class__.__name__}: {err})", file=sys.stderr)
             continue
         shots = 0 if r.get("method") in TRAINED_NOTHING else int(r.get("shots") or 0)
@@ -137,21 +122,11 @@ def write_csv(path: str, datasets: list[str], rows: list[dict]) -> None:
             w.writerow([r["method"], r["shots"], *vals, f"{r['avg']:.4f}"])
 
 
-def harmonic_mean(base: float, new: float) -> float:
-    """CoCoOp's HM of base and new accuracy: ``2·b·n / (b + n)`` (0 when both are 0)."""
-    return 2 * base * new / (base + new) if base + new > 0 else 0.0
-
-
 def load_base_to_novel(files: list[Path]) -> dict[tuple[str, int, str], dict]:
     """``{(method, shots, dataset): {seed: (base, new)}}`` of the runs tested on the base classes (``new`` is NaN
     where the method cannot classify new classes); a later file (by mtime) wins for the same seed."""
     table: dict[tuple[str, int, str], dict] = defaultdict(dict)
-    for path in sorted(files, key=lambda p: p.stat().st_mtime):
-        try:
-            r = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            print(f"stori report: skipping {path}: {err}", file=sys.stderr)
-            continue
+    for _, r in read_results(files):
         if r.get("subsample_classes") != "base" or "test/acc" not in r.get("metrics", {}):
             continue
         shots = 0 if r.get("method") in TRAINED_NOTHING else int(r.get("shots") or 0)

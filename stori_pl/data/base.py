@@ -32,7 +32,7 @@ from stori_pl.data import coop, cupl
 from stori_pl.data.containers import FeatureDataset, PromptSet
 from stori_pl.data.features import image_features
 
-__all__ = ["FewShotDataModule", "PromptSet", "FeatureDataset"]
+__all__ = ["FewShotDataModule"]
 
 
 class FewShotDataModule(L.LightningDataModule):

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 
 from stori_pl.interpret import viz
+from stori_pl.interpret.metrics import explanation_metrics, ground_truth_for
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,8 @@ class WeightPlotCallback(L.Callback):
 
     def log_explanation_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Log ``explain/<metric>`` (toy-world models only) to every logger; returns what was logged."""
-        from stori_pl.interpret.metrics import explanation_metrics, is_toy_benchmark
-
-        if not is_toy_benchmark(list(getattr(pl_module, "classnames", []) or [])):
+        truth = ground_truth_for(list(getattr(pl_module, "classnames", []) or []))
+        if truth is None:
             return {}
         features = labels = None
         dm = getattr(trainer, "datamodule", None)
@@ -148,7 +148,7 @@ class WeightPlotCallback(L.Callback):
                 batches = list(dm.val_dataloader())
                 features = torch.cat([b["features"].clone() for b in batches])  # [N, D]
                 labels = torch.cat([b["label"].clone() for b in batches])  # [N]
-            result = explanation_metrics(pl_module.word_weights(), 3, pl_module, features, labels)
+            result = explanation_metrics(pl_module.word_weights(), truth, 3, pl_module, features, labels)
         metrics = {f"explain/{k}": v for k, v in result.summary.items()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

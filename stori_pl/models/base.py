@@ -115,7 +115,7 @@ class ClipClassifier(L.LightningModule):
 
     def build(self, prompts: Any) -> None:
         """Load the CLIP and prepare the classifier for a prompt set (dict or ``PromptSet``)."""
-        from stori_pl.data.base import PromptSet
+        from stori_pl.data.containers import PromptSet
         from stori_pl.text.clip import load_clip
 
         ps = prompts if isinstance(prompts, PromptSet) else PromptSet.from_dict(prompts)

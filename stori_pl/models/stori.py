@@ -155,12 +155,6 @@ class StoriClassifier(ClipClassifier):
             out[self.classnames[c]].append([(w, r / total) for (w, _), r in zip(words, raw)])
         return out
 
-    def attribute(self, image, class_index: int, **kwargs):
-        """Which words of the class's prompts support ``image`` — see :func:`stori_pl.interpret.attribution.attribute`."""
-        from stori_pl.interpret.attribution import attribute
-
-        return attribute(self, image, class_index, **kwargs)
-
 
 def function_word_mask(tokens: torch.Tensor, tokenizer, length: int) -> torch.Tensor:
     """``[P, length]`` bool: True at the BPE pieces of function words and punctuation of each prompt.
