@@ -104,7 +104,7 @@ def test_errors(ckpt, tmp_path, capsys):
     assert "not found" in error(str(tmp_path / "missing.ckpt"))
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {}}, bad)
-    assert "needs a StoriClassifier checkpoint" in error(str(bad))
+    assert "bad.ckpt is not a stori-pl checkpoint (no 'stori' entry" in error(str(bad))
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     assert f"not a readable stori-pl checkpoint (truncated or corrupt): {empty} (" in error(str(empty))

@@ -21,7 +21,8 @@ from stori_pl.interpret.concepts import (
 )
 from stori_pl.cli.lightning_args import RUN_CONFIG_DIR
 from stori_pl.cli.lightning_cli import run_lightning_cli
-from stori_pl.models.sae import SparseAutoencoder, load_sae
+from stori_pl.models import load_checkpoint
+from stori_pl.models.sae import SparseAutoencoder
 from stori_pl.text.clip import load_clip
 from stori_pl.toy.images import (
     attribute_vocabulary,
@@ -66,23 +67,24 @@ def test_fit_logs_and_writes_a_small_self_describing_checkpoint(fitted):
     assert raw["stori"]["model"] == "SparseAutoencoder"
     assert (raw["stori"]["clip_model"], raw["stori"]["block"], raw["stori"]["n_latents"]) == ("stori-toy", 4, 64)
     assert all(k.startswith("sae.") for k in raw["state_dict"])  # no CLIP weights
-    module = load_sae(str(fitted["ckpt"]), clip_model="stori-toy", block=-1)
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
+    module.check_compatible("stori-toy", -1)
     assert module.block == 4 and module.sae.k == 4 and module.sae.n_latents == 64
     torch.testing.assert_close(module.sae.decoder_directions().norm(dim=1), torch.ones(64))
 
 
 def test_another_clip_or_block_is_refused_with_both_names(fitted):
-    module = load_sae(str(fitted["ckpt"]))
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     with pytest.raises(ValueError, match=r"'stori-toy' block 4.*'stori-tiny' block 1"):
         module.check_compatible("stori-tiny", 1)
     with pytest.raises(ValueError, match=r"block 4.*block 2"):
-        load_sae(str(fitted["ckpt"]), clip_model="stori-toy", block=2)
+        module.check_compatible("stori-toy", 2)
     with pytest.raises(ValueError, match="block 4"):
         describe_components(module, "stori-tiny", fitted["paths"][:4], ["red"])
     fake = fitted["tmp"] / "classifier.ckpt"
     torch.save({"stori": {"model": "StoriClassifier"}, "state_dict": {}}, fake)
-    with pytest.raises(ValueError, match="not a sparse-autoencoder checkpoint"):
-        load_sae(str(fake))
+    with pytest.raises(ValueError, match="classifier.ckpt holds a StoriClassifier model, not a SparseAutoencoder"):
+        load_checkpoint(fake, expect=SparseAutoencoder)
 
 
 def test_activation_cache_encodes_once_and_matches_the_tower(fitted, monkeypatch):
@@ -107,7 +109,7 @@ def test_activation_cache_encodes_once_and_matches_the_tower(fitted, monkeypatch
 
 
 def test_component_table_matches_the_authors_formulas(fitted):
-    module = load_sae(str(fitted["ckpt"]))
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     vocab = list(attribute_vocabulary())
     table = describe_components(module, "stori-toy", fitted["paths"], vocab, top_n=5,
                                 cache_dir=fitted["tmp"] / "cache")
@@ -163,7 +165,7 @@ def test_vocabulary_and_image_errors(fitted, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(BadImageError, match=str(bad)):
         cls_activations([*fitted["paths"][:2], bad], "stori-toy", "builtin", -1, tmp_path / "cache")
-    module = load_sae(str(fitted["ckpt"]))
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     with pytest.raises(ValueError, match="is empty"):
         describe_components(module, "stori-toy", fitted["paths"][:3], empty)
 

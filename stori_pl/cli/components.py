@@ -18,7 +18,6 @@ import torch
 from stori_pl.cli.common import function_parser, run_function
 from stori_pl.cli.component_inputs import (
     check_class,
-    load_classifier,
     load_images,
     load_matching_sae,
     split_images,
@@ -80,7 +79,9 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         raise ValueError("give either --image IMG (one image) or --split test (class level), not both/neither")
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
-    classifier = load_classifier(ckpt, pretrained)
+    from stori_pl.models import ClipClassifier, load_checkpoint
+
+    classifier = load_checkpoint(ckpt, expect=ClipClassifier, **({} if pretrained is None else {"pretrained": pretrained}))
     sae_module = load_matching_sae(sae, classifier)
     components_table = component_table(sae, sae_module, classifier, table, concept_images, labels)
     if image is not None:

@@ -46,13 +46,13 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
             steps > the SAE's k.
     """
     from stori_pl.cli.component_inputs import (
-        load_classifier,
-        load_matching_sae,
+            load_matching_sae,
         split_images,
     )
     from stori_pl.interpret.faithfulness import area_std_error
+    from stori_pl.models import ClipClassifier, load_checkpoint
 
-    classifier = load_classifier(ckpt, pretrained)
+    classifier = load_checkpoint(ckpt, expect=ClipClassifier, **({} if pretrained is None else {"pretrained": pretrained}))
     module = load_matching_sae(sae, classifier)
     if not 1 <= steps <= module.sae.k:
         raise ValueError(f"--steps must be in 1..{module.sae.k} (the SAE's k: active components per image), got {steps}")

@@ -51,13 +51,13 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
         FileNotFoundError: No such checkpoint.
         ValueError: Not a StoriClassifier checkpoint, an unknown class, an unreadable image, or top < 1.
     """
-    from stori_pl.interpret import prompt_words
+    from stori_pl.models import CoOp, StoriClassifier, load_checkpoint
 
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
-    if prompt_words.checkpoint_model(ckpt) in prompt_words.PROMPT_MODELS:  # CoOp / IntCoOp: words of the prompt
-        return explain_prompt_model(ckpt, image, classes, top, pretrained, sae, target)
-    model = load_stori_checkpoint(ckpt, pretrained=pretrained)
+    model = load_checkpoint(ckpt, expect=(StoriClassifier, CoOp), **({} if pretrained is None else {"pretrained": pretrained}))
+    if isinstance(model, CoOp):  # CoOp / IntCoOp: the words of the learned prompt
+        return explain_learned_prompt(model, ckpt, image, classes, top, sae, target)
     use_color = viz_use_color(color)
     shown = select_classes(model.word_weights(), classes or [], all_classes)  # by normalized movement
     weights = model.word_weights(absolute=absolute)
@@ -84,8 +84,8 @@ def viz_use_color(color: str) -> bool:
     return viz.use_color() if color == "auto" else color == "always"
 
 
-def explain_prompt_model(ckpt: str, image: Path | None, classes: list[str] | None, top: int,
-                         pretrained: str | None, sae: str | None, target: str) -> int:
+def explain_learned_prompt(model, ckpt: str, image: Path | None, classes: list[str] | None, top: int,
+                           sae: str | None, target: str) -> int:
     """``stori explain`` on a CoOp / IntCoOp checkpoint: the prompt's words, and with ``image`` and ``sae`` the
     image's top SAE components too (for ``classes``, default the predicted class).
 
@@ -94,7 +94,6 @@ def explain_prompt_model(ckpt: str, image: Path | None, classes: list[str] | Non
     """
     from stori_pl.interpret import prompt_words
 
-    model = prompt_words.load_prompt_model(ckpt, pretrained)
     print(prompt_words.explain_prompt_model(model, ckpt, image, top))
     if image is not None and sae is not None:
         from stori_pl.cli.components import explain_with_components
@@ -189,23 +188,6 @@ def explain_image(model, image: Path, classes: list[str] | None, top: int, png: 
         for path in viz.save_pages_png(png, figs):
             print(f"wrote {path}")
     return 0
-
-def load_stori_checkpoint(path: str, pretrained: str | None = None):
-    """Load a :class:`~stori_pl.models.StoriClassifier` checkpoint on CPU, with clear errors otherwise."""
-    from stori_pl.models.checkpoint import read_checkpoint
-    from stori_pl.models import StoriClassifier
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
-    info = read_checkpoint(path).get("stori") or {}  # unreadable: names the run's other checkpoints
-    if info.get("model") != "StoriClassifier":
-        raise ValueError(
-            f"{path} holds a {info.get('model') or 'non-stori-pl'} model; `stori explain` needs a StoriClassifier "
-            "checkpoint (only SToRI has word weights)"
-        )
-    kwargs = {} if pretrained is None else {"pretrained": pretrained}
-    return StoriClassifier.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
-
 
 def select_classes(weights: dict, classes: list[str], show_all: bool) -> list[str]:
     """The classes to show: ``classes`` (checked, with close-name hints), all, or the 10 that moved most."""

@@ -45,13 +45,14 @@ def explain_eval(
         The :class:`~stori_pl.interpret.metrics.ExplanationMetrics`.
     """
     from stori_pl.interpret.metrics import explanation_metrics
+    from stori_pl.models import StoriClassifier, load_checkpoint
     from stori_pl.toy import TOY_GROUND_TRUTH
 
     if top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {top_k}")
     if split not in ("test", "val"):
         raise ValueError(f"--split must be test or val, got {split!r}")
-    model = load_checkpoint(checkpoint)
+    model = load_checkpoint(checkpoint, expect=StoriClassifier)
     if not TOY_GROUND_TRUTH.covers(model.classnames):
         raise ValueError(
             f"{checkpoint}: classes such as {model.classnames[:3]} are not toy-world (pattern, color, shape) triples; "
@@ -68,15 +69,6 @@ def explain_eval(
         write_json(json, result.to_dict())
         print(f"written {json}")
     return result
-
-
-def load_checkpoint(path: Path):
-    """A :class:`~stori_pl.models.StoriClassifier` from ``path``, on CPU, in eval mode."""
-    from stori_pl.models import StoriClassifier
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/last.ckpt)")
-    return StoriClassifier.load_from_checkpoint(str(path), map_location="cpu").eval()
 
 
 def toy_features(model, data_root: Path, split: str = "test"):

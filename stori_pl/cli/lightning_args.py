@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stori_pl.models.checkpoint import read_checkpoint
+from stori_pl.models.checkpoint import check_checkpoint
 
 RUN_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -116,11 +116,14 @@ def check_names(argv: list[str]) -> None:
 
 
 def model_from_checkpoint(argv: list[str]) -> list[str]:
-    """``stori predict --ckpt_path X`` without ``--model``/``--config``: take the model class from the checkpoint."""
+    """Check a ``--ckpt_path`` file now (unreadable, or naming a class this stori-pl does not have: one line), and
+    for ``stori predict --ckpt_path X`` without ``--model``/``--config`` take the model class from it."""
     ckpt = option(argv, "--ckpt_path")
-    if not ckpt or not Path(ckpt).is_file() or option(argv, "--model") or option(argv, "--config") or option(argv, "-c"):
+    if not ckpt or not Path(ckpt).is_file():
         return argv
-    info = read_checkpoint(ckpt).get("stori") or {}
+    info = check_checkpoint(ckpt).get("stori") or {}
+    if option(argv, "--model") or option(argv, "--config") or option(argv, "-c"):
+        return argv
     if not info.get("model"):
         return argv
     extra = [f"--model={info['model']}", f"--model.clip_model={info['clip_model']}",

@@ -268,7 +268,7 @@ def describe_components(sae_module: torch.nn.Module, clip_model: str, image_path
 
     Args:
         sae_module: A :class:`~stori_pl.models.sae.SparseAutoencoder` (e.g. from
-            :func:`~stori_pl.models.sae.load_sae`).
+            :func:`~stori_pl.models.load_checkpoint`).
         clip_model: The CLIP whose activations are read; refused unless the SAE was trained on it.
         image_paths: Images to search for top activations (their activations and embeddings are cached).
         vocabulary: Label texts, a file, or None for the shipped general list (:func:`load_vocabulary`).

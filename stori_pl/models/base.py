@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from stori_pl.models.checkpoint import CheckpointLoading
 from stori_pl.models.checkpoint_entry import (
     CHECKPOINT_FORMAT,
     check_stori_entry,
@@ -45,7 +46,7 @@ def class_mean(emb: torch.Tensor, prompt_class: torch.Tensor, n_classes: int) ->
     return F.normalize(summed, dim=-1)  # normalize(mean) == normalize(sum)
 
 
-class ClipClassifier(L.LightningModule):
+class ClipClassifier(CheckpointLoading, L.LightningModule):
     """Base class: a text-prompt classifier on top of a frozen open_clip model.
 
     Subclasses take ``clip_model``, ``pretrained`` and ``prompts`` (``PromptSet.to_dict()`` or None:
@@ -331,29 +332,6 @@ class ClipClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["stori"] = self.checkpoint_info()
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any):
-        """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` (no code can run) and
-        failing with one clear message on a truncated, empty or corrupt file.
-
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: ``not a readable stori-pl checkpoint (truncated or corrupt): PATH``, listing the
-                readable checkpoints of the same run (see :func:`stori_pl.models.checkpoint.read_checkpoint`);
-                or the checkpoint is not a stori-pl one / does not fit this class (see ``on_load_checkpoint``).
-        """
-        import os
-
-        from stori_pl.models.checkpoint import read_checkpoint
-
-        if weights_only is False:
-            raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")
-        if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
-            read_checkpoint(checkpoint_path)  # the clear errors, before Lightning's own read
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=True, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_stori_entry(self, checkpoint)  # the checks and messages: stori_pl.models.checkpoint_entry

@@ -18,7 +18,8 @@ through ``z``; pass ``lambda c: module.sae(c)[0]`` (keeping ``z``) as the edit o
 :func:`stori_pl.image.tower.embed_with_cls_edit` at ``module.block``.
 
 The checkpoint holds the SAE tensors only (no CLIP weights) and a ``"stori"`` entry naming the CLIP, the
-block (resolved to 1..n) and the SAE shape; :func:`load_sae` reads it with ``weights_only=True``.
+block (resolved to 1..n) and the SAE shape; ``stori_pl.models.load_checkpoint(path, expect=SparseAutoencoder)`` loads it (then
+:meth:`SparseAutoencoder.check_compatible` refuses another CLIP or block).
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from stori_pl.image.tower import resolve_block_of, vision_shape
+from stori_pl.models.checkpoint import CheckpointLoading
 from stori_pl.image.sae import DeadLatentTracker, TopKSAE, explained_variance
 
-__all__ = ["SparseAutoencoder", "load_sae", "SAE_CHECKPOINT_FORMAT"]
+__all__ = ["SparseAutoencoder", "SAE_CHECKPOINT_FORMAT"]
 
 SAE_CHECKPOINT_FORMAT = 1
 
 
-class SparseAutoencoder(L.LightningModule):
+class SparseAutoencoder(CheckpointLoading, L.LightningModule):
     """TopK SAE on the CLS residual stream after one vision block of a CLIP.
 
     Args:
@@ -171,37 +173,3 @@ class SparseAutoencoder(L.LightningModule):
             raise ValueError(f"SAE checkpoint format {info.get('format')} is not readable by this stori-pl "
                              f"(format {SAE_CHECKPOINT_FORMAT})")
         self.check_compatible(info["clip_model"], info["block"])
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any):
-        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` and stori-pl's clear errors."""
-        import os
-
-        from stori_pl.models.checkpoint import read_checkpoint
-
-        if weights_only is False:
-            raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            read_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=True, **kwargs)
-
-
-def load_sae(path: str, clip_model: str | None = None, block: int | None = None) -> SparseAutoencoder:
-    """Load a trained SAE (CPU, eval mode); with ``clip_model``/``block`` refuse one trained elsewhere.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable SAE checkpoint, or trained on another CLIP / block (both named).
-    """
-    from stori_pl.models.checkpoint import read_checkpoint
-
-    info = read_checkpoint(path).get("stori") or {}
-    if info.get("model") != SparseAutoencoder.__name__:
-        raise ValueError(f"{path} is not a sparse-autoencoder checkpoint (it holds "
-                         f"{info.get('model') or 'no stori-pl model'}); train one with stori fit --config sae/...")
-    module = SparseAutoencoder.load_from_checkpoint(path, map_location="cpu").eval()
-    if clip_model is not None:
-        module.check_compatible(clip_model, module.block if block is None else block)
-    return module

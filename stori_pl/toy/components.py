@@ -45,9 +45,9 @@ def label_purity(table: ComponentTable, attributes: Sequence[dict[str, str]]) ->
 def toy_component_report(ckpt: str, root: str = "data", n_images: int = 4000, seed: int = 0, top_n: int = 10,
                          cache_dir: str | None = None) -> dict:
     """Figures of an SAE trained on toy images: labelled components, purity, distinct labels, dead latents."""
-    from stori_pl.models.sae import load_sae
+    from stori_pl.models import SparseAutoencoder, load_checkpoint
 
-    module = load_sae(ckpt)
+    module = load_checkpoint(ckpt, expect=SparseAutoencoder)
     paths, attrs = write_toy_images(toy_images_folder(root, n_images, seed), n_images, seed)
     vocab = list(dict.fromkeys([*attribute_vocabulary(), *load_vocabulary()]))
     table = describe_components(module, module.hparams.clip_model, paths, vocab, top_n, cache_dir=cache_dir)
