@@ -1,5 +1,5 @@
 """The toy world: a procedural image world whose attributes are known exactly (:mod:`.world`), its two
-benchmarks (:mod:`.data`), the recipe of the shipped tiny CLIP ``stori-toy`` (:mod:`.pretrain`) and many random
+benchmarks (:mod:`.data`), the recipe of the shipped tiny CLIP ``stori-toy`` (:mod:`.pretrain`), many random
 toy images for sparse autoencoders (:mod:`.images`).
 
 Importing the package registers the toy world in the library's registries (the library never imports it):
