@@ -9,6 +9,7 @@ from fakedata import make_fake
 
 import stori_pl.data.features as F
 from stori_pl.cli import cache as cache_cmd
+from stori_pl.cli.common import split_overrides
 from stori_pl.data import DTD
 
 
@@ -53,7 +54,7 @@ def test_cache_command_config_errors(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("stori cache: error: unknown option --trainer.devices (use --data.")
     assert main(["cache", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "stori cache: error: config" in capsys.readouterr().err  # neither a file nor a shipped config
-    rest, overrides = cache_cmd.split_overrides(["-c", "a.yaml", "--data.root=/d", "--devices", "2", "--model.pretrained",
+    rest, overrides = split_overrides(["-c", "a.yaml", "--data.root=/d", "--devices", "2", "--model.pretrained",
                                                  "openai"])
     assert rest == ["-c", "a.yaml", "--devices", "2"] and overrides == {"data.root": "/d", "model.pretrained": "openai"}
     cls, args = cache_cmd.load_config([str(path)], {"data.class_path": "DTD", "data.shots": "4"})

@@ -323,6 +323,11 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def image_class_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """Per image, the class embeddings it is classified with: ``[N, D] -> [N, C, D]`` (L2-normalized). The
+        same :meth:`eval_class_embeddings` for every image, except for models whose prompts depend on the image."""
+        return self.eval_class_embeddings().unsqueeze(0).expand(len(features), -1, -1)
+
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_info(self) -> dict:
         """What the checkpoint's ``"stori"`` entry holds (besides the trained tensors); see

@@ -203,6 +203,18 @@ class IntCoOp(CoOp):
                 parts.append(self._encode_chunk(index, ctx, attr))
         return torch.cat(parts, dim=1)[:, torch.argsort(self.class_order)]  # [B, C, D] in label order
 
+    def image_class_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """The prompts conditioned on each image, encoded: ``[N, D] -> [N, C, D]`` (:meth:`instance_text`).
+
+        Raises:
+            ValueError: With visual prompts the image embedding is not the plain image tower's (what an SAE of
+                the image tower reads), so components of ``features`` cannot be attributed through these prompts.
+        """
+        if self.hparams.get("visual_prompts"):
+            raise ValueError(f"{type(self).__name__}(visual_prompts={self.hparams.visual_prompts}) changes "
+                             "the image tower the SAE reads: its image components cannot be attributed")
+        return self.instance_text(*self.prompt_parts(features.to(self.device)))
+
     def _encode_chunk(self, index: torch.Tensor, ctx: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
         b, c, m = len(ctx), len(index), ctx.shape[1]
         n = int(self.encoder.eot_positions(self.tokens[index]).max()) + 1
