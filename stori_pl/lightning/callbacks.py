@@ -12,18 +12,17 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from stori_pl.interpret import viz
-from stori_pl.interpret.metrics import explanation_metrics, ground_truth_for
+from stori_pl.interpret.metrics import WordWeights, explanation_metrics, ground_truth_for
 
 log = logging.getLogger(__name__)
 
-WordWeights = Mapping[str, Sequence[Sequence[tuple[str, float]]]]
 
 
 class WeightPlotCallback(L.Callback):

@@ -55,6 +55,7 @@ class ZeroShotCLIP(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
@@ -102,7 +103,6 @@ class TaskRes(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule.
     """
 
-    trained_state = ("residual",)
 
     def __init__(
         self,
@@ -118,6 +118,7 @@ class TaskRes(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property

@@ -45,7 +45,6 @@ class CoOp(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (only class names are used).
     """
 
-    trained_state = ("ctx",)
     supports_new_classes = True  # the context is shared by all classes (CoCoOp base-to-novel)
 
     def __init__(
@@ -64,6 +63,7 @@ class CoOp(ClipClassifier):
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
@@ -91,7 +91,7 @@ class CoOp(ClipClassifier):
         tokens = tokens[:, : int(encoder.eot_positions(tokens).max()) + 1]  # [C, L'] nothing after EOT matters
         with torch.no_grad():
             emb = encoder.tower.token_embedding(tokens).float()  # [C, L', W]
-        self.__dict__.update(_encoder=encoder)
+        self.frozen.encoder = encoder
         self.ctx = nn.Parameter(ctx)  # [M, W]
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("token_prefix", emb[:, :1], persistent=False)  # [C, 1, W] SOS
@@ -101,7 +101,7 @@ class CoOp(ClipClassifier):
     def encoder(self) -> WeightedTextEncoder:
         """The text encoder the prompts run through (start block 1, no weights)."""
         self._require_built()
-        return self.__dict__["_encoder"]
+        return self.frozen.encoder
 
     def prompt_embeddings(self) -> torch.Tensor:
         """Token embeddings of the class prompts ``[C, L', W]``: ``[SOS] ctx [CLASS] . [EOT]``."""

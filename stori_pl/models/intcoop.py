@@ -80,7 +80,6 @@ class IntCoOp(CoOp):
 
     supports_new_classes = True
     ATTRIBUTE_TABLE_ROWS = 8  # validation images in the per-epoch TensorBoard table
-    trained_state = ("ctx", "extractor", "conditioner", "visual_prompt")
 
     def __init__(
         self,
@@ -107,8 +106,9 @@ class IntCoOp(CoOp):
         if n_ctx < 1 or class_chunk < 1 or visual_prompts < 0:
             raise ValueError(f"IntCoOp needs n_ctx >= 1, class_chunk >= 1 and visual_prompts >= 0, got "
                              f"{n_ctx}, {class_chunk}, {visual_prompts}")
-        super(CoOp, self).__init__()  # ClipClassifier's: _finish_init must save *this* signature's hparams
+        super(CoOp, self).__init__()  # ClipClassifier's: this signature's arguments are the hparams
         assert __class__ is IntCoOp  # (the __class__ cell is how Lightning finds the signature)
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._handcrafted: dict[tuple[str, str], torch.Tensor] = {}
         self._finish_init(prompts)
 
@@ -133,7 +133,7 @@ class IntCoOp(CoOp):
         tokens = tokens[:, : int(eot.max()) + 1]  # [C, L']
         with torch.no_grad():
             emb = encoder.tower.token_embedding(tokens).float()  # [C, L', W]
-        self.__dict__.update(_encoder=encoder)
+        self.frozen.encoder = encoder
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("class_order", torch.argsort(eot, stable=True), persistent=False)  # by length
         self.register_buffer("token_prefix", emb[:, :1], persistent=False)  # [C, 1, W] SOS

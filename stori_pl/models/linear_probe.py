@@ -76,7 +76,6 @@ class LinearProbe(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (only the class names are used).
     """
 
-    trained_state = ("weight", "bias")
 
     def __init__(
         self,
@@ -87,6 +86,7 @@ class LinearProbe(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property

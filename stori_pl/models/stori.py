@@ -40,7 +40,6 @@ class StoriClassifier(ClipClassifier):
         >>> probs = model.classify([Image.open("bark.jpg")])    # [1, C]
     """
 
-    trained_state = ("log_weights",)
 
     def __init__(
         self,
@@ -64,6 +63,7 @@ class StoriClassifier(ClipClassifier):
         if max_log_weight is not None and not max_log_weight > 0:
             raise ValueError(f"max_log_weight must be > 0 or None, got {max_log_weight}")
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
@@ -86,7 +86,7 @@ class StoriClassifier(ClipClassifier):
         encoder = WeightedTextEncoder(self.clip, start_block=self.hparams.start_block)
         tokens = tokenize([t for _, t in cupl], self.tokenizer)  # [P, 77]
         prepared = encoder.prepare(tokens)  # prefix states [P, L', W]
-        self.__dict__.update(_encoder=encoder, _prepared=prepared, _cupl_tokens=tokens.cpu())
+        self.frozen.encoder, self.frozen.prepared, self.frozen.cupl_tokens = encoder, prepared, tokens.cpu()
         self.log_weights = nn.Parameter(torch.zeros(len(cupl), prepared.length, device=self.device))  # [P, L']
         mask = prepared.mask.clone()  # [P, L'] real tokens
         if self.hparams.get("freeze_function_words"):
@@ -128,7 +128,7 @@ class StoriClassifier(ClipClassifier):
     def prompt_embeddings(self) -> torch.Tensor:
         """Embeddings ``[P, D]`` (unnormalized) of the CuPL prompts under the current weights."""
         log_w = self.effective_log_weights()  # [P, L']
-        return self.__dict__["_prepared"].encode(log_w, chunk_size=self.hparams.chunk_size)
+        return self.frozen.prepared.encode(log_w, chunk_size=self.hparams.chunk_size)
 
     def class_embeddings(self) -> torch.Tensor:
         """Class embeddings ``[C, D]`` (L2-normalized), differentiable w.r.t. ``log_weights``."""
@@ -149,7 +149,7 @@ class StoriClassifier(ClipClassifier):
         log_w = self.effective_log_weights().detach().float().cpu()  # [P, L']
         out: dict[str, list[list[tuple[str, float]]]] = {name: [] for name in self.classnames}
         for p, c in enumerate(self.prompt_class[: self.n_cupl].tolist()):
-            words = token_words(self.__dict__["_cupl_tokens"][p], self.tokenizer)
+            words = token_words(self.frozen.cupl_tokens[p], self.tokenizer)
             raw = [float(log_w[p, pos].exp().mean()) for _, pos in words]
             total = 1.0 if absolute else (sum(raw) or 1.0)
             out[self.classnames[c]].append([(w, r / total) for (w, _), r in zip(words, raw)])

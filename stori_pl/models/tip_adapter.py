@@ -77,7 +77,6 @@ class TipAdapter(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (template prompts are used).
     """
 
-    trained_state = ("cache_keys",)
 
     def __init__(
         self,
@@ -93,6 +92,7 @@ class TipAdapter(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
