@@ -123,12 +123,12 @@ def test_absolute_weights_are_shown_as_they_are():
 
 
 def test_explain_eval_rejects_bad_input(tmp_path):
-    from stori_pl.cli.explain_eval import main
+    from stori_pl.cli import run_command
 
     with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
-        main([str(tmp_path / "missing.ckpt")])
+        run_command("explain-eval", [str(tmp_path / "missing.ckpt")])
     with pytest.raises(ValueError, match="--top_k must be >= 1"):
-        main([str(tmp_path / "missing.ckpt"), "--top_k", "0"])
+        run_command("explain-eval", [str(tmp_path / "missing.ckpt"), "--top_k", "0"])
 
 
 PROMPTS = {

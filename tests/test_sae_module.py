@@ -192,7 +192,7 @@ def test_cache_command_stores_activations(tmp_path, tiny_clip, monkeypatch):
     import yaml
     from fakedata import make_fake
 
-    from stori_pl.cli import cache as cache_cmd
+    from stori_pl.cli import run_command
 
     fake = make_fake("dtd", tmp_path / "data")
     cfg = {"model": {"class_path": "stori_pl.models.StoriClassifier",
@@ -206,7 +206,7 @@ def test_cache_command_stores_activations(tmp_path, tiny_clip, monkeypatch):
             "--activations_block", "-1"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert cache_cmd.main(argv) == 0
+        assert run_command("cache", argv) == 0
         from stori_pl.data import DTD
 
         dm = DTD(root=str(fake.root), clip_model="stori-tiny", pretrained=None, shots=2, cupl=str(fake.cupl),

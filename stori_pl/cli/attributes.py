@@ -21,7 +21,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import config_command_parser, run_config_command
 
 LABELLER_OPTIONS = {"toy": ("attribute",), "clip": ("vocabulary", "template"), "file": ("file",),
                     "blip2": ("question", "model", "batch_size")}
@@ -79,13 +78,3 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
     shown = ", ".join(f"{w} {n}" for w, n in counts[:15])
     print(f"{len(counts)} different words: {shown}{' ...' if len(counts) > 15 else ''}")
     return 0
-
-
-def build_parser():
-    """Options of ``stori attributes`` (from :func:`attributes`'s signature and docstring)."""
-    return config_command_parser(attributes, "stori attributes", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori attributes``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
-    return run_config_command(attributes, build_parser(), argv)

@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stori_pl.cli.common import function_parser, run_function
 
 DTD_CUPL = Path(__file__).resolve().parents[3] / "shared/data/cupl/full_prompts/texture_prompts_full.json"
 
@@ -148,16 +147,6 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
         rows += memory_rows(memory_prompts, small, large)
     print(format_rows(rows))
     return 0
-
-
-def build_parser():
-    """Command-line options of ``stori bench`` (from :func:`bench`'s signature and docstring)."""
-    return function_parser(bench, "stori bench", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori bench``; returns the exit status."""
-    return run_function(bench, build_parser(), argv)
 
 
 def time_encoders(enc, prep, tokens: torch.Tensor, chunk_size: int, repeats: int, sync) -> dict[str, float]:

@@ -22,10 +22,9 @@ from typing import Literal
 import lightning as L
 import yaml
 
-from stori_pl.cli.common import config_command_parser, run_config_command
 from stori_pl.data.parallel_encoding import encode_with_trainer
 
-__all__ = ["cache", "build_parser", "main", "load_config"]
+__all__ = ["cache", "load_config"]
 
 
 def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tuple[type, dict]:
@@ -106,13 +105,3 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
             print(f"{cls.__name__} {part}: CLS activations after block {activations_block} "
                   f"{'encoded' if did else 'already cached'}")
     return 0
-
-
-def build_parser():
-    """Options of ``stori cache`` (from :func:`cache`'s signature and docstring); see :func:`main` for overrides."""
-    return config_command_parser(cache, "stori cache", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori cache``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
-    return run_config_command(cache, build_parser(), argv)

@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 
-from stori_pl.cli.common import function_parser, run_function
 from stori_pl.cli.component_inputs import (
     check_class,
     load_images,
@@ -113,16 +112,6 @@ def write_components_page(html: Path, sections: list[str], ckpt: str, sae: str, 
         f.write(page(f"SAE components — {Path(ckpt).name}", sections,
                      intro=f"{ckpt}; SAE {sae} (CLIP {clip_model}, block {block})"))
     print(f"\nwrote {html}")
-
-
-def build_parser():
-    """Command-line options of ``stori components`` (from :func:`components`' signature and docstring)."""
-    return function_parser(components, "stori components", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori components``; returns the exit status."""
-    return run_function(components, build_parser(), argv)
 
 
 def toy_label_prompts() -> dict[str, str]:

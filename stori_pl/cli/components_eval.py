@@ -13,7 +13,6 @@ from typing import Literal
 
 import torch
 
-from stori_pl.cli.common import function_kwargs, function_parser
 
 
 def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", root: Path = Path("data"),
@@ -157,15 +156,3 @@ def write_outputs(folder: Path, result: dict) -> None:
                 tb.add_scalar(f"deletion/{name}", value, step)
             tb.add_scalar(f"deletion_area/{name}", result["areas"][name], 0)
     print(f"wrote {folder / 'areas.json'}, areas.csv, curves.png and TensorBoard events")
-
-
-def build_parser():
-    """Command-line options of ``stori components-eval`` (from :func:`components_eval`'s signature)."""
-    return function_parser(components_eval, "stori components-eval", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori components-eval``; returns the exit status."""
-    parser = build_parser()
-    components_eval(**function_kwargs(parser, parser.parse_args(argv)))
-    return 0

@@ -12,7 +12,6 @@ import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import function_parser, run_function
 
 OUT_SUFFIXES = (".npy", ".safetensors")
 
@@ -56,16 +55,6 @@ def embed(prompt: str, model: str = "ViT-B-32", pretrained: str | None = "openai
         save_embedding(out, emb, meta)
         print(f"saved {out}")
     return 0
-
-
-def build_parser():
-    """Command-line options of ``stori embed`` (from :func:`embed`'s signature and docstring)."""
-    return function_parser(embed, "stori embed", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori embed``; returns the exit status."""
-    return run_function(embed, build_parser(), argv)
 
 
 def token_pieces(ids: list[int], tokenizer) -> list[str]:

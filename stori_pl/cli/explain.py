@@ -13,7 +13,6 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import function_parser, run_function
 
 DEFAULT_SHOWN = 10  # classes printed without --classes / --all_classes
 
@@ -115,16 +114,6 @@ def write_weight_pages(ckpt: str, clip_model: str, weights: dict, shown: list[st
         figs = [f for name in shown for f in viz.plot_word_weights(name, weights[name], absolute=absolute)]
         for path in viz.save_pages_png(png, figs):
             print(f"wrote {path}")
-
-
-def build_parser():
-    """Command-line options of ``stori explain`` (from :func:`explain`'s signature and docstring)."""
-    return function_parser(explain, "stori explain", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori explain``; returns the exit status."""
-    return run_function(explain, build_parser(), argv)
 
 
 def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolute: bool = False) -> None:

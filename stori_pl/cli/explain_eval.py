@@ -10,11 +10,8 @@ Examples:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import jsonargparse
-from jsonargparse import ActionConfigFile
 
 METRIC_ORDER = ("discriminative_share", "precision_at_k", "sink_share", "sink_share_uniform", "sign_agreement")
 
@@ -95,21 +92,3 @@ def format_metrics(result, per_class: bool = True) -> str:
         for name, m in result.per_class.items():
             lines.append(name.ljust(width) + "".join(f"{m[k]:>22.3f}" if k in m else f"{'—':>22}" for k in keys))
     return "\n".join(lines)
-
-
-def build_parser() -> jsonargparse.ArgumentParser:
-    """Options of ``stori explain-eval`` (from :func:`explain_eval`'s signature and docstring)."""
-    p = jsonargparse.ArgumentParser(
-        prog="stori explain-eval",
-        description="Explanation metrics of a toy-world SToRI checkpoint (how readable its word weights are).",
-    )
-    p.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options below.")
-    p.add_function_arguments(explain_eval, as_positional=True)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori explain-eval``; returns the exit code."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    explain_eval(**{k: v for k, v in vars(args).items() if k != "config"})
-    return 0

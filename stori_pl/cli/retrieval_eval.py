@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import function_parser, run_function
 from stori_pl.retrieval.attributes import AttributeTask
 
 
@@ -116,13 +115,3 @@ def write_text(path: Path, text: str) -> None:
 
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def build_parser():
-    """Options of ``stori retrieval-eval`` (from :func:`retrieval_eval`'s signature and docstring)."""
-    return function_parser(retrieval_eval, "stori retrieval-eval", __doc__, positional=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori retrieval-eval``; returns the exit status."""
-    return run_function(retrieval_eval, build_parser(), argv)

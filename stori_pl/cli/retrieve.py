@@ -20,7 +20,6 @@ from typing import Literal
 
 import torch
 
-from stori_pl.cli.common import function_parser, run_function
 
 RANKING_SUFFIXES, SHEET_SUFFIXES = (".csv", ".json"), (".png",)
 
@@ -79,16 +78,6 @@ def retrieve(images: Path, prompts: list[str], model: str = "ViT-B-32", pretrain
         contact_sheet(sheet, prompts, rankings, paths)
         print(f"contact sheet written to {sheet}")
     return 0
-
-
-def build_parser():
-    """Command-line options of ``stori retrieve`` (from :func:`retrieve`'s signature and docstring)."""
-    return function_parser(retrieve, "stori retrieve", __doc__, positional=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori retrieve``; returns the exit status."""
-    return run_function(retrieve, build_parser(), argv)
 
 
 def folder_features(paths: list[Path], model: str, pretrained: str | None, cache_dir: str | None, batch_size: int,
