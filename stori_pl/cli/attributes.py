@@ -21,6 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+from stori_pl.cli.cache import load_config
+from stori_pl.cli.lightning_args import resolve_config
+from stori_pl.data.attribute_labels import make_labels, read_labels
+
 
 LABELLER_OPTIONS = {"toy": ("attribute",), "clip": ("vocabulary", "template"), "file": ("file",),
                     "blip2": ("question", "model", "batch_size")}
@@ -52,10 +56,6 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
     Returns:
         Exit status 0.
     """
-    from stori_pl.cli.cache import load_config
-    from stori_pl.data.attribute_labels import make_labels, read_labels
-    from stori_pl.cli.lightning_args import resolve_config
-
     given = {"file": file, "attribute": attribute, "vocabulary": vocabulary, "template": template,
              "question": question, "model": model, "batch_size": batch_size}
     wrong = [k for k, v in given.items() if v is not None and k not in LABELLER_OPTIONS[labeller]]

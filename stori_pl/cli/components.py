@@ -27,6 +27,14 @@ from stori_pl.interpret.component_tables import (
     table_row,
     table_vocabulary,
 )
+from stori_pl.interpret.attribution import as_image_feature, attribute
+from stori_pl.interpret.components import class_attribution, component_scores, unexpected_reliance
+from stori_pl.interpret.viz import render_html
+from stori_pl.interpret.viz.components import components_section, format_rows, insert_sections, page
+from stori_pl.models import ClipClassifier, load_checkpoint
+from stori_pl.toy.images import attribute_vocabulary
+from stori_pl.toy.world import attribute_prompts
+from stori_pl.utils import atomic_write
 
 COMPARED = {"Logit Lens": "logit_lens", "Act×LogitLens": "act_logit_lens"}
 IMAGE_LEGEND = ("score = Act×Grad z_k·∂y/∂z_k with y = cos(image embedding, class embedding): first-order effect "
@@ -84,7 +92,6 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         raise ValueError("give either --image IMG (one image) or --split test (class level), not both/neither")
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
-    from stori_pl.models import ClipClassifier, load_checkpoint
 
     classifier = load_checkpoint(ckpt, expect=ClipClassifier, **({} if pretrained is None else {"pretrained": pretrained}))
     sae_module = load_matching_sae(sae, classifier)
@@ -105,9 +112,6 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
 
 def write_components_page(html: Path, sections: list[str], ckpt: str, sae: str, clip_model: str, block: int) -> None:
     """``stori components --html``: one page of the component sections, written atomically."""
-    from stori_pl.interpret.viz.components import page
-    from stori_pl.utils import atomic_write
-
     with atomic_write(html, "w", encoding="utf-8") as f:
         f.write(page(f"SAE components — {Path(ckpt).name}", sections,
                      intro=f"{ckpt}; SAE {sae} (CLIP {clip_model}, block {block})"))
@@ -117,17 +121,12 @@ def write_components_page(html: Path, sections: list[str], ckpt: str, sae: str, 
 def toy_label_prompts() -> dict[str, str]:
     """Toy label -> the caption-style prompt that embeds it (``"black background"`` -> ``"a shape on a black
     background."``): the tiny CLIP saw only captions, and labels bare words poorly (docs/components.md)."""
-    from stori_pl.toy.images import attribute_vocabulary
-    from stori_pl.toy.world import attribute_prompts
-
     return {label: attribute_prompts(key)[value][0] for label, (key, value) in attribute_vocabulary().items()}
 
 
 def image_component_rows(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
                          compare: bool) -> tuple[str, list[dict], dict[str, list[int]]]:
     """``(class explained, rows by Act×Grad, rankings of the compared methods)`` for one image."""
-    from stori_pl.interpret.components import component_scores
-
     images = load_images(classifier, [Path(image)])  # [1, 3, H, W]
     with torch.no_grad():
         emb = classifier.clip.encode_image(images).float()  # [1, D]
@@ -147,8 +146,6 @@ def image_component_rows(classifier, sae_module, table, image: Path, class_name:
 def explain_image_components(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
                              compare: bool, color: bool = False) -> list[str]:
     """Print one image's top components; returns the HTML sections."""
-    from stori_pl.interpret.viz.components import components_section, format_rows
-
     name, rows, ranks = image_component_rows(classifier, sae_module, table, image, class_name, top, compare)
     title = f"{image}: top {len(rows)} components for {name!r} (Act×Grad)"
     print()
@@ -162,9 +159,6 @@ def explain_split(classifier, sae_module, table, data: str, root: Path, split: s
                   expected: dict[str, list[str]], top: int, max_images: int, margin: float,
                   min_share: float) -> list[str]:
     """Class-level lists (mean Act×Grad over the split's images of each class, unexpected reliance flagged)."""
-    from stori_pl.interpret.components import class_attribution, unexpected_reliance
-    from stori_pl.interpret.viz.components import components_section, format_rows
-
     paths = split_images(data, root, split, classifier, max_images)
     targets = classifier.eval_class_embeddings()
     general = table_vocabulary(table)
@@ -206,11 +200,6 @@ def explain_with_components(classifier, sae: str, image: Path, classes: list[str
                 for s in explain_image_components(classifier, module, table, image, name, top, compare=False)]
     if html is None:
         return
-    from stori_pl.interpret.attribution import as_image_feature, attribute
-    from stori_pl.interpret.viz import render_html
-    from stori_pl.interpret.viz.components import insert_sections
-    from stori_pl.utils import atomic_write
-
     feature = as_image_feature(classifier, image)
     if classes is None:
         classes = [classifier.classnames[int(classifier.classify_features(feature[None])[0].argmax())]]

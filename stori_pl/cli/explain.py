@@ -13,6 +13,12 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
+from stori_pl.cli.components import explain_with_components
+from stori_pl.interpret import prompt_words, viz
+from stori_pl.interpret.attribution import as_image_feature, attribute, attribution_figures
+from stori_pl.lightning.callbacks import movement
+from stori_pl.models import CoOp, StoriClassifier, load_checkpoint
+
 
 DEFAULT_SHOWN = 10  # classes printed without --classes / --all_classes
 
@@ -50,8 +56,6 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
         FileNotFoundError: No such checkpoint.
         ValueError: Not a StoriClassifier checkpoint, an unknown class, an unreadable image, or top < 1.
     """
-    from stori_pl.models import CoOp, StoriClassifier, load_checkpoint
-
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
     model = load_checkpoint(ckpt, expect=(StoriClassifier, CoOp), **({} if pretrained is None else {"pretrained": pretrained}))
@@ -67,8 +71,6 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
     if image is not None:
         status = explain_image(model, image, shown if classes else None, top, png, use_color, target)
         if sae is not None:
-            from stori_pl.cli.components import explain_with_components
-
             explain_with_components(model, sae, image, shown if classes else None, top, html, target)
         return status
     print_weights(weights, shown, top, use_color, absolute)
@@ -78,8 +80,6 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
 
 def viz_use_color(color: str) -> bool:
     """``--color auto|always|never`` as a bool (auto: only on a terminal and without NO_COLOR)."""
-    from stori_pl.interpret import viz
-
     return viz.use_color() if color == "auto" else color == "always"
 
 
@@ -91,12 +91,8 @@ def explain_learned_prompt(model, ckpt: str, image: Path | None, classes: list[s
     Returns:
         Exit status 0.
     """
-    from stori_pl.interpret import prompt_words
-
     print(prompt_words.explain_prompt_model(model, ckpt, image, top))
     if image is not None and sae is not None:
-        from stori_pl.cli.components import explain_with_components
-
         explain_with_components(model, sae, image, classes or None, top, None, target)
     return 0
 
@@ -104,8 +100,6 @@ def explain_learned_prompt(model, ckpt: str, image: Path | None, classes: list[s
 def write_weight_pages(ckpt: str, clip_model: str, weights: dict, shown: list[str], html: Path | None,
                        png: Path | None, absolute: bool) -> None:
     """``--html``: one page of all classes' word weights; ``--png``: the shown classes' figures."""
-    from stori_pl.interpret import viz
-
     if html is not None:
         viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}", absolute=absolute,
                        intro=f"{ckpt}: CLIP {clip_model}, {len(weights)} classes")
@@ -119,8 +113,6 @@ def write_weight_pages(ckpt: str, clip_model: str, weights: dict, shown: list[st
 def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolute: bool = False) -> None:
     """Terminal view of the ``shown`` classes' word weights and the most (de-)emphasized words overall
     (function words and punctuation are left out of the summaries)."""
-    from stori_pl.interpret import viz
-
     if absolute:
         print("Darker = higher weight (mid red = 1, unchanged by training)" if color
               else "(xR) = weight R, 1 = unchanged by training (shown where R >= 1.5 or R <= 1/1.5)")
@@ -146,13 +138,6 @@ def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolu
 def explain_image(model, image: Path, classes: list[str] | None, top: int, png: Path | None, color: bool,
                   target: str = "log_prob") -> int:
     """Top-5 classes of ``image`` and the word attributions of ``classes`` (default: the top class)."""
-    from stori_pl.interpret import viz
-    from stori_pl.interpret.attribution import (
-        as_image_feature,
-        attribute,
-        attribution_figures,
-    )
-
     feature = as_image_feature(model, image)  # [D]
     probs = model.classify_features(feature[None])[0]  # [C]
     best = probs.topk(min(5, len(probs)))
@@ -193,7 +178,6 @@ def select_classes(weights: dict, classes: list[str], show_all: bool) -> list[st
         return list(dict.fromkeys(classes))
     if show_all or len(names) <= DEFAULT_SHOWN:
         return names
-    from stori_pl.lightning.callbacks import movement
 
     moved = movement(weights)
     return sorted(names, key=lambda c: -moved[c])[:DEFAULT_SHOWN]

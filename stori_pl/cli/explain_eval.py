@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stori_pl.interpret.metrics import explanation_metrics
+from stori_pl.models import StoriClassifier, load_checkpoint
+from stori_pl.toy import TOY_GROUND_TRUTH
+from stori_pl.toy.data import ToyShapes
+from stori_pl.utils import write_json
+
 
 METRIC_ORDER = ("discriminative_share", "precision_at_k", "sink_share", "sink_share_uniform", "sign_agreement")
 
@@ -41,10 +47,6 @@ def explain_eval(
     Returns:
         The :class:`~stori_pl.interpret.metrics.ExplanationMetrics`.
     """
-    from stori_pl.interpret.metrics import explanation_metrics
-    from stori_pl.models import StoriClassifier, load_checkpoint
-    from stori_pl.toy import TOY_GROUND_TRUTH
-
     if top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {top_k}")
     if split not in ("test", "val"):
@@ -61,8 +63,6 @@ def explain_eval(
     result = explanation_metrics(model.word_weights(), TOY_GROUND_TRUTH, top_k, model, features, labels, max_images_per_class)
     print(format_metrics(result, per_class))
     if json is not None:
-        from stori_pl.utils import write_json
-
         write_json(json, result.to_dict())
         print(f"written {json}")
     return result
@@ -72,7 +72,6 @@ def toy_features(model, data_root: Path, split: str = "test"):
     """Image features ``[N, D]`` and labels ``[N]`` of the ToyShapes ``split``, restricted to the model's classes."""
     import torch
 
-    from stori_pl.toy.data import ToyShapes
 
     dm = ToyShapes(root=str(data_root), clip_model=model.hparams.clip_model, pretrained=model.hparams.pretrained,
                    classes=list(model.classnames))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from stori_pl.cli.common import function_parser, run_function
 from stori_pl.lightning.results import RESULTS_FILE
+from stori_pl.cli.report import report
 
 PASS_THROUGH = ("--data.", "--model.", "--trainer.", "--seed_everything")
 VALID_SHOTS = (1, 2, 4, 8, 16)
@@ -167,7 +168,6 @@ def grid(methods: str, datasets: str, shots: str = "1,2,4,8,16", seeds: str = "1
                          f"about {_duration(left)} left\n")
         if not ok:
             failed.append((cell, log))
-    from stori_pl.cli.report import report
 
     report([str(out_dir)], markdown=out_dir / "table2.md", csv=out_dir / "table2.csv")
     for cell, log in failed:

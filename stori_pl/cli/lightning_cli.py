@@ -40,6 +40,7 @@ from stori_pl.models.checkpoint import (
 )
 from stori_pl.cli.lightning_args import prepare_argv
 from stori_pl.lightning.results import base_to_novel, write_results
+from stori_pl.lightning.prediction_writer import PredictionCSVWriter
 
 
 class ReproducibleEpochs(L.Callback):
@@ -102,8 +103,6 @@ class StoriCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        from stori_pl.lightning.prediction_writer import PredictionCSVWriter
-
         parser.link_arguments("model.init_args.clip_model", "data.init_args.clip_model")
         parser.link_arguments("model.init_args.pretrained", "data.init_args.pretrained")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

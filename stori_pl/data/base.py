@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader
 from stori_pl.data import coop, cupl
 from stori_pl.data.containers import FeatureDataset, PromptSet
 from stori_pl.data.features import image_features
+from stori_pl.data.attribute_labels import attribute_index, datamodule_labels
+from stori_pl.data.images import images_loader
 
 __all__ = ["FewShotDataModule"]
 
@@ -291,8 +293,6 @@ class FewShotDataModule(L.LightningDataModule):
 
     def _attach_attributes(self, parts) -> None:
         """Each part's attribute indices (labels made first for the offline labellers, see ``attribute_labels``)."""
-        from stori_pl.data.attribute_labels import attribute_index, datamodule_labels
-
         self._attributes = datamodule_labels(self, parts)
         for part in parts:
             self._data[part].attributes = attribute_index(self._attributes, self._keys[part], part, self.image_root())
@@ -373,7 +373,6 @@ class FewShotDataModule(L.LightningDataModule):
         if part not in self._data:
             self._features_for((part,))
         if self.return_images:  # IntCoOp's visual prompts run the image tower on every step
-            from stori_pl.data.images import images_loader
 
             return images_loader(self, self._data[part], part, shuffle)
         return DataLoader(self._data[part], batch_size=self.batch_size, shuffle=shuffle, num_workers=0)

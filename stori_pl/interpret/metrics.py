@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from stori_pl.text.function_words import is_function_word
+from stori_pl.interpret.attribution import attribute_batch
 
 WordWeights = Mapping[str, Sequence[Sequence[tuple[str, float]]]]
 
@@ -172,8 +173,6 @@ def sign_agreement(model: Any, features: torch.Tensor, labels: torch.Tensor, tru
     Returns:
         ``{class: agreement}`` for the classes with at least one correctly classified image.
     """
-    from stori_pl.interpret.attribution import attribute_batch
-
     names = model.classnames
     defining = defining_words(names, truth)
     preds = model.classify_features(features).argmax(-1).cpu()  # [N]

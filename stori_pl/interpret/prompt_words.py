@@ -17,6 +17,7 @@ import torch
 
 from stori_pl.models.intcoop_parts import nearest_words
 from stori_pl.text.clip import text_tower
+from stori_pl.interpret.attribution import as_image_feature
 
 
 @dataclass
@@ -121,8 +122,6 @@ def explain_prompt_model(model, path: str, image=None, top: int = 5) -> str:
     Raises:
         ValueError: An unreadable image.
     """
-    from stori_pl.interpret.attribution import as_image_feature
-
     name = type(model).__name__
     k = max(1, min(top, 5))
     lines = [f"{path}: {name} on CLIP {model.hparams.clip_model} ({model.hparams.pretrained}), "

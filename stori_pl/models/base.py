@@ -33,6 +33,9 @@ from stori_pl.models.checkpoint_entry import (
     first_difference,
     stori_entry,
 )
+from stori_pl.data.containers import PromptSet
+from stori_pl.models.export import export_classifier
+from stori_pl.text.clip import load_clip, tokenize
 
 __all__ = ["CHECKPOINT_FORMAT", "TOP5_MIN_CLASSES", "ClipClassifier", "class_mean", "encode_plain_prompts"]
 
@@ -122,9 +125,6 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
 
     def build(self, prompts: Any) -> None:
         """Load the CLIP and prepare the classifier for a prompt set (dict or ``PromptSet``)."""
-        from stori_pl.data.containers import PromptSet
-        from stori_pl.text.clip import load_clip
-
         ps = prompts if isinstance(prompts, PromptSet) else PromptSet.from_dict(prompts)
         if not ps.classnames:
             raise ValueError("the prompt set has no classes")
@@ -278,8 +278,6 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
     def export_classifier(self, path: str) -> None:
         """Write class embeddings, class names and logit scale to a safetensors file that plain
         open_clip users can apply without stori-pl (see :func:`stori_pl.models.export.export_classifier`)."""
-        from stori_pl.models.export import export_classifier
-
         export_classifier(self, path)
 
     # --------------------------------------------------------------------------------- Lightning loop
@@ -364,8 +362,6 @@ def encode_plain_prompts(
     Returns:
         ``[N, D]`` float32 on the CLIP's device.
     """
-    from stori_pl.text.clip import tokenize
-
     device = next(clip.parameters()).device
     out = []
     with torch.no_grad():

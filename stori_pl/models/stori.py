@@ -7,6 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from stori_pl.models.base import ClipClassifier, class_mean, encode_plain_prompts
+from stori_pl.text.clip import tokenize
+from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.text.function_words import is_function_word
+from stori_pl.text.syntax import token_words
 
 
 class StoriClassifier(ClipClassifier):
@@ -71,9 +75,6 @@ class StoriClassifier(ClipClassifier):
         return "SToRI"
 
     def _build_classifier(self, prompt_set) -> None:
-        from stori_pl.text.clip import tokenize
-        from stori_pl.text.encoder import WeightedTextEncoder
-
         cupl = [(c, t) for c, texts in enumerate(prompt_set.cupl) for t in texts]
         base = [(c, t) for c, texts in enumerate(prompt_set.base) for t in texts] if self.hparams.use_base_prompts else []
         if not cupl:
@@ -144,8 +145,6 @@ class StoriClassifier(ClipClassifier):
         equal (1 / number of words) before training. ``absolute``: that mean itself, not normalized
         (1 = unchanged by training), for views that tell "this word went up" from "the others went down".
         """
-        from stori_pl.text.syntax import token_words
-
         log_w = self.effective_log_weights().detach().float().cpu()  # [P, L']
         out: dict[str, list[list[tuple[str, float]]]] = {name: [] for name in self.classnames}
         for p, c in enumerate(self.prompt_class[: self.n_cupl].tolist()):
@@ -164,9 +163,6 @@ def function_word_mask(tokens: torch.Tensor, tokenizer, length: int) -> torch.Te
         tokenizer: Their tokenizer.
         length: Width of the mask (positions beyond it are dropped).
     """
-    from stori_pl.text.function_words import is_function_word
-    from stori_pl.text.syntax import token_words
-
     mask = torch.zeros(tokens.shape[0], length, dtype=torch.bool)
     for p in range(tokens.shape[0]):
         for word, positions in token_words(tokens[p], tokenizer):
