@@ -169,7 +169,10 @@ def test_bad_names_and_missing_data(env, monkeypatch, capsys):
     def no_model(*a, **k):
         raise AssertionError("CLIP loaded before the data was checked")
 
-    monkeypatch.setattr(stori_pl.text.clip, "load_clip", no_model)
+    import stori_pl.models  # noqa: F401  (its modules import load_clip by name: patch them too)
+    from conftest import patch_load_clip
+
+    patch_load_clip(monkeypatch, no_model)
     argv = ["fit", "--model", "StoriClassifier", *TINY, "--data", "DTD", "--data.root", "/nonexistent/data", *QUIET]
     assert main(argv) == 2
     err = capsys.readouterr().err
