@@ -24,6 +24,7 @@ from typing import Literal
 from stori_pl.cli.cache import load_config
 from stori_pl.cli.lightning_args import resolve_config
 from stori_pl.data.attribute_labels import make_labels, read_labels
+import stori_pl.toy.data  # noqa: F401  (registers the toy labeller)
 
 
 LABELLER_OPTIONS = {"toy": ("attribute",), "clip": ("vocabulary", "template"), "file": ("file",),
@@ -62,8 +63,6 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
     if wrong:
         owner = next(n for n, opts in LABELLER_OPTIONS.items() if wrong[0] in opts)
         raise ValueError(f"--{wrong[0]} is an option of the {owner} labeller, not of {labeller}")
-    import stori_pl.toy.data  # noqa: F401  (registers the toy labeller)
-
     cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     init_args.pop("attribute_labels", None)  # the datamodule is only read here
     dm = cls(**init_args)

@@ -23,6 +23,7 @@ import lightning as L
 import yaml
 
 from stori_pl.data.parallel_encoding import encode_with_trainer
+from stori_pl.cli.lightning_args import resolve_config
 
 __all__ = ["cache", "load_config"]
 
@@ -80,8 +81,6 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
     Raises:
         ValueError: A config without data.class_path or an override of an unknown section.
     """
-    from stori_pl.cli.lightning_args import resolve_config
-
     cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     dm = cls(**init_args)
     if init_args.get("download"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import stori_pl.data
+import stori_pl.models
 from stori_pl.models.checkpoint import check_checkpoint
 
 RUN_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -101,11 +103,9 @@ def option(argv: list[str], name: str) -> str | None:
 
 def check_names(argv: list[str]) -> None:
     """Unknown ``--model`` / ``--data`` names → the list of valid ones (before jsonargparse's message)."""
-    import stori_pl.data
-    import stori_pl.models
-
     known = {
-        "--model": [n for n in stori_pl.models.__all__ if n not in ("ClipClassifier", "load_exported_classifier")],
+        "--model": [n for n in stori_pl.models.__all__ if isinstance(getattr(stori_pl.models, n), type)
+                    and n != "ClipClassifier"],
         "--data": [n for n in stori_pl.data.__all__ if n not in ("FewShotDataModule", "PromptSet", "FeatureDataset")]
         + ["ToyShapes"],
     }

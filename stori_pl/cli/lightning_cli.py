@@ -38,6 +38,9 @@ from stori_pl.models.checkpoint import (
     AtomicCheckpointIO,
     check_checkpoint,
 )
+import stori_pl.data  # noqa: F401  (the datamodules for --data NAME)
+import stori_pl.models  # noqa: F401  (the models for --model NAME)
+import stori_pl.toy.data  # noqa: F401  (ToyShapes; the toy world registers its image source and ground truth)
 from stori_pl.cli.lightning_args import prepare_argv
 from stori_pl.lightning.results import base_to_novel, write_results
 from stori_pl.lightning.prediction_writer import PredictionCSVWriter
@@ -76,13 +79,6 @@ class StoriCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         self.started = time.monotonic()  # for the wall time in test_results.json
-        import stori_pl.data  # noqa: F401  (registers the datamodules for --data NAME)
-        import stori_pl.models  # noqa: F401  (registers the models for --model NAME)
-
-        try:  # the toy world's datamodule, when present
-            import stori_pl.toy.data  # noqa: F401
-        except ImportError:  # pragma: no cover
-            pass
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "stori"}},

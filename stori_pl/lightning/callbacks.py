@@ -20,6 +20,7 @@ import torch
 
 from stori_pl.interpret import viz
 from stori_pl.interpret.metrics import WordWeights, explanation_metrics, ground_truth_for
+from stori_pl.utils import write_json
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +248,6 @@ def weights_from_json(obj: Mapping | str | os.PathLike) -> dict[str, list[list[t
 
 def export_weights_json(path: str | os.PathLike, weights: WordWeights) -> None:
     """Write :func:`weights_to_json` atomically (via :func:`stori_pl.utils.write_json`)."""
-    from stori_pl.utils import write_json
-
     write_json(path, weights_to_json(weights), indent=1)
 
 

@@ -49,6 +49,7 @@ from stori_pl.models.intcoop_parts import (
 from stori_pl.models.visual_prompts import VisualPrompts
 from stori_pl.text.clip import text_tower, tokenize
 from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.models.schedules import dassl_scheduler
 
 HANDCRAFTED = "a photo of a {attribute} {classname}."
 
@@ -366,8 +367,6 @@ class IntCoOp(CoOp):
 
     def configure_optimizers(self) -> dict:
         """SGD + Dassl schedule (as CoOp) over every trained part."""
-        from stori_pl.models.schedules import dassl_scheduler
-
         self._check_ready()
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]

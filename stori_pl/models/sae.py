@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from stori_pl.image.tower import resolve_block_of, vision_shape
 from stori_pl.models.checkpoint import CheckpointLoading
 from stori_pl.image.sae import DeadLatentTracker, TopKSAE, explained_variance
+from stori_pl import __version__
 
 __all__ = ["SparseAutoencoder", "SAE_CHECKPOINT_FORMAT"]
 
@@ -155,8 +156,6 @@ class SparseAutoencoder(CheckpointLoading, L.LightningModule):
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_info(self) -> dict:
         """The checkpoint's ``"stori"`` entry: what the SAE reads and its shape."""
-        from stori_pl import __version__
-
         h = self.hparams
         return {"format": SAE_CHECKPOINT_FORMAT, "stori_pl_version": __version__, "model": type(self).__name__,
                 "clip_model": h.clip_model, "pretrained": h.pretrained, "block": self.block,
