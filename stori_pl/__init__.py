@@ -6,11 +6,7 @@ The public API: :func:`load_clip`, :class:`WeightedTextEncoder`, :class:`Prepare
 load torch, open_clip or Lightning.
 """
 
-from stori_pl import _moved
-
 __version__ = "0.2.0"
-
-_moved.install()
 
 _LAZY = {
     "load_clip": "stori_pl.text.clip",

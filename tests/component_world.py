@@ -47,7 +47,7 @@ class ToyComponents:
 
 def train_sae(acts: torch.Tensor, seed: int = 0):
     """A TopKSAE fitted to ``acts [N, d]`` with the authors' loss (AdamW, a few hundred steps)."""
-    from stori_pl.interpret.sae import TopKSAE
+    from stori_pl.image.sae import TopKSAE
 
     torch.manual_seed(seed)
     sae = TopKSAE(acts.shape[1], N_LATENTS, K)

@@ -68,3 +68,16 @@ def encode_counter(monkeypatch) -> EncodeCounter:
 
     monkeypatch.setattr(features, "encode_batch", counting)
     return counter
+
+
+def patch_load_clip(monkeypatch, fake) -> None:
+    """Replace ``stori_pl.text.clip.load_clip`` by ``fake`` everywhere: in text.clip and in every loaded stori_pl
+    module that imported it by name (modules imported later pick the fake up from text.clip)."""
+    import sys
+
+    import stori_pl.text.clip
+
+    real = stori_pl.text.clip.load_clip
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("stori_pl") and getattr(module, "load_clip", None) is real:
+            monkeypatch.setattr(module, "load_clip", fake)

@@ -44,7 +44,7 @@ def _embedding(model, text: str, word: int, log_w: float) -> torch.Tensor:
 def test_shape_matches_word_weights(model):
     torch.manual_seed(0)
     feature = torch.randn(model.clip.visual.output_dim)
-    result = model.attribute(feature, 0)
+    result = attribute(model, feature, 0)
     weights = model.word_weights()["dog"]
     assert result.class_name == "dog" and len(result.prompts) == 2
     assert [[w for w, _ in p] for p in result.prompts] == [[w for w, _ in p] for p in weights]

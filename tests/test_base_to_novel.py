@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from stori_pl.cli import main
-from stori_pl.cli.report import base_to_novel_rows, harmonic_mean, load_base_to_novel
+from stori_pl.cli.report import base_to_novel_rows, load_base_to_novel
+from stori_pl.lightning.results import harmonic_mean
 from stori_pl.data import PromptSet
 from stori_pl.models import (
     CoOp,

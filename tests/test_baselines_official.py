@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import yaml
 from fakedata import make_fake
 
-from stori_pl.data.base import PromptSet
+from stori_pl.data.containers import PromptSet
 from stori_pl.models.schedules import dassl_lr, dassl_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -89,7 +89,7 @@ def test_model_of_another_method_is_refused(env, capsys):
 
 
 def test_config_name_resolution_reports_the_file(env, capsys):
-    from stori_pl.lightning.cli import resolve_config
+    from stori_pl.cli.lightning_args import resolve_config
 
     path = resolve_config("dtd_16shot")
     assert Path(path).as_posix().endswith("configs/stori/dtd_16shot.yaml") and Path(path).is_file()  # SToRI's
@@ -169,7 +169,10 @@ def test_bad_names_and_missing_data(env, monkeypatch, capsys):
     def no_model(*a, **k):
         raise AssertionError("CLIP loaded before the data was checked")
 
-    monkeypatch.setattr(stori_pl.text.clip, "load_clip", no_model)
+    import stori_pl.models  # noqa: F401  (its modules import load_clip by name: patch them too)
+    from conftest import patch_load_clip
+
+    patch_load_clip(monkeypatch, no_model)
     argv = ["fit", "--model", "StoriClassifier", *TINY, "--data", "DTD", "--data.root", "/nonexistent/data", *QUIET]
     assert main(argv) == 2
     err = capsys.readouterr().err

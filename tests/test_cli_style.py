@@ -4,7 +4,6 @@ LightningCLI (underscores, ``--flag true``, ``--name+ VALUE``); `stori --help` l
 from __future__ import annotations
 
 import ast
-import importlib
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stori_pl.cli import LIGHTNING_COMMANDS, UTILITY_COMMANDS, main
+from stori_pl.cli import LIGHTNING_COMMANDS, UTILITY_COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 OPTION = re.compile(r"(?<![\w-])--[A-Za-z][\w.+<>-]*")
@@ -66,23 +65,18 @@ def test_config_file_sets_options(command, tmp_path):
     content, argv, expected = CONFIGS[command]
     path = tmp_path / "options.yaml"
     path.write_text(yaml.safe_dump(content))
-    module = importlib.import_module(UTILITY_COMMANDS[command])
-    cfg = module.build_parser().parse_args(["--config", str(path), *argv])
+    cfg = build_parser(command).parse_args(["--config", str(path), *argv])
     assert {k: cfg[k] for k in expected} == {k: list(v) if isinstance(v, list) else v for k, v in expected.items()}
 
 
 def test_cache_config_is_the_training_config():
     """`stori cache --config` names training configs (repeatable, like `stori fit`), not its own options."""
-    from stori_pl.cli import cache
-
-    cfg = cache.build_parser().parse_args(["--config", "dtd_16shot", "-c", "extra.yaml", "--batch_size", "8"])
+    cfg = build_parser("cache").parse_args(["--config", "dtd_16shot", "-c", "extra.yaml", "--batch_size", "8"])
     assert cfg.config == ["dtd_16shot", "extra.yaml"] and cfg.batch_size == 8
 
 
 def test_lists_and_booleans_lightning_style():
-    from stori_pl.cli import retrieve
-
-    parser = retrieve.build_parser()
+    parser = build_parser("retrieve")
     cfg = parser.parse_args(["--images", "x", "--prompts+", "a photo: (red:1.5) car", "--prompts+", "[b] c"])
     assert cfg.prompts == ["a photo: (red:1.5) car", "[b] c"]  # `+` values are strings, never YAML
     assert parser.parse_args(["--images", "x", "--prompts", "[a, b]"]).prompts == ["a", "b"]

@@ -160,7 +160,7 @@ def test_explain_prompt_checkpoints_show_components_too(env, capsys, method):
     """`stori explain CKPT --image IMG --sae SAE` on CoOp / IntCoOp: the prompt's words, then the image's components;
     IntCoOp's components are attributed to the prompts conditioned on that image (what it classifies with)."""
     import stori_pl.models as models
-    from stori_pl.cli.components import image_class_targets, load_images
+    from stori_pl.cli.component_inputs import load_images
 
     extra = {"attribute_words": ["small", "large"]} if method == "IntCoOp" else {}
     model = getattr(models, method)(clip_model="stori-toy", pretrained="builtin", n_ctx=4, ctx_init="a photo of a",
@@ -173,9 +173,9 @@ def test_explain_prompt_checkpoints_show_components_too(env, capsys, method):
     assert "Learned context vectors" in out and "top 3 components for" in out
     assert out.index("Learned context vectors") < out.index("top 3 components for")
     images = load_images(model, [image_of(env)])
-    targets = image_class_targets(model, images)  # [C, D]
     with torch.no_grad():
         emb = model.clip.encode_image(images).float()  # [1, D]
+        targets = model.image_class_embeddings(emb)[0]  # [C, D]
         logits = model(emb)[0]  # [C]
     expected = model.logit_scale * torch.nn.functional.normalize(emb, dim=-1)[0] @ targets.T
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,9 @@ import yaml
 from fakedata import make_fake
 
 import stori_pl.data.features as F
-from stori_pl.cli import cache as cache_cmd
+from stori_pl.cli import run_command
+from stori_pl.cli.cache import load_config
+from stori_pl.cli.common import split_overrides
 from stori_pl.data import DTD
 
 
@@ -23,7 +25,7 @@ def test_cache_command_fills_the_cache(tmp_path, tiny_clip, encode_counter):
     path.write_text(yaml.safe_dump(cfg))
     argv = ["--config", str(path), "--accelerator", "cpu", "--devices", "1", "--batch_size", "4",
             "--data.root", str(fake.root)]
-    assert cache_cmd.main(argv) == 0
+    assert run_command("cache", argv) == 0
     assert encode_counter.calls > 0
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3
     assert not list((tmp_path / "cache" / "features").glob(".shards-*"))
@@ -37,7 +39,7 @@ def test_cache_command_fills_the_cache(tmp_path, tiny_clip, encode_counter):
     direct, _ = F.image_features(paths, "stori-tiny", None, cache_dir=tmp_path / "other", progress=False)
     torch.testing.assert_close(dm.val_dataloader().dataset.features, direct)
     encode_counter.calls = 0
-    assert cache_cmd.main(argv) == 0 and encode_counter.calls == 0  # nothing left to encode
+    assert run_command("cache", argv) == 0 and encode_counter.calls == 0  # nothing left to encode
 
 
 def test_cache_command_config_errors(tmp_path, capsys):
@@ -46,15 +48,15 @@ def test_cache_command_config_errors(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": {"init_args": {"clip_model": "stori-tiny"}}}))
     with pytest.raises(ValueError, match="data.class_path"):
-        cache_cmd.main(["--config", str(path)])
+        run_command("cache", ["--config", str(path)])
     with pytest.raises(ValueError, match="unknown option --trainer.devices"):
-        cache_cmd.main(["--config", str(path), "--trainer.devices", "2"])
+        run_command("cache", ["--config", str(path), "--trainer.devices", "2"])
     assert main(["cache", "--config", str(path), "--trainer.devices=2"]) == 2
     assert capsys.readouterr().err.startswith("stori cache: error: unknown option --trainer.devices (use --data.")
     assert main(["cache", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "stori cache: error: config" in capsys.readouterr().err  # neither a file nor a shipped config
-    rest, overrides = cache_cmd.split_overrides(["-c", "a.yaml", "--data.root=/d", "--devices", "2", "--model.pretrained",
+    rest, overrides = split_overrides(["-c", "a.yaml", "--data.root=/d", "--devices", "2", "--model.pretrained",
                                                  "openai"])
     assert rest == ["-c", "a.yaml", "--devices", "2"] and overrides == {"data.root": "/d", "model.pretrained": "openai"}
-    cls, args = cache_cmd.load_config([str(path)], {"data.class_path": "DTD", "data.shots": "4"})
+    cls, args = load_config([str(path)], {"data.class_path": "DTD", "data.shots": "4"})
     assert cls is DTD and args == {"shots": 4, "clip_model": "stori-tiny"}

@@ -15,7 +15,7 @@ from unittest import mock
 import jsonargparse
 import pytest
 
-from stori_pl.cli import LIGHTNING_COMMANDS, UTILITY_COMMANDS
+from stori_pl.cli import LIGHTNING_COMMANDS, UTILITY_COMMANDS, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -216,17 +216,16 @@ def parse_utility(name: str, args: list[str]) -> None:
     """Parse ``stori <name> args`` exactly as the command does: run its ``main()`` until its jsonargparse parser
     returns, then stop (``stori cache`` first splits off its ``--data.*`` / ``--model.*`` overrides there).
     A bad option raises argparse.ArgumentError."""
-    module = importlib.import_module(UTILITY_COMMANDS[name])
     with mock.patch.object(jsonargparse.ArgumentParser, "parse_args", _intercept(jsonargparse.ArgumentParser.parse_args)):
         try:
-            module.main(args)
+            run_command(name, args)
         except _Parsed:
             return
     raise AssertionError(f"stori {name}: main() returned without parsing its arguments")
 
 
 def parse_lightning(name: str, args: list[str]) -> None:
-    from stori_pl.lightning.cli import run_lightning_cli
+    from stori_pl.cli.lightning_cli import run_lightning_cli
 
     run_lightning_cli([name, *args] if "--help" in args or "-h" in args else [name, *args, "--print_config"])
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stori_pl.cli import main as stori_main
-from stori_pl.cli.explain import main
+from stori_pl.cli import run_command
 
 PROMPTS = {
     "classnames": ["dog", "cat", "car"],
@@ -42,7 +42,7 @@ def ckpt(tmp_path_factory, tiny_clip):
 
 
 def test_plain_output_all_classes(ckpt, capsys):
-    assert main([str(ckpt)]) == 0
+    assert stori_main(["explain", str(ckpt)]) == 0
     out = capsys.readouterr().out
     assert "\x1b[" not in out  # not a TTY -> no colors
     for name in PROMPTS["classnames"]:
@@ -70,7 +70,7 @@ def test_image_attribution(ckpt, tmp_path, capsys):
     photo = tmp_path / "photo.png"
     Image.new("RGB", (48, 48), (30, 120, 200)).save(photo)
     out_png = tmp_path / "attr.png"
-    assert main([str(ckpt), "--image", str(photo), "--png", str(out_png)]) == 0
+    assert stori_main(["explain", str(ckpt), "--image", str(photo), "--png", str(out_png)]) == 0
     out = capsys.readouterr().out
     assert "predicted classes" in out and "%" in out
     assert "Word attributions" in out and "towards:" in out
@@ -78,16 +78,16 @@ def test_image_attribution(ckpt, tmp_path, capsys):
     assert f"== {predicted}  (log p " in out and "d log p(class) / d(word log-weight)" in out  # top class, default target
     assert out_png.exists()
     # an explicit class is explained instead of the top one; the raw logit is the other target
-    assert main([str(ckpt), "--image", str(photo), "--classes", "[car]", "--target", "logit"]) == 0
+    assert stori_main(["explain", str(ckpt), "--image", str(photo), "--classes", "[car]", "--target", "logit"]) == 0
     out = capsys.readouterr().out
     assert "== car  (log p " in out and "d class logit / d(word log-weight)" in out
 
 
 def test_absolute_weights_view(ckpt, capsys):
     """--absolute shows weights as they are (1 = unchanged) instead of relative to the prompt's average."""
-    assert main([str(ckpt), "--color", "never"]) == 0
+    assert stori_main(["explain", str(ckpt), "--color", "never"]) == 0
     relative = capsys.readouterr().out
-    assert main([str(ckpt), "--color", "never", "--absolute", "true"]) == 0
+    assert stori_main(["explain", str(ckpt), "--color", "never", "--absolute", "true"]) == 0
     absolute = capsys.readouterr().out
     assert "1 = unchanged by training" in absolute and "1 = unchanged" not in relative
     assert "absolute weight, geometric mean" in absolute and "weight / prompt average" in relative
@@ -104,14 +104,14 @@ def test_errors(ckpt, tmp_path, capsys):
     assert "not found" in error(str(tmp_path / "missing.ckpt"))
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {}}, bad)
-    assert "needs a StoriClassifier checkpoint" in error(str(bad))
+    assert "bad.ckpt is not a stori-pl checkpoint (no 'stori' entry" in error(str(bad))
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     assert f"not a readable stori-pl checkpoint (truncated or corrupt): {empty} (" in error(str(empty))
     assert "cannot read image" in error(str(ckpt), "--image", str(tmp_path / "nope.jpg"))
     assert "--top must be >= 1" in error(str(ckpt), "--top", "0")
     with pytest.raises(ValueError, match="unknown class"):  # the command module itself raises; `stori` reports
-        main([str(ckpt), "--classes+", "Dgo"])
+        run_command("explain", [str(ckpt), "--classes+", "Dgo"])
 
 
 @pytest.mark.slow
@@ -134,6 +134,6 @@ def test_contrast_view_fit_two_classes_then_explain(tmp_path, monkeypatch, capsy
     weights = json.loads((run / "weights" / "epoch_000.json").read_text())
     assert list(weights) == pair
     capsys.readouterr()
-    assert main([str(run / "checkpoints" / "last.ckpt")]) == 0
+    assert stori_main(["explain", str(run / "checkpoints" / "last.ckpt")]) == 0
     out = capsys.readouterr().out
     assert "2 classes" in out and all(f"== {c} ==" in out for c in pair)

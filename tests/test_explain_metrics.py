@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from stori_pl.interpret.function_words import is_function_word
+from stori_pl.text.function_words import is_function_word
+from stori_pl.toy import TOY_GROUND_TRUTH as TRUTH
 from stori_pl.interpret.metrics import (
     defining_words,
     explanation_metrics,
-    is_toy_benchmark,
+    ground_truth_for,
     prompt_metrics,
-    toy_class_values,
     weight_metrics,
 )
 from stori_pl.interpret.viz.words import (
@@ -33,22 +33,23 @@ def prompt(weights):
 
 
 def test_ground_truth_of_toy_classes():
-    assert toy_class_values("dotted blue square") == {"pattern": "dotted", "color": "blue", "shape": "square"}
-    assert toy_class_values("striped red") is None and toy_class_values("banded red circle") is None
-    assert is_toy_benchmark(CLASSES) and not is_toy_benchmark(["dog", "cat"]) and not is_toy_benchmark(CLASSES[:1])
-    words = defining_words(CLASSES)
+    assert TRUTH.class_values("dotted blue square") == {"pattern": "dotted", "color": "blue", "shape": "square"}
+    assert TRUTH.class_values("striped red") is None and TRUTH.class_values("banded red circle") is None
+    assert TRUTH.covers(CLASSES) and not TRUTH.covers(["dog", "cat"]) and not TRUTH.covers(CLASSES[:1])
+    assert ground_truth_for(CLASSES) is TRUTH and ground_truth_for(["dog", "cat"]) is None  # toy registered it
+    words = defining_words(CLASSES, TRUTH)
     assert words["striped red circle"] == {"striped": "striped", "stripes": "striped", "stripe": "striped",
                                            "red": "red", "circle": "circle"}
     assert set(words["dotted red circle"]) >= {"dotted", "dots"}
     # an attribute shared by every class defines nothing: here all classes are red
-    only_red = defining_words(["striped red circle", "dotted red circle", "dotted red square"])
+    only_red = defining_words(["striped red circle", "dotted red circle", "dotted red square"], TRUTH)
     assert "red" not in only_red["striped red circle"] and "circle" in only_red["striped red circle"]
     with pytest.raises(ValueError, match="not toy-world classes: \\['dog'\\]"):
-        defining_words(["dog", "striped red circle"])
+        defining_words(["dog", "striped red circle"], TRUTH)
 
 
 def test_uniform_weights_score_one_and_the_uniform_sink():
-    m = prompt_metrics(prompt([1.0] * 10), defining_words(CLASSES)["striped red circle"], k=3)
+    m = prompt_metrics(prompt([1.0] * 10), defining_words(CLASSES, TRUTH)["striped red circle"], TRUTH, k=3)
     assert m["discriminative_share"] == pytest.approx(1.0)
     # sinks: a, small, on, a, white, background, . = 7 of 10 words
     assert m["sink_share"] == pytest.approx(0.7) and m["sink_share_uniform"] == pytest.approx(0.7)
@@ -56,27 +57,27 @@ def test_uniform_weights_score_one_and_the_uniform_sink():
 
 
 def test_known_answers():
-    defining = defining_words(CLASSES)["striped red circle"]
+    defining = defining_words(CLASSES, TRUTH)["striped red circle"]
     # all weight on the three class words: share 1 vs 3/10 uniform -> 10/3; top-3 all defining; no sink
-    m = prompt_metrics(prompt([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]), defining, k=3)
+    m = prompt_metrics(prompt([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]), defining, TRUTH, k=3)
     assert m["discriminative_share"] == pytest.approx(10 / 3)
     assert m["precision_at_k"] == 1.0 and m["sink_share"] == 0.0
     # "small" and "background" carry half the weight; red is the top word
-    m = prompt_metrics(prompt([0, 2, 0, 4, 0, 0, 0, 0, 2, 0]), defining, k=2)
+    m = prompt_metrics(prompt([0, 2, 0, 4, 0, 0, 0, 0, 2, 0]), defining, TRUTH, k=2)
     assert m["discriminative_share"] == pytest.approx((4 / 8) / (3 / 10))
     assert m["precision_at_k"] == pytest.approx(0.5) and m["sink_share"] == pytest.approx(0.5)
     # the scale of the weights does not matter (word_weights normalizes, absolute views do not)
-    scaled = prompt_metrics(prompt([0, 20, 0, 40, 0, 0, 0, 0, 20, 0]), defining, k=2)
+    scaled = prompt_metrics(prompt([0, 20, 0, 40, 0, 0, 0, 0, 20, 0]), defining, TRUTH, k=2)
     assert scaled == pytest.approx(m)
     # synonyms count: "stripes" names the class's pattern
-    syn = prompt_metrics([("a", 1.0), ("circle", 2.0), ("with", 1.0), ("stripes", 2.0)], defining, k=2)
+    syn = prompt_metrics([("a", 1.0), ("circle", 2.0), ("with", 1.0), ("stripes", 2.0)], defining, TRUTH, k=2)
     assert syn["precision_at_k"] == 1.0 and syn["discriminative_share"] == pytest.approx((4 / 6) / (2 / 4))
     # precision counts out of min(k, number of defining words): one defining word, top-1 of 3 -> 1.0
-    one = prompt_metrics([("a", 0.1), ("red", 5.0), ("thing", 0.2)], defining, k=3)
+    one = prompt_metrics([("a", 0.1), ("red", 5.0), ("thing", 0.2)], defining, TRUTH, k=3)
     assert one["precision_at_k"] == 1.0
-    assert prompt_metrics([("a", 1.0), ("thing", 1.0)], defining) is None  # nothing to score
+    assert prompt_metrics([("a", 1.0), ("thing", 1.0)], defining, TRUTH) is None  # nothing to score
     with pytest.raises(ValueError, match="k must be >= 1"):
-        prompt_metrics(prompt([1.0] * 10), defining, k=0)
+        prompt_metrics(prompt([1.0] * 10), defining, TRUTH, k=0)
 
 
 def test_per_class_means_and_summary():
@@ -84,10 +85,10 @@ def test_per_class_means_and_summary():
     uniform = prompt([1.0] * 10)
     weights = {"striped red circle": [good, uniform], "dotted red circle": [[("a", 1.0), ("thing", 1.0)]],
                "striped blue square": [uniform]}
-    per_class = weight_metrics(weights, k=3)
+    per_class = weight_metrics(weights, TRUTH, k=3)
     assert set(per_class) == {"striped red circle", "striped blue square"}  # no scored prompt: left out
     assert per_class["striped red circle"]["discriminative_share"] == pytest.approx((10 / 3 + 1) / 2)
-    result = explanation_metrics(weights, k=3)
+    result = explanation_metrics(weights, TRUTH, k=3)
     assert result.summary["discriminative_share"] == pytest.approx(((10 / 3 + 1) / 2 + 1) / 2)
     assert "sign_agreement" not in result.summary  # no model, no images
     assert result.to_dict()["per_class"]["striped blue square"]["sink_share"] == pytest.approx(0.7)
@@ -122,12 +123,12 @@ def test_absolute_weights_are_shown_as_they_are():
 
 
 def test_explain_eval_rejects_bad_input(tmp_path):
-    from stori_pl.cli.explain_eval import main
+    from stori_pl.cli import run_command
 
     with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
-        main([str(tmp_path / "missing.ckpt")])
+        run_command("explain-eval", [str(tmp_path / "missing.ckpt")])
     with pytest.raises(ValueError, match="--top_k must be >= 1"):
-        main([str(tmp_path / "missing.ckpt"), "--top_k", "0"])
+        run_command("explain-eval", [str(tmp_path / "missing.ckpt"), "--top_k", "0"])
 
 
 PROMPTS = {

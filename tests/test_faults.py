@@ -26,8 +26,8 @@ import yaml
 from fakedata import make_fake
 
 from stori_pl.cli import main
-from stori_pl.lightning.checkpoint import UnreadableCheckpointError, read_checkpoint
-from stori_pl.lightning.cli import (
+from stori_pl.models.checkpoint import UnreadableCheckpointError, read_checkpoint
+from stori_pl.cli.lightning_cli import (
     run_lightning_cli,  # raises user errors (`stori` prints them as one line)
 )
 
@@ -70,7 +70,7 @@ def run_dir(root: Path, name: str, version: int = 0) -> Path:
 
 # ----------------------------------------------------------------------------------- run folders
 def test_fault_claim_run_version_is_exclusive_under_threads(tmp_path):
-    from stori_pl.lightning.cli import claim_run_version
+    from stori_pl.cli.lightning_cli import claim_run_version
 
     (tmp_path / "version_0").mkdir()  # an earlier run is kept
     got, start = [], threading.Barrier(8)
@@ -223,7 +223,7 @@ def test_fault_unreadable_checkpoint_clear_error(env, kind):
 
 
 def test_fault_pickle_payload_refused_by_lightning_loads_too(tmp_path):
-    from stori_pl.lightning.checkpoint import AtomicCheckpointIO
+    from stori_pl.models.checkpoint import AtomicCheckpointIO
 
     marker = tmp_path / "pwned"
     _pickle_payload(tmp_path / "evil.ckpt", marker)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stori_pl.data.base import PromptSet
+from stori_pl.data.containers import PromptSet
 
 CLASSES = ["dog", "hot_dog", "golden retriever", "cat"]
 WORDS = ["fluffy", "small", "greenish"]  # "greenish" is two BPE tokens in CLIP's vocabulary

@@ -4,13 +4,17 @@ docs/intcoop.md at a small budget (`python tools/intcoop_toy.py` has the full on
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from stori_pl.toy import data as toy
-from stori_pl.toy import intcoop_study as study
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import intcoop_toy as study  # noqa: E402
 
 
 @pytest.fixture(scope="module")

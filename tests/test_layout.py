@@ -1,4 +1,5 @@
-"""The house: subpackages per concern, no import cycles, old module paths and checkpoints of stori-pl 0.1 load."""
+"""The house: subpackages per concern in layers that import downwards only (function-level imports included),
+no import cycle of modules or of packages (`python tools/import_graph.py` prints the package graph)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,58 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
-LEGACY = Path(__file__).resolve().parent / "data" / "legacy_main_4d4bab6"  # made by `stori fit` at main 4d4bab6
 
 sys.path.insert(0, str(REPO / "tools"))
 import import_graph  # noqa: E402
 
 
+def module_graph() -> dict[str, set[str]]:
+    return import_graph.edges({import_graph.module_name(p) for p in import_graph.ROOT.rglob("*.py")})
+
+
 def test_no_import_cycles():
-    graph = import_graph.edges({import_graph.module_name(p) for p in import_graph.ROOT.rglob("*.py")})
+    graph = module_graph()
     assert "stori_pl.toy.data" in graph and "stori_pl.retrieval.attributes" in graph["stori_pl.toy.data"]
     assert import_graph.cycles(graph) == []
-    # the checker finds the circle that 0.1 had (toy data -> retrieval runner -> attributes -> toy data)
+    # the checker finds a circle (toy data -> retrieval runner -> attributes -> toy data)
     old = {"toy": {"runner"}, "runner": {"attributes"}, "attributes": {"toy"}, "clip": set()}
     assert import_graph.cycles(old) == [["attributes", "runner", "toy"]]
 
 
+def test_packages_import_downwards_only():
+    """text, image < data < models < interpret, retrieval < lightning < toy < cli; no package cycle."""
+    packages = import_graph.package_graph(module_graph())
+    assert set(packages) <= set(import_graph.RANK), set(packages) - set(import_graph.RANK)
+    assert import_graph.upward_edges(packages) == []
+    assert import_graph.cycles({p: set(t) for p, t in packages.items()}) == []
+    assert "interpret" in packages["lightning"] and "toy" in packages["cli"]  # the graph sees real edges
+
+
+def test_checker_finds_upward_edges_inside_functions(tmp_path, monkeypatch):
+    """A function-level import from data up to toy is an upward edge."""
+    pkg = tmp_path / "stori_pl"
+    for sub in ("data", "toy"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "toy" / "world.py").write_text("X = 1\n")
+    (pkg / "data" / "images.py").write_text("def f():\n    from stori_pl.toy.world import X\n    return X\n")
+    monkeypatch.setattr(import_graph, "ROOT", pkg)
+    graph = import_graph.edges({import_graph.module_name(p) for p in pkg.rglob("*.py")})
+    up = import_graph.upward_edges(import_graph.package_graph(graph))
+    assert up == ["stori_pl.data.images -> stori_pl.toy.world  (data layer 2 -> toy layer 6)"]
+    assert import_graph.function_level_imports() == ["stori_pl.data.images:2 -> stori_pl.toy.world"]
+
+
+def test_import_graph_command_passes():
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "import_graph.py")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "0 import cycles, 0 package cycles, 0 upward imports" in out.stdout
+
+
 def test_retrieval_library_never_imports_the_toy_world():
-    graph = import_graph.edges({import_graph.module_name(p) for p in import_graph.ROOT.rglob("*.py")})
+    graph = module_graph()
     for module in ("stori_pl.retrieval.attributes", "stori_pl.retrieval.runner", "stori_pl.retrieval.metrics"):
         assert not any(m.startswith("stori_pl.toy") for m in graph[module]), module
 
@@ -46,42 +78,5 @@ def test_public_api_and_documented_import_paths():
     assert stori_pl.parse_weighted_prompt("a (red:1.5) car")[0] == "a red car"
     for module in ("stori_pl.text.clip", "stori_pl.text.encoder", "stori_pl.text.syntax", "stori_pl.data.features",
                    "stori_pl.interpret.viz", "stori_pl.retrieval.runner", "stori_pl.toy.world", "stori_pl.cli.embed",
-                   "stori_pl.lightning.callbacks", "stori_pl.data.image_folder"):
+                   "stori_pl.lightning.callbacks", "stori_pl.data.image_folder", "stori_pl.image.sae"):
         importlib.import_module(module)
-
-
-@pytest.mark.parametrize(("old", "name", "new"), [
-    ("stori_pl.callbacks", "WeightPlotCallback", "stori_pl.lightning.callbacks"),
-    ("stori_pl.compare", "ZeroShotComparison", "stori_pl.lightning.callbacks"),
-    ("stori_pl.data.toy", "ToyShapes", "stori_pl.toy.data"),
-    ("stori_pl.reweight", "WeightedTextEncoder", "stori_pl.text.encoder"),
-    ("stori_pl.prompts", "parse_weighted_prompt", "stori_pl.text.syntax"),
-    ("stori_pl.commands.embed", "main", "stori_pl.cli.embed"),
-    ("stori_pl.retrieval", "average_precision", "stori_pl.retrieval.metrics"),
-])
-def test_old_module_paths_still_import(old, name, new):
-    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
-
-
-def test_checkpoint_of_0_1_loads_and_classifies():
-    """A checkpoint written by stori-pl 0.1 (before the regrouping) loads with the class paths it recorded."""
-    from stori_pl.models import StoriClassifier
-
-    ckpt = torch.load(LEGACY / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["_class_path"] == "stori_pl.models.StoriClassifier"
-    assert ckpt["datamodule_hyper_parameters"]["_class_path"] == "stori_pl.data.toy.ToyShapes"  # an old path
-    model = StoriClassifier.load_from_checkpoint(LEGACY / "last.ckpt", map_location="cpu")
-    assert model.classnames == ["striped red circle", "dotted red circle", "striped blue circle"]
-    assert torch.equal(model.log_weights.detach(), ckpt["state_dict"]["log_weights"])
-    feats = model.class_embeddings().detach()  # class embeddings as image features: each is its own class
-    assert model.classify_features(feats).argmax(-1).tolist() == [0, 1, 2]
-
-
-def test_run_config_of_0_1_parses():
-    """``stori fit --config runs/.../config.yaml`` of an 0.1 run names stori_pl.callbacks / stori_pl.compare."""
-    text = (LEGACY / "config.yaml").read_text()
-    assert "stori_pl.callbacks.WeightPlotCallback" in text and "stori_pl.compare.ZeroShotComparison" in text
-    out = subprocess.run([sys.executable, "-m", "stori_pl", "fit", "--config", str(LEGACY / "config.yaml"),
-                          "--print_config"], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "WeightPlotCallback" in out.stdout and "ZeroShotComparison" in out.stdout

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from stori_pl.data.base import PromptSet
+from stori_pl.data.containers import PromptSet
 from stori_pl.models import (
     StoriClassifier,
     TaskRes,
@@ -228,3 +228,36 @@ def test_chunked_training_matches_unchunked(tmp_path, tiny_clip):
         trainer(tmp_path, max_epochs=2).fit(model, datamodule=dm)
         results.append(model.log_weights.detach().clone())
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-4)
+
+
+def test_one_loader_returns_the_class_each_checkpoint_names(tmp_path, tiny_clip):
+    """``stori_pl.models.load_checkpoint`` (and ``ClipClassifier.load_from_checkpoint``) give back the class the
+    checkpoint names, in eval mode; ``expect`` refuses others; a vanished class gets one line."""
+    from stori_pl.models import ClipClassifier, CoOp, IntCoOp, LinearProbe, SparseAutoencoder, TipAdapter, load_checkpoint
+
+    dm = RandomFeatures()
+    for cls in (StoriClassifier, ZeroShotCLIP, TaskRes, CoOp, IntCoOp, TipAdapter, LinearProbe):
+        model = cls(**TINY, prompts=PROMPTS.to_dict()) if cls is not StoriClassifier else stori(prompts=PROMPTS.to_dict())
+        if cls is TipAdapter:  # its cache of few-shot features is part of the checkpoint
+            model.build_cache(dm.data.features, dm.data.labels)
+        t = trainer(tmp_path / cls.__name__, max_epochs=1)
+        t.strategy.connect(model)
+        path = tmp_path / f"{cls.__name__}.ckpt"
+        t.save_checkpoint(path)
+        loaded = load_checkpoint(path)
+        assert type(loaded) is cls and not loaded.training, cls
+        assert type(ClipClassifier.load_from_checkpoint(path)) is cls
+        torch.testing.assert_close(loaded.classify_features(dm.data.features), model.eval().classify_features(dm.data.features))
+        with pytest.raises(ValueError, match=rf"{cls.__name__}.ckpt holds a {cls.__name__} model, not a SparseAutoencoder"):
+            load_checkpoint(path, expect=SparseAutoencoder)
+    ckpt = torch.load(tmp_path / "TaskRes.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "stori_pl.old_models.TaskRes"
+    torch.save(ckpt, tmp_path / "moved.ckpt")
+    with pytest.raises(ValueError, match=r"moved.ckpt names the class stori_pl.old_models.TaskRes, which this stori-pl "
+                                         r"does not have .*load it with that stori-pl version, or train it again"):
+        load_checkpoint(tmp_path / "moved.ckpt")
+    ckpt["stori"]["model"] = "OldNet"
+    ckpt["hyper_parameters"].pop("_class_path")
+    torch.save(ckpt, tmp_path / "gone.ckpt")
+    with pytest.raises(ValueError, match="gone.ckpt holds a OldNet model, which this stori-pl does not have"):
+        load_checkpoint(tmp_path / "gone.ckpt")

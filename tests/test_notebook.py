@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,10 @@ def test_notebook_outputs_are_stripped():
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [] and cell.get("execution_count") is None, "strip notebook outputs"
-            # only stori_pl is imported; no functions or classes are defined in cells
+            # only stori_pl and the helpers next to the notebook are imported; no functions or classes in cells
             for line in "".join(cell["source"]).splitlines():
                 if line.startswith(("import ", "from ")):
-                    assert line.split()[1].split(".")[0] == "stori_pl", line
+                    assert line.split()[1].split(".")[0] in ("stori_pl", "quickstart_helpers"), line
                 assert not line.lstrip().startswith(("def ", "class ")), line
 
 
@@ -30,6 +31,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     monkeypatch.setenv("STORI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(NOTEBOOK.parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it; 2 threads crawl on a busy 2-core machine
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})

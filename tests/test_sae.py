@@ -1,4 +1,4 @@
-"""TopKSAE (stori_pl/interpret/sae.py) against a direct re-implementation of the authors' TopKSAE
+"""TopKSAE (stori_pl/image/sae.py) against a direct re-implementation of the authors' TopKSAE
 (maxdreyer/attributing-clip model_training/sae.py + the loss of model_training/base_pl.py), old weight_norm."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stori_pl.interpret.sae import DeadLatentTracker, TopKSAE, explained_variance
+from stori_pl.image.sae import DeadLatentTracker, TopKSAE, explained_variance
 
 
 class AuthorsTopKSAE(nn.Module):

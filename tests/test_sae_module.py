@@ -4,6 +4,7 @@ checkpoint, compatibility checks, the component table (concept, label, alignment
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from stori_pl.interpret.concepts import (
     describe_components,
     load_vocabulary,
 )
-from stori_pl.lightning.cli import CONFIG_DIR, run_lightning_cli
-from stori_pl.models.sae import SparseAutoencoder, load_sae
+from stori_pl.cli.lightning_args import RUN_CONFIG_DIR
+from stori_pl.cli.lightning_cli import run_lightning_cli
+from stori_pl.models import load_checkpoint
+from stori_pl.models.sae import SparseAutoencoder
 from stori_pl.text.clip import load_clip
 from stori_pl.toy.images import (
     attribute_vocabulary,
@@ -65,23 +68,24 @@ def test_fit_logs_and_writes_a_small_self_describing_checkpoint(fitted):
     assert raw["stori"]["model"] == "SparseAutoencoder"
     assert (raw["stori"]["clip_model"], raw["stori"]["block"], raw["stori"]["n_latents"]) == ("stori-toy", 4, 64)
     assert all(k.startswith("sae.") for k in raw["state_dict"])  # no CLIP weights
-    module = load_sae(str(fitted["ckpt"]), clip_model="stori-toy", block=-1)
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
+    module.check_compatible("stori-toy", -1)
     assert module.block == 4 and module.sae.k == 4 and module.sae.n_latents == 64
     torch.testing.assert_close(module.sae.decoder_directions().norm(dim=1), torch.ones(64))
 
 
 def test_another_clip_or_block_is_refused_with_both_names(fitted):
-    module = load_sae(str(fitted["ckpt"]))
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     with pytest.raises(ValueError, match=r"'stori-toy' block 4.*'stori-tiny' block 1"):
         module.check_compatible("stori-tiny", 1)
     with pytest.raises(ValueError, match=r"block 4.*block 2"):
-        load_sae(str(fitted["ckpt"]), clip_model="stori-toy", block=2)
+        module.check_compatible("stori-toy", 2)
     with pytest.raises(ValueError, match="block 4"):
         describe_components(module, "stori-tiny", fitted["paths"][:4], ["red"])
     fake = fitted["tmp"] / "classifier.ckpt"
     torch.save({"stori": {"model": "StoriClassifier"}, "state_dict": {}}, fake)
-    with pytest.raises(ValueError, match="not a sparse-autoencoder checkpoint"):
-        load_sae(str(fake))
+    with pytest.raises(ValueError, match="classifier.ckpt holds a StoriClassifier model, not a SparseAutoencoder"):
+        load_checkpoint(fake, expect=SparseAutoencoder)
 
 
 def test_activation_cache_encodes_once_and_matches_the_tower(fitted, monkeypatch):
@@ -106,7 +110,7 @@ def test_activation_cache_encodes_once_and_matches_the_tower(fitted, monkeypatch
 
 
 def test_component_table_matches_the_authors_formulas(fitted):
-    module = load_sae(str(fitted["ckpt"]))
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     vocab = list(attribute_vocabulary())
     table = describe_components(module, "stori-toy", fitted["paths"], vocab, top_n=5,
                                 cache_dir=fitted["tmp"] / "cache")
@@ -132,8 +136,9 @@ def test_component_table_matches_the_authors_formulas(fitted):
         z = module.sae.topk(module.sae.encode(acts))[:, k]
     torch.testing.assert_close(z, table.top_activation[k], atol=1e-5, rtol=1e-5)
     assert (table.top_activation[k].diff() <= 0).all()
-    # toy purity of labelled components (stori_pl.toy.components), recomputed for each row
-    from stori_pl.toy.components import label_purity
+    # toy purity of labelled components (tools/toy_components.py), recomputed for each row
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from toy_components import label_purity
 
     toy = attribute_vocabulary()
     for row in label_purity(table, fitted["attrs"]):
@@ -162,18 +167,18 @@ def test_vocabulary_and_image_errors(fitted, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(BadImageError, match=str(bad)):
         cls_activations([*fitted["paths"][:2], bad], "stori-toy", "builtin", -1, tmp_path / "cache")
-    module = load_sae(str(fitted["ckpt"]))
+    module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     with pytest.raises(ValueError, match="is empty"):
         describe_components(module, "stori-toy", fitted["paths"][:3], empty)
 
 
 def test_shipped_configs_build_with_the_authors_recipe():
-    from stori_pl.lightning.cli import StoriCLI
+    from stori_pl.cli.lightning_cli import StoriCLI
 
-    assert (CONFIG_DIR / "sae" / "toy_shapes.yaml").is_file()
+    assert (RUN_CONFIG_DIR / "sae" / "toy_shapes.yaml").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cli = StoriCLI(args=["--config", str(CONFIG_DIR / "sae" / "imagenet_vit_b16.yaml"), "--trainer.logger=false"],
+        cli = StoriCLI(args=["--config", str(RUN_CONFIG_DIR / "sae" / "imagenet_vit_b16.yaml"), "--trainer.logger=false"],
                        run=False)
     h = cli.model.hparams
     assert isinstance(cli.model, SparseAutoencoder)
@@ -187,7 +192,7 @@ def test_cache_command_stores_activations(tmp_path, tiny_clip, monkeypatch):
     import yaml
     from fakedata import make_fake
 
-    from stori_pl.cli import cache as cache_cmd
+    from stori_pl.cli import run_command
 
     fake = make_fake("dtd", tmp_path / "data")
     cfg = {"model": {"class_path": "stori_pl.models.StoriClassifier",
@@ -201,7 +206,7 @@ def test_cache_command_stores_activations(tmp_path, tiny_clip, monkeypatch):
             "--activations_block", "-1"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert cache_cmd.main(argv) == 0
+        assert run_command("cache", argv) == 0
         from stori_pl.data import DTD
 
         dm = DTD(root=str(fake.root), clip_model="stori-tiny", pretrained=None, shots=2, cupl=str(fake.cupl),

@@ -25,7 +25,7 @@ from stori_pl.interpret.concepts import (
     text_embeddings,
     top_activating,
 )
-from stori_pl.interpret.sae import TopKSAE, explained_variance
+from stori_pl.image.sae import TopKSAE, explained_variance
 from stori_pl.text.clip import load_clip
 from stori_pl.toy.images import attribute_vocabulary
 from stori_pl.toy.world import ATTRIBUTES, render, sample_object

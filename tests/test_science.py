@@ -8,6 +8,7 @@ generated data), so "noise" only means few-shot sampling variation, which the no
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,8 @@ def test_emphasis_moves_precision_at_k(retrieval_report):
 
 
 def _fit(root, **kwargs):
-    from stori_pl.toy.quickstart import train_toy_stori
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+    from quickstart_helpers import train_toy_stori
 
     return train_toy_stori(root, start_block=K, epochs=EPOCHS, **kwargs)
 

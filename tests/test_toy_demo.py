@@ -132,14 +132,15 @@ def test_demo_discriminative_share_does_not_regress(demo_metrics):
 @pytest.mark.slow
 def test_demo_summaries_name_class_defining_words(demo_run):
     from stori_pl.interpret import viz
-    from stori_pl.interpret.function_words import is_function_word
+    from stori_pl.text.function_words import is_function_word
     from stori_pl.interpret.metrics import defining_words
     from stori_pl.lightning.callbacks import weights_from_json
+    from stori_pl.toy import TOY_GROUND_TRUTH
 
     run, _, _ = demo_run
     weights = weights_from_json(sorted((run / "weights").glob("epoch_*.json"))[-1])
     up, _ = viz.top_words(weights, 10, min_count=2)  # what `stori explain` prints as "most emphasized"
-    defining = {w for words in defining_words(list(weights)).values() for w in words}
+    defining = {w for words in defining_words(list(weights), TOY_GROUND_TRUTH).values() for w in words}
     assert any(w in defining for w, _, _ in up[:5]), up
     assert not any(is_function_word(w) for w, _, _ in up)
 

@@ -45,6 +45,7 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None) -> dict:
     import torch
 
     from stori_pl.interpret.metrics import explanation_metrics
+    from stori_pl.toy import TOY_GROUND_TRUTH
     from stori_pl.models import StoriClassifier
     from stori_pl.toy.data import ToyShapes
 
@@ -65,7 +66,7 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None) -> dict:
     batches = list(dm.test_dataloader())
     feats, labels = torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
     acc = float((model.classify_features(feats).argmax(-1).cpu() == labels).float().mean())
-    result = explanation_metrics(model.word_weights(), 3, model, feats, labels)
+    result = explanation_metrics(model.word_weights(), TOY_GROUND_TRUTH, 3, model, feats, labels)
     return {"test_acc": acc, **result.summary}
 
 
@@ -76,7 +77,8 @@ def zero_shot_signs(start_block: int, seed: int, root: str, per_class: int | Non
     import torch
 
     from stori_pl.interpret.attribution import attribute_batch
-    from stori_pl.interpret.metrics import defining_words, toy_class_values
+    from stori_pl.interpret.metrics import defining_words
+    from stori_pl.toy import TOY_GROUND_TRUTH
     from stori_pl.models import StoriClassifier
     from stori_pl.text.syntax import token_words
     from stori_pl.toy.data import ToyShapes
@@ -87,14 +89,14 @@ def zero_shot_signs(start_block: int, seed: int, root: str, per_class: int | Non
     feats, labels = torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
     model = StoriClassifier(clip_model="stori-toy", pretrained="builtin", start_block=start_block,
                             prompts=dm.prompt_set().to_dict()).eval()
-    defining = defining_words(model.classnames)
+    defining = defining_words(model.classnames, TOY_GROUND_TRUTH)
     with torch.no_grad():
         base = model(feats, model.class_embeddings()).log_softmax(-1)  # [N, C]
     correct = base.argmax(-1) == labels
     counts: dict[str, list[int]] = {}
     raised = pairs = 0
     for c, name in enumerate(model.classnames):
-        kind = {v: k for k, v in toy_class_values(name).items()}
+        kind = {v: k for k, v in TOY_GROUND_TRUTH.class_values(name).items()}
         idx = (correct & (labels == c)).nonzero().flatten()[:per_class]
         for result in attribute_batch(model, feats[idx], c):
             per_value: dict[str, float] = {}

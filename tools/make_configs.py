@@ -213,8 +213,9 @@ def intcoop_configs() -> dict[str, tuple[str, dict]]:
     return out
 
 
-def main() -> None:
-    out = Path(__file__).resolve().parents[1] / "configs"
+def main(out: str | Path | None = None) -> None:
+    """Write every generated config under ``out`` (default: the repository's ``configs/``)."""
+    out = Path(out) if out is not None else Path(__file__).resolve().parents[1] / "configs"
     n = 0
     (out / INTCOOP).mkdir(parents=True, exist_ok=True)
     for stem, (head, cfg) in intcoop_configs().items():
@@ -232,4 +233,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

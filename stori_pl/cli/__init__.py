@@ -1,8 +1,11 @@
-"""The ``stori`` command: LightningCLI (fit/validate/test/predict) plus one module per utility command.
+"""The ``stori`` command: LightningCLI (fit/validate/test/predict) plus a table of utility commands.
 
-Each utility module exposes ``build_parser()`` (a jsonargparse parser) and ``main(argv) -> int``; modules are
-imported only when their command runs, and ``stori --help`` reads their one-line summaries (the first line of
-each module's docstring) from the source files, so it imports no command.
+:data:`UTILITY_COMMANDS` maps each command to its module and :data:`COMMAND_FUNCTIONS` to the library-facing
+function there: the function's signature and Google docstring are the command's interface (its parser is
+built from them, :func:`build_parser`); a module with its own ``build_parser()`` / ``main(argv)`` (report,
+grid, toy-pretrain) uses those. Modules are imported only when their command runs, and ``stori --help`` reads
+their one-line summaries (the first line of each module's docstring) from the source files, so it imports no
+command.
 
 User errors of every command (a missing file or folder, a bad value, an unknown name) end with one line
 ``stori <command>: error: <message>`` on stderr and exit status 2; ``--traceback`` anywhere on the command
@@ -38,7 +41,19 @@ UTILITY_COMMANDS = {
     "describe": "stori_pl.cli.describe",
     "toy-pretrain": "stori_pl.cli.toy_pretrain",
 }
-LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.lightning.cli) and their one-line summaries
+COMMAND_FUNCTIONS = {  # command -> (function of its module, parser: positional / options / config)
+    "embed": ("embed", "positional"),
+    "retrieve": ("retrieve", "options"),
+    "retrieval-eval": ("retrieval_eval", "options"),
+    "explain": ("explain", "positional"),
+    "explain-eval": ("explain_eval", "positional"),
+    "components": ("components", "positional"),
+    "components-eval": ("components_eval", "positional"),
+    "bench": ("bench", "positional"),
+    "cache": ("cache", "config"),  # --config names training configs; --data.* / --model.* override them
+    "attributes": ("attributes", "config"),
+}
+LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.cli.lightning_cli) and their one-line summaries
     "fit": "Train a classifier from a config (--config dtd_16shot.yaml), then test the checkpoint chosen on val.",
     "validate": "Few-shot val accuracy of a model or checkpoint (--ckpt_path).",
     "test": "Test accuracy of a model or checkpoint; writes test_results.json into the run folder.",
@@ -96,11 +111,32 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(command: str, args: list[str]) -> int:
     """Run one ``stori`` command (no error handling; :func:`main` adds it)."""
     if command in LIGHTNING_COMMANDS:
-        from stori_pl.lightning.cli import run_lightning_cli
+        from stori_pl.cli.lightning_cli import run_lightning_cli
 
         return int(run_lightning_cli([command, *args]) or 0)
     module = importlib.import_module(UTILITY_COMMANDS[command])
-    return int(module.main(args) or 0)
+    if command not in COMMAND_FUNCTIONS:
+        return int(module.main(args) or 0)
+    from stori_pl.cli.common import run_config_command, run_function
+
+    fn = getattr(module, COMMAND_FUNCTIONS[command][0])
+    run = run_config_command if COMMAND_FUNCTIONS[command][1] == "config" else run_function
+    return run(fn, build_parser(command), args)
+
+
+def build_parser(command: str):
+    """The jsonargparse parser of utility ``command`` (from its function's signature and docstring, with the
+    module docstring as description; or the module's own ``build_parser()``)."""
+    from stori_pl.cli.common import config_command_parser, function_parser
+
+    module = importlib.import_module(UTILITY_COMMANDS[command])
+    if command not in COMMAND_FUNCTIONS:
+        return module.build_parser()
+    name, style = COMMAND_FUNCTIONS[command]
+    fn, prog = getattr(module, name), f"stori {command}"
+    if style == "config":
+        return config_command_parser(fn, prog, module.__doc__)
+    return function_parser(fn, prog, module.__doc__, positional=style == "positional")
 
 
 def os_error_message(err: OSError) -> str:

@@ -21,7 +21,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import config_command_parser, run_config_command
+from stori_pl.cli.cache import load_config
+from stori_pl.cli.lightning_args import resolve_config
+from stori_pl.data.attribute_labels import make_labels, read_labels
+import stori_pl.toy.data  # noqa: F401  (registers the toy labeller)
+
 
 LABELLER_OPTIONS = {"toy": ("attribute",), "clip": ("vocabulary", "template"), "file": ("file",),
                     "blip2": ("question", "model", "batch_size")}
@@ -53,18 +57,12 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
     Returns:
         Exit status 0.
     """
-    from stori_pl.cli.cache import load_config
-    from stori_pl.data.attribute_labels import make_labels, read_labels
-    from stori_pl.lightning.cli import resolve_config
-
     given = {"file": file, "attribute": attribute, "vocabulary": vocabulary, "template": template,
              "question": question, "model": model, "batch_size": batch_size}
     wrong = [k for k, v in given.items() if v is not None and k not in LABELLER_OPTIONS[labeller]]
     if wrong:
         owner = next(n for n, opts in LABELLER_OPTIONS.items() if wrong[0] in opts)
         raise ValueError(f"--{wrong[0]} is an option of the {owner} labeller, not of {labeller}")
-    import stori_pl.toy.data  # noqa: F401  (registers the toy labeller)
-
     cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     init_args.pop("attribute_labels", None)  # the datamodule is only read here
     dm = cls(**init_args)
@@ -79,13 +77,3 @@ def attributes(config: list[str], labeller: Literal["toy", "clip", "file", "blip
     shown = ", ".join(f"{w} {n}" for w, n in counts[:15])
     print(f"{len(counts)} different words: {shown}{' ...' if len(counts) > 15 else ''}")
     return 0
-
-
-def build_parser():
-    """Options of ``stori attributes`` (from :func:`attributes`'s signature and docstring)."""
-    return config_command_parser(attributes, "stori attributes", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori attributes``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
-    return run_config_command(attributes, build_parser(), argv)

@@ -24,7 +24,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stori_pl.cli.common import function_parser, run_function
+from stori_pl.data.containers import PromptSet
+from stori_pl.models.coop import CoOp
+from stori_pl.models.intcoop import IntCoOp
+from stori_pl.text.clip import load_clip, tokenize
+from stori_pl.text.encoder import WeightedTextEncoder
+
 
 DTD_CUPL = Path(__file__).resolve().parents[3] / "shared/data/cupl/full_prompts/texture_prompts_full.json"
 
@@ -70,8 +75,6 @@ def _loss(emb: torch.Tensor) -> torch.Tensor:
 
 def _memory_child(args: dict) -> None:
     """Subprocess body for (c): one chunked training step; prints peak RSS figures as JSON."""
-    from stori_pl import WeightedTextEncoder, load_clip
-
     torch.set_num_threads(args["threads"])
     model, _, tok = load_clip(args["model"], args["pretrained"])
     prompts, _ = load_prompts(args["prompts"], args["n"])
@@ -123,8 +126,6 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
     Returns:
         Exit status 0.
     """
-    from stori_pl import WeightedTextEncoder, load_clip
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
@@ -151,16 +152,6 @@ def bench(model: str = "ViT-B-32", pretrained: str | None = None, start_block: i
         rows += memory_rows(memory_prompts, small, large)
     print(format_rows(rows))
     return 0
-
-
-def build_parser():
-    """Command-line options of ``stori bench`` (from :func:`bench`'s signature and docstring)."""
-    return function_parser(bench, "stori bench", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori bench``; returns the exit status."""
-    return run_function(bench, build_parser(), argv)
 
 
 def time_encoders(enc, prep, tokens: torch.Tensor, chunk_size: int, repeats: int, sync) -> dict[str, float]:
@@ -250,8 +241,6 @@ def class_names(n: int) -> list[str]:
 
 def naive_coop_encode(model) -> torch.Tensor:
     """CoOp's text features the way the official code runs them: all 77 positions, every block in full."""
-    from stori_pl.text.clip import tokenize
-
     enc = model.encoder
     tokens = tokenize([f"{' '.join(['X'] * len(model.ctx))} {n}." for n in model.classnames], model.tokenizer)
     tokens = tokens.to(model.ctx.device)  # [C, 77]
@@ -267,9 +256,6 @@ def naive_coop_encode(model) -> torch.Tensor:
 
 def time_coop(model: str, pretrained: str | None, n_classes: int, device: str, repeats: int, sync) -> dict:
     """(e): best-of-``repeats`` seconds of one CoOp step, ours (EOT cut, buckets) vs all 77 positions."""
-    from stori_pl.data.base import PromptSet
-    from stori_pl.models.coop import CoOp
-
     names = class_names(n_classes)
     prompts = PromptSet(names, [[f"a photo of a {n}."] for n in names], [[] for _ in names])
     coop = CoOp(model, pretrained, prompts=prompts.to_dict()).to(device)
@@ -299,10 +285,6 @@ def time_intcoop(model: str, pretrained: str | None, n_classes: int, batch: int,
     """(f): best-of-``repeats`` seconds of one training step (forward, loss, backward) at the same batch of
     ``batch`` random image features: IntCoOp (``batch × n_classes`` prompts, CE + attribute + regularizer losses)
     vs CoOp (``n_classes`` prompts, CE), both with 4 context vectors from "a photo of a"."""
-    from stori_pl.data.base import PromptSet
-    from stori_pl.models.coop import CoOp
-    from stori_pl.models.intcoop import IntCoOp
-
     names = class_names(n_classes)
     prompts = PromptSet(names, [[f"a photo of a {n}."] for n in names], [[] for _ in names]).to_dict()
     words = ["red", "small", "striped", "wooden"]

@@ -16,118 +16,16 @@ Example::
 from __future__ import annotations
 
 import importlib
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 import yaml
-from lightning.pytorch.callbacks import BasePredictionWriter
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 
-from stori_pl.cli.common import (
-    OVERRIDE_SECTIONS,
-    config_command_parser,
-    run_config_command,
-    split_overrides,
-)
-from stori_pl.data import features as F
+from stori_pl.data.parallel_encoding import encode_with_trainer
+from stori_pl.cli.lightning_args import resolve_config
 
-# split_overrides and OVERRIDE_SECTIONS live in cli/common.py (shared with `stori attributes`), re-exported here
-__all__ = ["cache", "build_parser", "main", "load_config", "split_overrides", "OVERRIDE_SECTIONS", "encode_with_trainer",
-           "ImageEncoder", "ShardWriter"]
-
-
-class ImageEncoder(L.LightningModule):
-    """Frozen CLIP image encoder for ``Trainer.predict``: batch -> normalized features (+ indices); with
-    ``block`` (1..n) the CLS residual after that vision block instead."""
-
-    def __init__(self, clip_model: str, pretrained: str | None, block: int | None = None):
-        super().__init__()
-        from stori_pl.text.clip import load_clip
-
-        self.clip, self.preprocess, _ = load_clip(clip_model, pretrained)
-        self.block = block
-
-    def predict_step(self, batch, batch_idx):
-        images, indices, bad = batch
-        if images is None:
-            feats = None
-        elif self.block is None:
-            feats = F.encode_batch(self.clip, images, self.device)
-        else:
-            feats = F.encode_cls_batch(self.clip, images, self.device, self.block)
-        return {"features": feats, "indices": indices, "bad": torch.tensor(bad, dtype=torch.long)}
-
-
-class ShardWriter(BasePredictionWriter):
-    """Writes each rank's predictions to ``<folder>/rank<r>.safetensors``."""
-
-    def __init__(self, folder: Path):
-        super().__init__(write_interval="epoch")
-        self.folder = folder
-
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
-        preds = [p for p in predictions if p["features"] is not None]
-        empty = torch.zeros(0, dtype=torch.long)
-        out = {"indices": torch.cat([p["indices"] for p in preds]) if preds else empty,
-               "bad": torch.cat([p["bad"] for p in predictions]) if predictions else empty}
-        if preds:
-            out["features"] = torch.cat([p["features"] for p in preds])
-        self.folder.mkdir(parents=True, exist_ok=True)
-        save_file(out, str(self.folder / f"rank{trainer.global_rank}.safetensors"))
-
-
-def encode_with_trainer(paths, clip_model, pretrained, trainer: L.Trainer, *, cache_dir=None, batch_size=64,
-                        num_workers=2, skip_bad_images=False, views=0, augment_scale=F.AUGMENT_SCALE,
-                        block: int | None = None) -> bool:
-    """Encode ``paths`` into the feature cache with ``trainer`` (all ranks call this). True if it encoded.
-
-    ``block`` (1-indexed, negative from the end): cache the CLS activations after that vision block instead
-    (the file :func:`stori_pl.data.features.cls_activations` reads; ``views`` is then ignored)."""
-    module = ImageEncoder(clip_model, pretrained)
-    if block is not None:
-        from stori_pl.image.tower import resolve_block
-
-        module.block, views = resolve_block(module.clip, block), 0
-    paths = [str(p) for p in paths]
-    key = F.feature_key(paths, clip_model, pretrained, module.preprocess, views, module.clip, augment_scale,
-                        module.block)
-    target = F.cache_file(key, cache_dir)
-    if F.load_cached(target, key, len(paths), require_all=not skip_bad_images) is not None:
-        return False
-    shards = target.parent / f".shards-{key}"
-    loader = DataLoader(F.ImagePathDataset(paths, module.preprocess, views, augment_scale=augment_scale), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=F.collate_images)
-    trainer.callbacks.append(writer := ShardWriter(shards))
-    try:
-        trainer.predict(module, loader, return_predictions=False)
-    finally:
-        trainer.callbacks.remove(writer)
-    trainer.strategy.barrier()
-    if trainer.global_rank == 0:
-        what = f"views={views}" if module.block is None else f"cls_activation@block{module.block}"
-        _merge(shards, target, key, paths, skip_bad_images, f"{clip_model}|{pretrained}|{what}")
-    trainer.strategy.barrier()
-    return True
-
-
-def _merge(shards: Path, target: Path, key: str, paths: list[str], skip_bad_images: bool, info: str) -> None:
-    parts = [load_file(str(p)) for p in sorted(shards.glob("rank*.safetensors"))]
-    shutil.rmtree(shards, ignore_errors=True)
-    bad = sorted({int(i) for p in parts for i in p["bad"].tolist()})
-    if bad and not skip_bad_images:
-        raise F.bad_image_error(paths, bad)
-    if bad:
-        F.warn_skipped_images(paths, bad)
-    by_index = {}
-    for p in parts:  # distributed samplers pad with repeats: keep one feature per index
-        if "features" in p:
-            by_index.update(zip(p["indices"].tolist(), p["features"]))
-    kept = sorted(by_index)
-    F.save_cached(target, key, torch.stack([by_index[i] for i in kept]), kept, len(paths), info)
+__all__ = ["cache", "load_config"]
 
 
 def load_config(files: list[str], overrides: dict[str, str] | None = None) -> tuple[type, dict]:
@@ -232,8 +130,6 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
     Raises:
         ValueError: A config without data.class_path or an override of an unknown section.
     """
-    from stori_pl.lightning.cli import resolve_config
-
     cls, init_args = load_config([resolve_config(c) for c in config], overrides)
     dm = cls(**init_args)
     if init_args.get("download"):
@@ -257,13 +153,3 @@ def cache(config: list[str], parts: list[Literal["train", "val", "test"]] = ["tr
             print(f"{cls.__name__} {part}: CLS activations after block {activations_block} "
                   f"{'encoded' if did else 'already cached'}")
     return 0
-
-
-def build_parser():
-    """Options of ``stori cache`` (from :func:`cache`'s signature and docstring); see :func:`main` for overrides."""
-    return config_command_parser(cache, "stori cache", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori cache``: ``--data.*`` / ``--model.*`` overrides, then the command's own options."""
-    return run_config_command(cache, build_parser(), argv)

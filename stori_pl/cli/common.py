@@ -80,10 +80,12 @@ def function_kwargs(parser: ArgumentParser, cfg: Namespace, drop: tuple[str, ...
     return {k: v for k, v in vars(cfg).items() if k not in (*drop, "__path__")}
 
 
-def run_function(fn: Callable[..., int], parser: ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` with ``parser`` and call ``fn`` with the options; returns its exit status."""
+def run_function(fn: Callable[..., Any], parser: ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` with ``parser`` and call ``fn`` with the options; returns its exit status (``fn``'s
+    integer result, 0 when it returns something else: a library function's result object)."""
     cfg = parser.parse_args(argv)
-    return int(fn(**function_kwargs(parser, cfg)) or 0)
+    status = fn(**function_kwargs(parser, cfg))
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -146,4 +148,4 @@ def run_config_command(fn: Callable[..., int], parser: ArgumentParser, argv: lis
 
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
     cfg = parser.parse_args(rest)
-    return fn(**function_kwargs(parser, cfg, drop=()), overrides=overrides)
+    return int(fn(**function_kwargs(parser, cfg, drop=()), overrides=overrides) or 0)

@@ -10,35 +10,15 @@ from pathlib import Path
 import torch
 
 
-def load_classifier(path: str, pretrained: str | None = None):
-    """Any stori-pl classifier checkpoint (the class named in its ``"stori"`` entry), on CPU, in eval mode.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a stori-pl classifier checkpoint.
-    """
-    import stori_pl.models as models
-    from stori_pl.lightning.checkpoint import read_checkpoint
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
-    name = (read_checkpoint(path).get("stori") or {}).get("model")
-    cls = getattr(models, str(name), None)
-    if cls is None or not isinstance(cls, type) or not issubclass(cls, models.ClipClassifier):
-        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not a stori-pl classifier")
-    kwargs = {} if pretrained is None else {"pretrained": pretrained}
-    return cls.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
-
-
 def load_matching_sae(path: str | None, classifier):
     """The SAE module of ``path``, refused (both names) unless trained on the classifier's CLIP."""
-    from stori_pl.models.sae import load_sae
+    from stori_pl.models import SparseAutoencoder, load_checkpoint
 
     if path is None:
         raise ValueError("--sae SAE.ckpt is required (a sparse autoencoder trained with stori fit --config sae/...)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"SAE checkpoint {path} not found (stori fit --config sae/... writes one)")
-    module = load_sae(path)
+    module = load_checkpoint(path, expect=SparseAutoencoder)
     module.check_compatible(classifier.hparams.clip_model, module.block)
     return module.eval().requires_grad_(False)
 

@@ -9,20 +9,32 @@ Examples::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from stori_pl.cli.common import function_parser, run_function
 from stori_pl.cli.component_inputs import (
     check_class,
-    load_classifier,
     load_images,
     load_matching_sae,
     split_images,
 )
+from stori_pl.interpret.component_tables import (
+    component_table,
+    expected_vocabulary,
+    table_embeddings,
+    table_row,
+    table_vocabulary,
+)
+from stori_pl.interpret.attribution import as_image_feature, attribute
+from stori_pl.interpret.components import class_attribution, component_scores, unexpected_reliance
+from stori_pl.interpret.viz import render_html
+from stori_pl.interpret.viz.components import components_section, format_rows, insert_sections, page
+from stori_pl.models import ClipClassifier, load_checkpoint
+from stori_pl.toy.images import attribute_vocabulary
+from stori_pl.toy.world import attribute_prompts
+from stori_pl.utils import atomic_write
 
 COMPARED = {"Logit Lens": "logit_lens", "Act×LogitLens": "act_logit_lens"}
 IMAGE_LEGEND = ("score = Act×Grad z_k·∂y/∂z_k with y = cos(image embedding, class embedding): first-order effect "
@@ -80,9 +92,12 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
         raise ValueError("give either --image IMG (one image) or --split test (class level), not both/neither")
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
-    classifier = load_classifier(ckpt, pretrained)
+
+    classifier = load_checkpoint(ckpt, expect=ClipClassifier, **({} if pretrained is None else {"pretrained": pretrained}))
     sae_module = load_matching_sae(sae, classifier)
-    components_table = component_table(sae, sae_module, classifier, table, concept_images, labels)
+    toy = labels == "toy"
+    components_table = component_table(sae, sae_module, classifier, table, concept_images, None if toy else labels,
+                                       toy_label_prompts() if toy else None)
     if image is not None:
         section = explain_image_components(classifier, sae_module, components_table, image, class_name, top, compare)
     else:
@@ -97,170 +112,26 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
 
 def write_components_page(html: Path, sections: list[str], ckpt: str, sae: str, clip_model: str, block: int) -> None:
     """``stori components --html``: one page of the component sections, written atomically."""
-    from stori_pl.interpret.viz.components import page
-    from stori_pl.utils import atomic_write
-
     with atomic_write(html, "w", encoding="utf-8") as f:
         f.write(page(f"SAE components — {Path(ckpt).name}", sections,
                      intro=f"{ckpt}; SAE {sae} (CLIP {clip_model}, block {block})"))
     print(f"\nwrote {html}")
 
 
-def build_parser():
-    """Command-line options of ``stori components`` (from :func:`components`' signature and docstring)."""
-    return function_parser(components, "stori components", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori components``; returns the exit status."""
-    return run_function(components, build_parser(), argv)
-
-
-# ----------------------------------------------------------------------------------- loading
-def expected_vocabulary(classifier, path: Path | None, source: str = "class_name") -> dict[str, list[str]]:
-    """Each class's expected concepts: the JSON file ``{class: [entries]}``, else from the classifier's prompts:
-    ``class_name`` (the words of the class name), ``prompt_words`` (content words of its template and CuPL
-    prompts) or ``cupl_sentences`` (its CuPL sentences, whole).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is empty, not such a JSON object, or has an empty list.
-    """
-    if path is None:
-        from stori_pl.interpret.function_words import is_function_word
-
-        ps, out = classifier.prompt_set, {}
-        for name, base, cupl in zip(ps.classnames, ps.base, ps.cupl):
-            texts = [name] if source == "class_name" else cupl if source == "cupl_sentences" else base + cupl
-            if source == "cupl_sentences":
-                out[name] = list(texts) or [name]
-                continue
-            words = [w.strip(".,;:!?()\"'").lower() for t in texts for w in t.split()]
-            out[name] = list(dict.fromkeys(w for w in words if w and not is_function_word(w)))
-        return out
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file {path} not found")
-    text = path.read_text(encoding="utf-8").strip()
-    if not text:
-        raise ValueError(f"vocabulary file {path} is empty: give a JSON object {{class: [words or phrases]}}")
-    try:
-        vocab = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"vocabulary file {path} is not JSON ({err}); give {{class: [words or phrases]}}") from err
-    if not isinstance(vocab, dict) or not vocab:
-        raise ValueError(f"vocabulary file {path} must be a non-empty JSON object {{class: [words or phrases]}}")
-    empty = [c for c, v in vocab.items() if not isinstance(v, list) or not [w for w in v if str(w).strip()]]
-    if empty:
-        raise ValueError(f"vocabulary file {path}: no entries for class(es) {', '.join(map(repr, empty))}")
-    return {c: [str(w) for w in v if str(w).strip()] for c, v in vocab.items()}
-
-
-# ----------------------------------------------------------------------------------- explanations
-def default_table_path(sae: str | Path) -> Path:
-    """Where the component table of the SAE checkpoint ``sae`` is kept: ``<sae>.components.safetensors``."""
-    return Path(f"{sae}.components.safetensors")
-
-
-def component_table(sae: str | Path, module, classifier, table: Path | None = None,
-                    concept_images: Path | None = None, labels: str | None = None):
-    """The SAE's :class:`~stori_pl.interpret.concepts.ComponentTable`: ``table``, else the one kept beside the
-    SAE checkpoint (:func:`default_table_path`), else described over the images under ``concept_images`` (and
-    kept there for the next call). Refused (both named) when made for another CLIP, block or SAE size."""
-    from stori_pl.interpret.concepts import ComponentTable, describe_components
-
-    clip, kept = classifier.hparams.clip_model, default_table_path(sae)
-    path = table if table is not None else kept if kept.is_file() and concept_images is None else None
-    if path is not None:
-        loaded = ComponentTable.load(path)
-        if loaded.clip_model != clip or int(loaded.block) != module.block or len(loaded) != module.sae.n_latents:
-            raise ValueError(f"component table {path} describes an SAE of CLIP {loaded.clip_model!r} block "
-                             f"{loaded.block} with {len(loaded)} latents, not this SAE of CLIP {clip!r} block "
-                             f"{module.block} with {module.sae.n_latents}")
-        return loaded
-    if concept_images is None:
-        raise ValueError(f"no component table for {sae}: give --concept_images DIR once (images to describe the "
-                         "components over, e.g. the SAE's training images) or --table TABLE")
-    from stori_pl.data.features import list_images
-
-    prompts = toy_label_prompts() if labels == "toy" else {}
-    described = describe_components(module, clip, list_images(concept_images), list(prompts.values()) or labels,
-                                    pretrained=classifier.hparams.pretrained)
-    if prompts:  # short labels; the prompts stay the vocabulary (what was embedded)
-        short = {prompt: label for label, prompt in prompts.items()}
-        described.labels = [short.get(label, label) for label in described.labels]
-        described.extra["label_prompts"] = prompts
-    described.save(kept)
-    print(f"described {len(described)} components over {len(described.image_paths)} images; kept in {kept}")
-    return described
-
-
 def toy_label_prompts() -> dict[str, str]:
     """Toy label -> the caption-style prompt that embeds it (``"black background"`` -> ``"a shape on a black
     background."``): the tiny CLIP saw only captions, and labels bare words poorly (docs/components.md)."""
-    from stori_pl.toy.images import attribute_vocabulary
-    from stori_pl.toy.world import attribute_prompts
-
     return {label: attribute_prompts(key)[value][0] for label, (key, value) in attribute_vocabulary().items()}
-
-
-def table_embeddings(table, texts: list[str]) -> torch.Tensor:
-    """Normalized text embeddings ``[T, D]`` of ``texts`` by the table's concept CLIP (as its labels; a text with
-    a prompt in the table's ``extra["label_prompts"]`` is embedded through that prompt)."""
-    from stori_pl.interpret.concepts import text_embeddings
-
-    prompts = table.extra.get("label_prompts", {})
-    return text_embeddings(table.concept_model or table.clip_model, table.concept_pretrained,
-                           [prompts.get(t, t) for t in texts])
-
-
-def table_vocabulary(table) -> dict[str, torch.Tensor]:
-    """The table's label vocabulary: label -> text embedding ``[D]``."""
-    short = {prompt: label for label, prompt in table.extra.get("label_prompts", {}).items()}
-    return {short.get(t, t): e for t, e in zip(table.vocabulary, table_embeddings(table, table.vocabulary))}
-
-
-def table_row(table, k: int, score: float) -> dict:
-    """A view row (see :mod:`stori_pl.interpret.viz.components`) of component ``k`` from the component table."""
-    from stori_pl.interpret.viz.components import STRIP_IMAGES
-
-    return {"component": int(k), "score": float(score), "label": table.labels[k],
-            "alignment": float(table.alignment[k]), "clarity": float(table.clarity[k]),
-            "images": table.top_paths(k, STRIP_IMAGES)}
-
-
-def image_class_targets(classifier, images: torch.Tensor) -> torch.Tensor:
-    """The class embeddings ``[C, D]`` an image's components are attributed to: the classifier's, or for IntCoOp
-    (whose prompts depend on the image) the prompts conditioned on this image, held fixed while attributing.
-
-    Args:
-        classifier: A loaded classifier.
-        images: One preprocessed image ``[1, 3, H, W]``.
-
-    Raises:
-        ValueError: An IntCoOp with visual prompts (its image embedding is not the plain image tower's, which
-            the SAE reads).
-    """
-    if not hasattr(classifier, "instance_text"):
-        return classifier.eval_class_embeddings()
-    if classifier.hparams.get("visual_prompts"):
-        raise ValueError(f"{type(classifier).__name__}(visual_prompts={classifier.hparams.visual_prompts}) changes "
-                         "the image tower the SAE reads: its image components cannot be attributed")
-    with torch.no_grad():
-        emb = classifier.clip.encode_image(images).float()  # [1, D]
-        return classifier.instance_text(*classifier.prompt_parts(emb))[0].float()  # [C, D]
 
 
 def image_component_rows(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
                          compare: bool) -> tuple[str, list[dict], dict[str, list[int]]]:
     """``(class explained, rows by Act×Grad, rankings of the compared methods)`` for one image."""
-    from stori_pl.interpret.components import component_scores
-
     images = load_images(classifier, [Path(image)])  # [1, 3, H, W]
-    targets = image_class_targets(classifier, images)  # [C, D]
+    with torch.no_grad():
+        emb = classifier.clip.encode_image(images).float()  # [1, D]
+        targets = classifier.image_class_embeddings(emb)[0].float()  # [C, D], held fixed while attributing
     if class_name is None:
-        with torch.no_grad():
-            emb = classifier.clip.encode_image(images).float()
         class_name = classifier.classnames[int(classifier(emb, targets).argmax())]
     c = classifier.classnames.index(check_class(classifier, class_name))
     result = component_scores(classifier.clip, sae_module.sae, images, sae_module.block, targets[c])
@@ -275,8 +146,6 @@ def image_component_rows(classifier, sae_module, table, image: Path, class_name:
 def explain_image_components(classifier, sae_module, table, image: Path, class_name: str | None, top: int,
                              compare: bool, color: bool = False) -> list[str]:
     """Print one image's top components; returns the HTML sections."""
-    from stori_pl.interpret.viz.components import components_section, format_rows
-
     name, rows, ranks = image_component_rows(classifier, sae_module, table, image, class_name, top, compare)
     title = f"{image}: top {len(rows)} components for {name!r} (Act×Grad)"
     print()
@@ -290,9 +159,6 @@ def explain_split(classifier, sae_module, table, data: str, root: Path, split: s
                   expected: dict[str, list[str]], top: int, max_images: int, margin: float,
                   min_share: float) -> list[str]:
     """Class-level lists (mean Act×Grad over the split's images of each class, unexpected reliance flagged)."""
-    from stori_pl.interpret.components import class_attribution, unexpected_reliance
-    from stori_pl.interpret.viz.components import components_section, format_rows
-
     paths = split_images(data, root, split, classifier, max_images)
     targets = classifier.eval_class_embeddings()
     general = table_vocabulary(table)
@@ -334,11 +200,6 @@ def explain_with_components(classifier, sae: str, image: Path, classes: list[str
                 for s in explain_image_components(classifier, module, table, image, name, top, compare=False)]
     if html is None:
         return
-    from stori_pl.interpret.attribution import as_image_feature, attribute
-    from stori_pl.interpret.viz import render_html
-    from stori_pl.interpret.viz.components import insert_sections
-    from stori_pl.utils import atomic_write
-
     feature = as_image_feature(classifier, image)
     if classes is None:
         classes = [classifier.classnames[int(classifier.classify_features(feature[None])[0].argmax())]]

@@ -13,7 +13,6 @@ from typing import Literal
 
 import torch
 
-from stori_pl.cli.common import function_kwargs, function_parser
 
 
 def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", root: Path = Path("data"),
@@ -47,13 +46,13 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
             steps > the SAE's k.
     """
     from stori_pl.cli.component_inputs import (
-        load_classifier,
-        load_matching_sae,
+            load_matching_sae,
         split_images,
     )
     from stori_pl.interpret.faithfulness import area_std_error
+    from stori_pl.models import ClipClassifier, load_checkpoint
 
-    classifier = load_classifier(ckpt, pretrained)
+    classifier = load_checkpoint(ckpt, expect=ClipClassifier, **({} if pretrained is None else {"pretrained": pretrained}))
     module = load_matching_sae(sae, classifier)
     if not 1 <= steps <= module.sae.k:
         raise ValueError(f"--steps must be in 1..{module.sae.k} (the SAE's k: active components per image), got {steps}")
@@ -158,15 +157,3 @@ def write_outputs(folder: Path, result: dict) -> None:
                 tb.add_scalar(f"deletion/{name}", value, step)
             tb.add_scalar(f"deletion_area/{name}", result["areas"][name], 0)
     print(f"wrote {folder / 'areas.json'}, areas.csv, curves.png and TensorBoard events")
-
-
-def build_parser():
-    """Command-line options of ``stori components-eval`` (from :func:`components_eval`'s signature)."""
-    return function_parser(components_eval, "stori components-eval", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori components-eval``; returns the exit status."""
-    parser = build_parser()
-    components_eval(**function_kwargs(parser, parser.parse_args(argv)))
-    return 0

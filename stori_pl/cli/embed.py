@@ -12,7 +12,12 @@ import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import function_parser, run_function
+from stori_pl.text.clip import load_clip
+from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.text.prompt_weighting import encode_weighted
+from stori_pl.text.syntax import parse_weighted_prompt, token_words, tokenize_weighted
+from stori_pl.utils import atomic_path, atomic_write
+
 
 OUT_SUFFIXES = (".npy", ".safetensors")
 
@@ -36,11 +41,6 @@ def embed(prompt: str, model: str = "ViT-B-32", pretrained: str | None = "openai
     Raises:
         ValueError: A prompt syntax error (with a caret under the column), an unknown model, or a bad --out.
     """
-    from stori_pl.text.clip import load_clip
-    from stori_pl.text.encoder import WeightedTextEncoder
-    from stori_pl.text.prompt_weighting import encode_weighted
-    from stori_pl.text.syntax import parse_weighted_prompt, tokenize_weighted
-
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: use a .npy or .safetensors file name")
     parse_weighted_prompt(prompt)  # syntax errors before loading a model
@@ -56,16 +56,6 @@ def embed(prompt: str, model: str = "ViT-B-32", pretrained: str | None = "openai
         save_embedding(out, emb, meta)
         print(f"saved {out}")
     return 0
-
-
-def build_parser():
-    """Command-line options of ``stori embed`` (from :func:`embed`'s signature and docstring)."""
-    return function_parser(embed, "stori embed", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori embed``; returns the exit status."""
-    return run_function(embed, build_parser(), argv)
 
 
 def token_pieces(ids: list[int], tokenizer) -> list[str]:
@@ -107,8 +97,6 @@ def word_table(tokens_row, log_weights_row, tokenizer) -> list[tuple[str, str, s
         log_weights_row: Log-weights ``[L]`` of those tokens.
         tokenizer: open_clip ``SimpleTokenizer``.
     """
-    from stori_pl.text.syntax import token_words
-
     rows = []
     for word, pos in token_words(tokens_row, tokenizer):
         ws = sorted({round(math.exp(float(log_weights_row[p])), 4) for p in pos})
@@ -137,7 +125,6 @@ def save_embedding(path: Path, embedding, metadata: dict[str, str]) -> None:
     """Write ``embedding`` [D] atomically as ``.npy`` (no pickle) or ``.safetensors`` (key ``embedding``)."""
     import numpy as np
 
-    from stori_pl.utils import atomic_path, atomic_write
 
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file

@@ -13,7 +13,12 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import function_parser, run_function
+from stori_pl.cli.components import explain_with_components
+from stori_pl.interpret import prompt_words, viz
+from stori_pl.interpret.attribution import as_image_feature, attribute, attribution_figures
+from stori_pl.lightning.callbacks import movement
+from stori_pl.models import CoOp, StoriClassifier, load_checkpoint
+
 
 DEFAULT_SHOWN = 10  # classes printed without --classes / --all_classes
 
@@ -52,16 +57,14 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
         FileNotFoundError: No such checkpoint.
         ValueError: Not a StoriClassifier checkpoint, an unknown class, an unreadable image, or top < 1.
     """
-    from stori_pl.interpret import prompt_words
-
     if top < 1:
         raise ValueError(f"--top must be >= 1 (got {top})")
-    if prompt_words.checkpoint_model(ckpt) in prompt_words.PROMPT_MODELS:  # CoOp / IntCoOp: words of the prompt
+    model = load_checkpoint(ckpt, expect=(StoriClassifier, CoOp), **({} if pretrained is None else {"pretrained": pretrained}))
+    if isinstance(model, CoOp):  # CoOp / IntCoOp: the words of the learned prompt
         if html is not None:
             raise ValueError(f"--html {html}: the HTML page draws a SToRI checkpoint's word weights; a CoOp / "
                              "IntCoOp checkpoint has none (its prompt words are printed); drop --html")
-        return explain_prompt_model(ckpt, image, classes, top, pretrained, sae, target)
-    model = load_stori_checkpoint(ckpt, pretrained=pretrained)
+        return explain_learned_prompt(model, ckpt, image, classes, top, sae, target)
     use_color = viz_use_color(color)
     shown = select_classes(model.word_weights(), classes or [], all_classes)  # by normalized movement
     weights = model.word_weights(absolute=absolute)
@@ -72,8 +75,6 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
     if image is not None:
         status = explain_image(model, image, shown if classes else None, top, png, use_color, target)
         if sae is not None:
-            from stori_pl.cli.components import explain_with_components
-
             explain_with_components(model, sae, image, shown if classes else None, top, html, target)
         elif html is not None:  # without --sae the page is the word weights' (it used to be skipped silently)
             write_weight_pages(ckpt, hp.clip_model, weights, shown, html, None, absolute)
@@ -85,26 +86,19 @@ def explain(ckpt: str, classes: list[str] | None = None, all_classes: bool = Fal
 
 def viz_use_color(color: str) -> bool:
     """``--color auto|always|never`` as a bool (auto: only on a terminal and without NO_COLOR)."""
-    from stori_pl.interpret import viz
-
     return viz.use_color() if color == "auto" else color == "always"
 
 
-def explain_prompt_model(ckpt: str, image: Path | None, classes: list[str] | None, top: int,
-                         pretrained: str | None, sae: str | None, target: str) -> int:
+def explain_learned_prompt(model, ckpt: str, image: Path | None, classes: list[str] | None, top: int,
+                           sae: str | None, target: str) -> int:
     """``stori explain`` on a CoOp / IntCoOp checkpoint: the prompt's words, and with ``image`` and ``sae`` the
     image's top SAE components too (for ``classes``, default the predicted class).
 
     Returns:
         Exit status 0.
     """
-    from stori_pl.interpret import prompt_words
-
-    model = prompt_words.load_prompt_model(ckpt, pretrained)
     print(prompt_words.explain_prompt_model(model, ckpt, image, top))
     if image is not None and sae is not None:
-        from stori_pl.cli.components import explain_with_components
-
         explain_with_components(model, sae, image, classes or None, top, None, target)
     return 0
 
@@ -112,8 +106,6 @@ def explain_prompt_model(ckpt: str, image: Path | None, classes: list[str] | Non
 def write_weight_pages(ckpt: str, clip_model: str, weights: dict, shown: list[str], html: Path | None,
                        png: Path | None, absolute: bool) -> None:
     """``--html``: one page of all classes' word weights; ``--png``: the shown classes' figures."""
-    from stori_pl.interpret import viz
-
     if html is not None:
         viz.write_html(html, weights, title=f"SToRI word weights — {Path(ckpt).name}", absolute=absolute,
                        intro=f"{ckpt}: CLIP {clip_model}, {len(weights)} classes")
@@ -124,21 +116,9 @@ def write_weight_pages(ckpt: str, clip_model: str, weights: dict, shown: list[st
             print(f"wrote {path}")
 
 
-def build_parser():
-    """Command-line options of ``stori explain`` (from :func:`explain`'s signature and docstring)."""
-    return function_parser(explain, "stori explain", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori explain``; returns the exit status."""
-    return run_function(explain, build_parser(), argv)
-
-
 def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolute: bool = False) -> None:
     """Terminal view of the ``shown`` classes' word weights and the most (de-)emphasized words overall
     (function words and punctuation are left out of the summaries)."""
-    from stori_pl.interpret import viz
-
     if absolute:
         print("Darker = higher weight (mid red = 1, unchanged by training)" if color
               else "(xR) = weight R, 1 = unchanged by training (shown where R >= 1.5 or R <= 1/1.5)")
@@ -164,13 +144,6 @@ def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolu
 def explain_image(model, image: Path, classes: list[str] | None, top: int, png: Path | None, color: bool,
                   target: str = "log_prob") -> int:
     """Top-5 classes of ``image`` and the word attributions of ``classes`` (default: the top class)."""
-    from stori_pl.interpret import viz
-    from stori_pl.interpret.attribution import (
-        as_image_feature,
-        attribute,
-        attribution_figures,
-    )
-
     feature = as_image_feature(model, image)  # [D]
     probs = model.classify_features(feature[None])[0]  # [C]
     best = probs.topk(min(5, len(probs)))
@@ -196,23 +169,6 @@ def explain_image(model, image: Path, classes: list[str] | None, top: int, png: 
             print(f"wrote {path}")
     return 0
 
-def load_stori_checkpoint(path: str, pretrained: str | None = None):
-    """Load a :class:`~stori_pl.models.StoriClassifier` checkpoint on CPU, with clear errors otherwise."""
-    from stori_pl.lightning.checkpoint import read_checkpoint
-    from stori_pl.models import StoriClassifier
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
-    info = read_checkpoint(path).get("stori") or {}  # unreadable: names the run's other checkpoints
-    if info.get("model") != "StoriClassifier":
-        raise ValueError(
-            f"{path} holds a {info.get('model') or 'non-stori-pl'} model; `stori explain` needs a StoriClassifier "
-            "checkpoint (only SToRI has word weights)"
-        )
-    kwargs = {} if pretrained is None else {"pretrained": pretrained}
-    return StoriClassifier.load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
-
-
 def select_classes(weights: dict, classes: list[str], show_all: bool) -> list[str]:
     """The classes to show: ``classes`` (checked, with close-name hints), all, or the 10 that moved most."""
     names = list(weights)
@@ -228,7 +184,6 @@ def select_classes(weights: dict, classes: list[str], show_all: bool) -> list[st
         return list(dict.fromkeys(classes))
     if show_all or len(names) <= DEFAULT_SHOWN:
         return names
-    from stori_pl.lightning.callbacks import movement
 
     moved = movement(weights)
     return sorted(names, key=lambda c: -moved[c])[:DEFAULT_SHOWN]

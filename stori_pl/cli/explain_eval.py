@@ -10,11 +10,14 @@ Examples:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import jsonargparse
-from jsonargparse import ActionConfigFile
+from stori_pl.interpret.metrics import explanation_metrics
+from stori_pl.models import StoriClassifier, load_checkpoint
+from stori_pl.toy import TOY_GROUND_TRUTH
+from stori_pl.toy.data import ToyShapes
+from stori_pl.utils import write_json
+
 
 METRIC_ORDER = ("discriminative_share", "precision_at_k", "sink_share", "sink_share_uniform", "sign_agreement")
 
@@ -44,14 +47,12 @@ def explain_eval(
     Returns:
         The :class:`~stori_pl.interpret.metrics.ExplanationMetrics`.
     """
-    from stori_pl.interpret.metrics import explanation_metrics, is_toy_benchmark
-
     if top_k < 1:
         raise ValueError(f"--top_k must be >= 1, got {top_k}")
     if split not in ("test", "val"):
         raise ValueError(f"--split must be test or val, got {split!r}")
-    model = load_checkpoint(checkpoint)
-    if not is_toy_benchmark(model.classnames):
+    model = load_checkpoint(checkpoint, expect=StoriClassifier)
+    if not TOY_GROUND_TRUTH.covers(model.classnames):
         raise ValueError(
             f"{checkpoint}: classes such as {model.classnames[:3]} are not toy-world (pattern, color, shape) triples; "
             "explanation metrics need the toy world's ground truth (train with configs/demo.yaml)"
@@ -59,30 +60,18 @@ def explain_eval(
     features = labels = None
     if sign_agreement:
         features, labels = toy_features(model, data_root, split)
-    result = explanation_metrics(model.word_weights(), top_k, model, features, labels, max_images_per_class)
+    result = explanation_metrics(model.word_weights(), TOY_GROUND_TRUTH, top_k, model, features, labels, max_images_per_class)
     print(format_metrics(result, per_class))
     if json is not None:
-        from stori_pl.utils import write_json
-
         write_json(json, result.to_dict())
         print(f"written {json}")
     return result
-
-
-def load_checkpoint(path: Path):
-    """A :class:`~stori_pl.models.StoriClassifier` from ``path``, on CPU, in eval mode."""
-    from stori_pl.models import StoriClassifier
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/last.ckpt)")
-    return StoriClassifier.load_from_checkpoint(str(path), map_location="cpu").eval()
 
 
 def toy_features(model, data_root: Path, split: str = "test"):
     """Image features ``[N, D]`` and labels ``[N]`` of the ToyShapes ``split``, restricted to the model's classes."""
     import torch
 
-    from stori_pl.toy.data import ToyShapes
 
     dm = ToyShapes(root=str(data_root), clip_model=model.hparams.clip_model, pretrained=model.hparams.pretrained,
                    classes=list(model.classnames))
@@ -102,21 +91,3 @@ def format_metrics(result, per_class: bool = True) -> str:
         for name, m in result.per_class.items():
             lines.append(name.ljust(width) + "".join(f"{m[k]:>22.3f}" if k in m else f"{'—':>22}" for k in keys))
     return "\n".join(lines)
-
-
-def build_parser() -> jsonargparse.ArgumentParser:
-    """Options of ``stori explain-eval`` (from :func:`explain_eval`'s signature and docstring)."""
-    p = jsonargparse.ArgumentParser(
-        prog="stori explain-eval",
-        description="Explanation metrics of a toy-world SToRI checkpoint (how readable its word weights are).",
-    )
-    p.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options below.")
-    p.add_function_arguments(explain_eval, as_positional=True)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori explain-eval``; returns the exit code."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    explain_eval(**{k: v for k, v in vars(args).items() if k != "config"})
-    return 0

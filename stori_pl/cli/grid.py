@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stori_pl.cli.common import function_parser, run_function
+from stori_pl.lightning.results import RESULTS_FILE
+from stori_pl.cli.report import report
 
 PASS_THROUGH = ("--data.", "--model.", "--trainer.", "--seed_everything")
 VALID_SHOTS = (1, 2, 4, 8, 16)
@@ -73,7 +75,7 @@ class Cell:
     def state(self, out_dir: Path) -> str:
         """``done`` (results exist), ``resume`` (a last.ckpt without results) or ``new``."""
         folder = out_dir / self.name
-        if any(folder.glob("version_*/test_results.json")):
+        if any(folder.glob(f"version_*/{RESULTS_FILE}")):
             return "done"
         return "resume" if any(folder.glob("version_*/checkpoints/last.ckpt")) else "new"
 
@@ -166,7 +168,6 @@ def grid(methods: str, datasets: str, shots: str = "1,2,4,8,16", seeds: str = "1
                          f"about {_duration(left)} left\n")
         if not ok:
             failed.append((cell, log))
-    from stori_pl.cli.report import report
 
     report([str(out_dir)], markdown=out_dir / "table2.md", csv=out_dir / "table2.csv")
     for cell, log in failed:

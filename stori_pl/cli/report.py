@@ -28,26 +28,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from stori_pl.cli.common import command_parser, parameter_help, run_function
+from stori_pl.lightning.results import RESULTS_FILE, find_results, harmonic_mean
 from stori_pl.utils import atomic_write
 
-RESULTS_FILE = "test_results.json"
 DATASET_ORDER = ["ImageNet", "Caltech101", "DTD", "Flowers102", "Food101", "SUN397"]
 METHOD_ORDER = ["Zero-shot CLIP", "CuPL", "CuPL + templates", "Linear probe", "CoOp", "Tip-Adapter", "Tip-Adapter-F",
                 "TaskRes (Base)", "TaskRes (Base+CuPL)", "SToRI"]
 TRAINED_NOTHING = ("ZeroShotCLIP",)  # methods whose result does not depend on the shots
-
-
-def find_results(paths: list[str]) -> list[Path]:
-    """``test_results.json`` files given directly or found under the given folders."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            found.append(p)
-        elif p.is_dir():
-            found += sorted(p.rglob(RESULTS_FILE))
-        else:
-            raise FileNotFoundError(f"{p}: no such run folder or results file")
-    return found
 
 
 class Run(NamedTuple):
@@ -176,11 +163,6 @@ def write_csv(path: str, datasets: list[str], rows: list[dict]) -> None:
                 mean, std, n, wall = r["cells"].get(d, (math.nan, math.nan, 0, math.nan))
                 vals += [f"{mean:.4f}", f"{std:.4f}", n, f"{wall:.1f}"]
             w.writerow([r["method"], r["shots"], *vals, f"{r['avg']:.4f}"])
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """CoCoOp's HM of base and new accuracy: ``2·b·n / (b + n)`` (0 when both are 0)."""
-    return 2 * base * new / (base + new) if base + new > 0 else 0.0
 
 
 def load_base_to_novel(files: list[Path]) -> dict[tuple[str, int, str], dict]:

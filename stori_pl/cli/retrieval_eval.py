@@ -25,8 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from stori_pl.cli.common import function_parser, run_function
-from stori_pl.retrieval.attributes import AttributeTask
+from stori_pl.retrieval.attributes import AttributeTask, load_attributes
+from stori_pl.retrieval.runner import DEFAULT_TASKS, format_report_table, run_preference_retrieval
+from stori_pl.toy.data import load_toy_attributes
+from stori_pl.utils import atomic_write
 
 
 # List defaults (never mutated) rather than tuples: jsonargparse's `--weights+ 2.0` appends to a list default.
@@ -65,10 +67,6 @@ def retrieval_eval(root: Path, dataset: str = "celeba", model: str = "ViT-L-14",
         ValueError: No default tasks for the dataset, --tensorboard without --out_dir, a bad dataset layout.
         KeyError: An attribute name that the dataset does not have (the message lists close names).
     """
-    from stori_pl.retrieval.attributes import load_attributes
-    from stori_pl.retrieval.runner import format_report_table, run_preference_retrieval
-    from stori_pl.toy.data import load_toy_attributes
-
     tasks = default_tasks(dataset) if tasks is None else tasks
     if tensorboard and out_dir is None:
         raise ValueError("--tensorboard true needs --out_dir")
@@ -103,8 +101,6 @@ def tensorboard_writer(log_dir: Path | None):
 
 def default_tasks(dataset: str) -> list[AttributeTask]:
     """The default attribute triples of ``dataset`` (:data:`stori_pl.retrieval.runner.DEFAULT_TASKS`)."""
-    from stori_pl.retrieval.runner import DEFAULT_TASKS
-
     if dataset not in DEFAULT_TASKS:
         raise ValueError(f"--tasks is required for dataset {dataset!r} (defaults exist for {list(DEFAULT_TASKS)})")
     return DEFAULT_TASKS[dataset]
@@ -112,17 +108,5 @@ def default_tasks(dataset: str) -> list[AttributeTask]:
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
-    from stori_pl.utils import atomic_write
-
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def build_parser():
-    """Options of ``stori retrieval-eval`` (from :func:`retrieval_eval`'s signature and docstring)."""
-    return function_parser(retrieval_eval, "stori retrieval-eval", __doc__, positional=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori retrieval-eval``; returns the exit status."""
-    return run_function(retrieval_eval, build_parser(), argv)

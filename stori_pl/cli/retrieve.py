@@ -20,7 +20,15 @@ from typing import Literal
 
 import torch
 
-from stori_pl.cli.common import function_parser, run_function
+from stori_pl.data.features import CacheWriteWarning, image_features, list_images
+from stori_pl.data.image_io import open_rgb
+from stori_pl.retrieval.metrics import rank
+from stori_pl.text.clip import load_clip
+from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.text.prompt_weighting import encode_weighted
+from stori_pl.text.syntax import parse_weighted_prompt
+from stori_pl.utils import atomic_path, atomic_write, write_json
+
 
 RANKING_SUFFIXES, SHEET_SUFFIXES = (".csv", ".json"), (".png",)
 
@@ -52,9 +60,6 @@ def retrieve(images: Path, prompts: list[str], model: str = "ViT-B-32", pretrain
         ValueError: A prompt syntax error, an unknown model, a bad output file name, or a folder without images.
         NotADirectoryError: ``images`` is not a folder.
     """
-    from stori_pl.data.features import list_images
-    from stori_pl.text.syntax import parse_weighted_prompt
-
     for path, kinds in ((out, RANKING_SUFFIXES), (sheet, SHEET_SUFFIXES)):
         if path is not None and path.suffix.lower() not in kinds:
             raise ValueError(f"{path}: use a {' or '.join(kinds)} file name")
@@ -81,21 +86,9 @@ def retrieve(images: Path, prompts: list[str], model: str = "ViT-B-32", pretrain
     return 0
 
 
-def build_parser():
-    """Command-line options of ``stori retrieve`` (from :func:`retrieve`'s signature and docstring)."""
-    return function_parser(retrieve, "stori retrieve", __doc__, positional=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori retrieve``; returns the exit status."""
-    return run_function(retrieve, build_parser(), argv)
-
-
 def folder_features(paths: list[Path], model: str, pretrained: str | None, cache_dir: str | None, batch_size: int,
                     device: str) -> tuple[torch.Tensor, list[Path]]:
     """Cached image features ``[N, D]`` of the readable images and their paths; lists skipped files on stderr."""
-    from stori_pl.data.features import CacheWriteWarning, image_features
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # we list skipped files ourselves, on cache hits too
         warnings.simplefilter("always", CacheWriteWarning)
@@ -113,10 +106,6 @@ def folder_features(paths: list[Path], model: str, pretrained: str | None, cache
 def encode_prompts(prompts: list[str], model: str, pretrained: str | None, start_block: int, method: str,
                    device: str) -> torch.Tensor:
     """Normalized embeddings ``[P, D]`` of weighted prompts (on CPU)."""
-    from stori_pl.text.clip import load_clip
-    from stori_pl.text.encoder import WeightedTextEncoder
-    from stori_pl.text.prompt_weighting import encode_weighted
-
     clip, _, tokenizer = load_clip(model, pretrained, device=device)
     enc = WeightedTextEncoder(clip, start_block=start_block)
     return encode_weighted(enc, prompts, tokenizer, method=method).cpu()
@@ -124,8 +113,6 @@ def encode_prompts(prompts: list[str], model: str, pretrained: str | None, start
 
 def rank_images(features: torch.Tensor, text_emb: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:
     """Per prompt, ``(image index, cosine)`` best first: ``features [N, D]``, ``text_emb [P, D]`` (normalized)."""
-    from stori_pl.retrieval.metrics import rank
-
     scores = text_emb.float() @ features.float().T  # [P, N]
     k = scores.shape[1] if top_k <= 0 else min(top_k, scores.shape[1])
     return [[(int(i), float(row[i])) for i in rank(row)[:k]] for row in scores]
@@ -133,8 +120,6 @@ def rank_images(features: torch.Tensor, text_emb: torch.Tensor, top_k: int) -> l
 
 def write_ranking(path: Path, prompts: list[str], rankings, paths: list[Path]) -> None:
     """Write rankings atomically as CSV (prompt, rank, path, score) or JSON (prompt → list)."""
-    from stori_pl.utils import atomic_write, write_json
-
     if path.suffix == ".json":
         write_json(path, {p: [{"rank": r + 1, "path": str(paths[i]), "score": s} for r, (i, s) in enumerate(rk)]
                           for p, rk in zip(prompts, rankings)})
@@ -151,9 +136,6 @@ def write_ranking(path: Path, prompts: list[str], rankings, paths: list[Path]) -
 def contact_sheet(path: Path, prompts: list[str], rankings, paths: list[Path], thumb: int = 112, cols: int = 10) -> None:
     """One block of thumbnails (rank and score under each) per prompt; PNG written atomically."""
     from PIL import Image, ImageDraw
-
-    from stori_pl.data.image_io import open_rgb
-    from stori_pl.utils import atomic_path
 
     cell_h, title_h = thumb + 16, 18
     blocks = [(p, rk, max(1, -(-len(rk) // cols))) for p, rk in zip(prompts, rankings)]

@@ -13,14 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from stori_pl.cli.common import command_parser, function_kwargs
+from stori_pl.toy.pretrain import ToyTrainConfig, train
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "stori-toy"
 
 
 def build_parser():
     """Options of ``stori toy-pretrain``: the fields of :class:`stori_pl.toy.pretrain.ToyTrainConfig` and ``--out``."""
-    from stori_pl.toy.pretrain import ToyTrainConfig
-
     p = command_parser("stori toy-pretrain", __doc__)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="Output path stem (.safetensors / .json are appended); default: the shipped asset.")
@@ -30,8 +29,6 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``stori toy-pretrain``; returns the exit status."""
-    from stori_pl.toy.pretrain import ToyTrainConfig, train
-
     parser = build_parser()
     args = function_kwargs(parser, parser.parse_args(argv))
     out = args.pop("out")

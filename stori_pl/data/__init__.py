@@ -2,7 +2,8 @@
 activation data of sparse autoencoders (:mod:`.activations`)."""
 
 from stori_pl.data.activations import ActivationData
-from stori_pl.data.base import FeatureDataset, FewShotDataModule, PromptSet
+from stori_pl.data.base import FewShotDataModule
+from stori_pl.data.containers import FeatureDataset, PromptSet
 from stori_pl.data.caltech101 import Caltech101
 from stori_pl.data.dtd import DTD
 from stori_pl.data.few_shot_folder import FewShotImageFolder

@@ -4,8 +4,9 @@
 block; :func:`stori_pl.data.features.cls_activations`, encoded once and cached beside the feature cache) and
 serves them in batches ``[B, d]``, split into train / val by a seeded permutation. Images come from
 
-- ``images: toy`` — ``n_images`` generated toy images with random attributes (written once under ``root``,
-  :mod:`stori_pl.toy.images`; toy images are free, so an SAE sees thousands, not the few-shot split), or
+- ``images: NAME`` of a registered image source (:data:`IMAGE_SOURCES`): ``toy`` (registered by
+  :mod:`stori_pl.toy`) generates ``n_images`` toy images with random attributes under ``root`` (toy images are
+  free, so an SAE sees thousands, not the few-shot split), or
 - ``images: /path/to/folder`` — every image under a folder (e.g. ImageNet's ``train/``), optionally a seeded
   random subset of ``max_images``.
 """
@@ -13,6 +14,7 @@ serves them in batches ``[B, d]``, split into train / val by a seeded permutatio
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -21,14 +23,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from stori_pl.data.features import cls_activations, list_images
 
-__all__ = ["ActivationData"]
+__all__ = ["ActivationData", "IMAGE_SOURCES"]
+
+ImageSource = Callable[["ActivationData"], tuple[list[Path], list[dict[str, str]] | None]]
+IMAGE_SOURCES: dict[str, ImageSource] = {}
+"""Named image sources, ``name -> fn(datamodule) -> (paths, per-image attributes or None)``; a package
+registers its own (``stori_pl.toy`` adds ``"toy"``, importing it is enough)."""
 
 
 class ActivationData(L.LightningDataModule):
     """CLS activations of many images for ``stori fit`` of a :class:`stori_pl.models.sae.SparseAutoencoder`.
 
     Args:
-        images: ``"toy"`` (generated toy images) or a folder of images.
+        images: A name in :data:`IMAGE_SOURCES` (``"toy"``: generated toy images) or a folder of images.
         clip_model: open_clip model (linked from the model by ``stori fit``).
         pretrained: Its weights (linked from the model).
         block: Vision block whose CLS output is read (1-indexed, -1 = last); must equal the model's.
@@ -59,13 +66,13 @@ class ActivationData(L.LightningDataModule):
         self.split: dict[str, torch.Tensor] = {}  # "train"/"val" -> indices into paths
 
     def image_paths(self) -> list[Path]:
-        """The images (generated first for ``images: toy``), in a fixed order."""
-        if self.images == "toy":
-            from stori_pl.toy.images import toy_images_folder, write_toy_images
-
-            paths, self.attributes = write_toy_images(toy_images_folder(self.root, self.n_images, self.seed),
-                                                      self.n_images, self.seed)
+        """The images (made first by a registered source such as ``toy``), in a fixed order."""
+        if self.images in IMAGE_SOURCES:
+            paths, self.attributes = IMAGE_SOURCES[self.images](self)
             return paths
+        if not Path(self.images).expanduser().is_dir():
+            known = ", ".join(sorted(IMAGE_SOURCES)) or "none registered; import stori_pl.toy for 'toy'"
+            raise FileNotFoundError(f"image folder not found: {self.images} (nor a name of an image source: {known})")
         paths = list_images(self.images)
         if not paths:
             raise FileNotFoundError(f"no images found under {self.images}")

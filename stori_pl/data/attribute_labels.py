@@ -30,8 +30,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from stori_pl.data.blip2 import BLIP2_MODEL, BLIP2_QUESTION, blip2_labels
+from stori_pl.data.blip2 import BLIP2_MODEL, BLIP2_QUESTION, blip2_labels, load_blip2_generator
 from stori_pl.utils import cache_root, content_hash, write_json
+from stori_pl.data.cupl import sentence_features
+from stori_pl.text.clip import load_clip
 
 LABEL_FORMAT = 1
 VOCABULARY_FILE = Path(__file__).resolve().parents[1] / "assets" / "visual_adjectives.txt"
@@ -272,9 +274,6 @@ def clip_labeller(datamodule, parts: Sequence[str], vocabulary: str | None = Non
         vocabulary: Word file (default: the shipped ``visual_adjectives.txt``).
         template: Prompt with ``{adjective}`` and ``{classname}``.
     """
-    from stori_pl.data.cupl import sentence_features
-    from stori_pl.text.clip import load_clip
-
     if "{adjective}" not in template or "{classname}" not in template:
         raise ValueError(f"template must contain {{adjective}} and {{classname}}, got {template!r}")
     words = load_vocabulary(vocabulary)
@@ -349,8 +348,6 @@ def blip2_labeller(datamodule, parts: Sequence[str], question: str = BLIP2_QUEST
         device: Where BLIP-2 runs (default: CUDA when available).
         generator: ``fn(images, prompts) -> answers`` standing in for BLIP-2 (tests).
     """
-    from stori_pl.data.blip2 import load_blip2_generator
-
     entries = [e for part in parts for e in datamodule.subsets()[part]]
     images = [datamodule.image_root() / e[0] for e in entries]
     names = [datamodule.classnames[e[1]] for e in entries]

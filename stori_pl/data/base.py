@@ -31,8 +31,10 @@ from torch.utils.data import DataLoader
 from stori_pl.data import coop, cupl
 from stori_pl.data.containers import FeatureDataset, PromptSet
 from stori_pl.data.features import image_features
+from stori_pl.data.attribute_labels import attribute_index, datamodule_labels
+from stori_pl.data.images import images_loader
 
-__all__ = ["FewShotDataModule", "PromptSet", "FeatureDataset"]
+__all__ = ["FewShotDataModule"]
 
 
 class FewShotDataModule(L.LightningDataModule):
@@ -300,8 +302,6 @@ class FewShotDataModule(L.LightningDataModule):
 
     def _attach_attributes(self, parts) -> None:
         """Each part's attribute indices (labels made first for the offline labellers, see ``attribute_labels``)."""
-        from stori_pl.data.attribute_labels import attribute_index, datamodule_labels
-
         self._attributes = datamodule_labels(self, parts)
         for part in parts:
             self._data[part].attributes = attribute_index(self._attributes, self._keys[part], part, self.image_root())
@@ -383,7 +383,6 @@ class FewShotDataModule(L.LightningDataModule):
         if part not in self._data:
             self._features_for((part,))
         if self.return_images:  # IntCoOp's visual prompts run the image tower on every step
-            from stori_pl.data.images import images_loader
 
             return images_loader(self, self._data[part], part, shuffle)
         drop_last = part == "train" and self.drop_last and len(self._data[part]) >= self.batch_size  # Dassl's rule

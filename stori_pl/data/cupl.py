@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from stori_pl.utils import atomic_write, cache_root, content_hash, write_json
+from stori_pl.text.clip import load_clip, model_fingerprint
 
 CUPL_COMMIT = "719619c829792ff8f37298266e941b7f077c7f5c"
 CUPL_BASE_URL = f"https://raw.githubusercontent.com/sarahpratt/CuPL/{CUPL_COMMIT}/all_prompts"
@@ -231,8 +232,6 @@ def cached_top_prompts(prompts: list[list[str]], feats: torch.Tensor, labels: to
         clip_model, pretrained: The CLIP (as for :func:`stori_pl.text.clip.load_clip`).
         cache_dir: Cache folder (default ``$STORI_CACHE`` or ``~/.cache/stori_pl``).
     """
-    from stori_pl.text.clip import load_clip, model_fingerprint
-
     key = content_hash(model_fingerprint(clip_model, pretrained), prompts, feats.sum(0).tolist(), labels.tolist(), n)
     path = cache_root(cache_dir) / "prompts" / f"{key}.json"
     if path.is_file() and pretrained is not None:

@@ -30,6 +30,8 @@ from stori_pl.data.feature_cache import (
     tensor_checksum,
 )
 from stori_pl.data.image_io import BadImageError, open_rgb
+from stori_pl.image.tower import cls_activation, resolve_block
+from stori_pl.text.clip import load_clip
 
 __all__ = [
     "FORMAT_VERSION", "IMAGE_EXTENSIONS", "BadImageError", "ImageFolderDataset", "ImagePathDataset",
@@ -163,8 +165,6 @@ def encode_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.dev
 def encode_cls_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device, block: int) -> torch.Tensor:
     """[B, 3, H, W] -> the CLS residual after vision ``block`` (1-indexed), float32 [B, d] on the CPU, not
     normalized (:func:`stori_pl.image.tower.cls_activation`)."""
-    from stori_pl.image.tower import cls_activation
-
     with autocast_for(device):
         acts = cls_activation(model, images.to(device, non_blocking=True), block)  # [B, d]
     return acts.float().cpu()
@@ -285,8 +285,6 @@ def image_features(
         ``(features [N, D] float32 L2-normalized, kept)``: ``kept`` lists the indices of ``paths`` that
         were readable (all of them unless ``skip_bad_images`` skipped some); ``features[j]`` is ``paths[kept[j]]``.
     """
-    from stori_pl.text.clip import load_clip
-
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("image_features: no image paths given")
@@ -317,7 +315,6 @@ def checked_block(model, block: int | None, views: int) -> int | None:
     """
     if block is None:
         return None
-    from stori_pl.image.tower import resolve_block
 
     block = resolve_block(model, block)
     if views:

@@ -8,9 +8,9 @@ from pathlib import Path
 from stori_pl.data import coop
 from stori_pl.data.base import FewShotDataModule
 from stori_pl.data.cupl import cupl_url
+from stori_pl.data.features import IMAGE_EXTENSIONS
 
 CLASSNAMES_GDRIVE_ID = "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 class ImageNet(FewShotDataModule):

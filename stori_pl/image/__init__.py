@@ -1,5 +1,5 @@
 """The image side: CLIP's vision tower run block by block (:mod:`.tower`, pure torch), like :mod:`stori_pl.text`
-for the text side. Used by the sparse-autoencoder components (:mod:`stori_pl.interpret.sae`)."""
+for the text side. Used by the sparse-autoencoder components (:mod:`stori_pl.image.sae`)."""
 
 from stori_pl.image.tower import (
     cls_activation,

@@ -30,6 +30,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stori_pl.interpret import viz
+from stori_pl.text.clip import tokenize
+from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.text.syntax import token_words
+
 TARGETS = ("log_prob", "logit")
 
 
@@ -108,9 +113,6 @@ def attribute_batch(model: Any, features: torch.Tensor, class_index: int, target
     Returns:
         One :class:`WordAttribution` per image, in order.
     """
-    from stori_pl.text.clip import tokenize
-    from stori_pl.text.syntax import token_words
-
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if not isinstance(class_index, int) or not 0 <= class_index < model.num_classes:
@@ -142,9 +144,6 @@ def _class_embedding(model: Any, c: int, rows: torch.Tensor, log_w: torch.Tensor
     Same formula as ``StoriClassifier.class_embeddings`` (normalize(mean(normalize(prompt embeddings)))),
     restricted to one class and run through all text blocks (no prefix cache); tests check both agree.
     """
-    from stori_pl.text.clip import tokenize
-    from stori_pl.text.encoder import WeightedTextEncoder
-
     encoder = WeightedTextEncoder(model.clip, start_block=model.hparams.start_block)
     tokens = tokenize(model.prompt_set.cupl[c], model.tokenizer).to(log_w.device)  # [k, 77]
     log_w = F.pad(log_w, (0, tokens.shape[1] - log_w.shape[1]))  # [k, 77]; SOS/EOT/padding are ignored
@@ -157,8 +156,6 @@ def _class_embedding(model: Any, c: int, rows: torch.Tensor, log_w: torch.Tensor
 
 def attribution_figures(result: WordAttribution, **kwargs) -> list:
     """Matplotlib pages of a :class:`WordAttribution` (red: towards the class, blue: away)."""
-    from stori_pl.interpret import viz
-
     what = f"log p {result.log_prob:.2f}" if result.target == "log_prob" else f"logit {result.logit:.2f}"
     subtitle = kwargs.pop("subtitle", f"word attributions of the {result.target.replace('_', '-')} ({what})")
     return viz.plot_word_weights(result.class_name, result.prompts, signed=True, subtitle=subtitle, **kwargs)

@@ -1,6 +1,6 @@
 """Which sparse-autoencoder components of CLIP's image tower drive a classifier's score (pure torch).
 
-A component is a latent ``k`` of a TopK SAE (:class:`stori_pl.interpret.sae.TopKSAE`) trained on the CLS
+A component is a latent ``k`` of a TopK SAE (:class:`stori_pl.image.sae.TopKSAE`) trained on the CLS
 residual stream after vision block ``block``. For an image and a target text/class embedding ``t`` the target
 is ``y = cos(f_img, t)``, where ``f_img`` is CLIP's image embedding with the CLS residual after ``block``
 replaced by the SAE's output ``x̂ + (x − x̂).detach()`` (so ``f_img`` is the unchanged embedding, while

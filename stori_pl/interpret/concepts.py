@@ -32,6 +32,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stori_pl.utils import atomic_path
+from stori_pl.data.features import cls_activations, image_features
+from stori_pl.image.tower import cls_readout, n_vision_blocks
+from stori_pl.text.clip import load_clip
 
 __all__ = [
     "ComponentTable", "describe_components", "top_activating", "concept_vectors", "clarity_score",
@@ -49,7 +52,7 @@ def top_activating(sae: torch.nn.Module, activations: torch.Tensor, top_n: int =
     """The ``top_n`` images with the largest latent value, per latent, streamed over ``activations``.
 
     Args:
-        sae: A :class:`~stori_pl.interpret.sae.TopKSAE`.
+        sae: A :class:`~stori_pl.image.sae.TopKSAE`.
         activations: ``[N, d]`` CLS activations, one row per image.
         top_n: Images kept per latent.
         batch_size: Rows encoded at once (memory ``(top_n + batch_size) · m``).
@@ -110,8 +113,6 @@ def text_embeddings(clip_model: str, pretrained: str | None, texts: Sequence[str
                     batch_size: int = 256) -> torch.Tensor:
     """Normalized CLIP text embeddings of ``template.format(t)`` for each text: ``[V, D]`` (the empty string
     gives the reference embedding ``T("")``)."""
-    from stori_pl.text.clip import load_clip
-
     model, _, tokenizer = load_clip(clip_model, pretrained)
     out = []
     for start in range(0, len(texts), batch_size):
@@ -244,10 +245,6 @@ def image_embeddings(paths: Sequence[str], acts: torch.Tensor, clip_model: str, 
     """Normalized image embeddings ``[N, D]`` for the concepts: read out of the CLS activations ``acts [N, d]``
     when they come from the last block of the same CLIP (exact, :func:`~stori_pl.image.tower.cls_readout`),
     else from the feature cache."""
-    from stori_pl.data.features import image_features
-    from stori_pl.image.tower import cls_readout, n_vision_blocks
-    from stori_pl.text.clip import load_clip
-
     if (concept_model, concept_pretrained) == (clip_model, pretrained):
         model, _, _ = load_clip(clip_model, pretrained)
         if block == n_vision_blocks(model) and getattr(model.visual, "pool_type", "tok") == "tok":
@@ -268,7 +265,7 @@ def describe_components(sae_module: torch.nn.Module, clip_model: str, image_path
 
     Args:
         sae_module: A :class:`~stori_pl.models.sae.SparseAutoencoder` (e.g. from
-            :func:`~stori_pl.models.sae.load_sae`).
+            :func:`~stori_pl.models.load_checkpoint`).
         clip_model: The CLIP whose activations are read; refused unless the SAE was trained on it.
         image_paths: Images to search for top activations (their activations and embeddings are cached).
         vocabulary: Label texts, a file, or None for the shipped general list (:func:`load_vocabulary`).
@@ -285,8 +282,6 @@ def describe_components(sae_module: torch.nn.Module, clip_model: str, image_path
     Raises:
         ValueError: SAE of another CLIP/block (both named), empty vocabulary; BadImageError: unreadable image.
     """
-    from stori_pl.data.features import cls_activations
-
     words = load_vocabulary(vocabulary)
     h = sae_module.hparams
     sae_module.check_compatible(clip_model, h.block)

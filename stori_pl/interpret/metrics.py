@@ -1,6 +1,8 @@
-"""How readable are learned word weights? Explanation metrics where the truth is known: the toy world.
+"""How readable are learned word weights? Explanation metrics where the truth is known (the toy world).
 
-Every toy class name is a (pattern, color, shape) triple (``"dotted red circle"``) and every other word of
+The truth is a :class:`GroundTruth` passed in (the toy world registers its own in :data:`GROUND_TRUTHS` when
+:mod:`stori_pl.toy` is imported; :func:`ground_truth_for` finds the one that covers a model's classes). Every
+toy class name is a (pattern, color, shape) triple (``"dotted red circle"``) and every other word of
 its CuPL sentences is a nuisance (size, background), a filler (``simple``, ``neat``, ``photo`` ...) or a
 function word / punctuation. So for each prompt word we know whether it *defines* the class, i.e. names one
 of the class's own attribute values that separate it from the other classes of the benchmark (an
@@ -31,67 +33,92 @@ from typing import Any
 
 import torch
 
-from stori_pl.interpret.function_words import is_function_word
-from stori_pl.toy.world import ATTRIBUTES
+from stori_pl.text.function_words import is_function_word
+from stori_pl.interpret.attribution import attribute_batch
 
-CLASS_ATTRIBUTES = ("pattern", "color", "shape")  # the order of the words in a toy class name
-NUISANCE_ATTRIBUTES = ("size", "background")
-SYNONYMS: dict[str, tuple[str, ...]] = {"striped": ("stripes", "stripe"), "dotted": ("dots", "dot")}
-NUISANCE_WORDS = frozenset(v for a in NUISANCE_ATTRIBUTES for v in ATTRIBUTES[a]) | {"background"}
 WordWeights = Mapping[str, Sequence[Sequence[tuple[str, float]]]]
 
 
 # ------------------------------------------------------------------------------------- ground truth
-def toy_class_values(name: str) -> dict[str, str] | None:
-    """``"dotted red circle"`` → ``{"pattern": "dotted", "color": "red", "shape": "circle"}``; None if
-    ``name`` is not a toy (pattern, color, shape) class name."""
-    parts = name.split()
-    if len(parts) != len(CLASS_ATTRIBUTES):
-        return None
-    values = dict(zip(CLASS_ATTRIBUTES, parts))
-    return values if all(values[a] in ATTRIBUTES[a] for a in CLASS_ATTRIBUTES) else None
+@dataclass(frozen=True)
+class GroundTruth:
+    """What is known about the words of a benchmark whose class names are attribute-value tuples.
+
+    Attributes:
+        attributes: ``attribute -> its values`` (the world's vocabulary).
+        class_attributes: The attributes a class name is made of, in the order of its words.
+        nuisance_attributes: Attributes that never define a class (their values count as sinks).
+        synonyms: ``value -> other words naming it`` (``striped -> stripes``).
+        sink_words: Further words that count as sinks (``background``).
+    """
+
+    attributes: Mapping[str, Sequence[str]]
+    class_attributes: tuple[str, ...] = ("pattern", "color", "shape")
+    nuisance_attributes: tuple[str, ...] = ("size", "background")
+    synonyms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    sink_words: frozenset[str] = frozenset()
+
+    def class_values(self, name: str) -> dict[str, str] | None:
+        """``"dotted red circle"`` → ``{"pattern": "dotted", "color": "red", "shape": "circle"}``; None if
+        ``name`` is not such a tuple."""
+        parts = name.split()
+        if len(parts) != len(self.class_attributes):
+            return None
+        values = dict(zip(self.class_attributes, parts))
+        return values if all(values[a] in self.attributes[a] for a in self.class_attributes) else None
+
+    def covers(self, classnames: Sequence[str]) -> bool:
+        """True when there are at least two classes and every one is a class of this world."""
+        return len(classnames) >= 2 and all(self.class_values(n) is not None for n in classnames)
+
+    def is_sink(self, word: str) -> bool:
+        """Function word, punctuation, nuisance value or one of :attr:`sink_words`."""
+        word = word.strip().lower()
+        nuisance = {v for a in self.nuisance_attributes for v in self.attributes[a]}
+        return is_function_word(word) or word in nuisance or word in self.sink_words
 
 
-def is_toy_benchmark(classnames: Sequence[str]) -> bool:
-    """True when there are at least two classes and every one is a toy (pattern, color, shape) triple."""
-    return len(classnames) >= 2 and all(toy_class_values(n) is not None for n in classnames)
+GROUND_TRUTHS: dict[str, GroundTruth] = {}
+"""Registered ground truths by name (``"toy"``, added by :mod:`stori_pl.toy`)."""
 
 
-def defining_words(classnames: Sequence[str]) -> dict[str, dict[str, str]]:
+def ground_truth_for(classnames: Sequence[str]) -> GroundTruth | None:
+    """The registered :class:`GroundTruth` that :meth:`~GroundTruth.covers` ``classnames``, or None."""
+    return next((t for t in GROUND_TRUTHS.values() if t.covers(list(classnames))), None)
+
+
+def defining_words(classnames: Sequence[str], truth: GroundTruth) -> dict[str, dict[str, str]]:
     """Per class, ``word → value`` for the words naming its discriminative attribute values.
 
     An attribute is discriminative when not all classes share its value (in the 12-class ToyShapes all
-    three are). A value's words are the value itself and its :data:`SYNONYMS`.
+    three are). A value's words are the value itself and its synonyms.
 
     Raises:
-        ValueError: if a class name is not a toy (pattern, color, shape) triple.
+        ValueError: if a class name is not a class of ``truth``'s world.
     """
-    values = {n: toy_class_values(n) for n in classnames}
+    values = {n: truth.class_values(n) for n in classnames}
     bad = [n for n, v in values.items() if v is None]
     if bad:
         raise ValueError(
             f"not toy-world classes: {bad[:3]} (expected 'pattern color shape', e.g. 'dotted red circle'); "
             "explanation metrics need the toy world's ground truth"
         )
-    varying = [a for a in CLASS_ATTRIBUTES if len({v[a] for v in values.values()}) > 1]
+    varying = [a for a in truth.class_attributes if len({v[a] for v in values.values()}) > 1]
     out = {}
     for name, v in values.items():
-        out[name] = {w: v[a] for a in varying for w in (v[a], *SYNONYMS.get(v[a], ()))}
+        out[name] = {w: v[a] for a in varying for w in (v[a], *truth.synonyms.get(v[a], ()))}
     return out
 
 
-def is_sink(word: str) -> bool:
-    """Function word, punctuation or nuisance word (size or background)."""
-    return is_function_word(word) or word.strip().lower() in NUISANCE_WORDS
-
-
 # --------------------------------------------------------------------------------- weight metrics
-def prompt_metrics(prompt: Sequence[tuple[str, float]], defining: Mapping[str, str], k: int = 3) -> dict[str, float] | None:
+def prompt_metrics(prompt: Sequence[tuple[str, float]], defining: Mapping[str, str], truth: GroundTruth,
+                   k: int = 3) -> dict[str, float] | None:
     """Metrics of one prompt (see the module docstring); None when it has no words or no defining word.
 
     Args:
         prompt: ``[(word, weight), ...]`` (weights >= 0, any scale).
         defining: ``word → value`` of the prompt's class (from :func:`defining_words`).
+        truth: The ground truth (which words are sinks).
         k: Words counted by ``precision_at_k``.
     """
     if k < 1:
@@ -103,7 +130,7 @@ def prompt_metrics(prompt: Sequence[tuple[str, float]], defining: Mapping[str, s
     if n == 0 or n_def == 0 or total <= 0:
         return None
     order = sorted(range(n), key=lambda i: -weights[i])[:k]  # stable: ties in prompt order
-    sink = [is_sink(w) for w in words]
+    sink = [truth.is_sink(w) for w in words]
     return {
         "discriminative_share": sum(w for w, d in zip(weights, is_def) if d) / total / (n_def / n),
         "precision_at_k": sum(is_def[i] for i in order) / min(k, n_def),
@@ -112,24 +139,24 @@ def prompt_metrics(prompt: Sequence[tuple[str, float]], defining: Mapping[str, s
     }
 
 
-def weight_metrics(weights: WordWeights, k: int = 3) -> dict[str, dict[str, float]]:
+def weight_metrics(weights: WordWeights, truth: GroundTruth, k: int = 3) -> dict[str, dict[str, float]]:
     """Per class, the mean over its prompts of :func:`prompt_metrics` (prompts without defining words skipped).
 
     Returns:
         ``{class: {metric: value}}`` for the classes with at least one scored prompt.
     """
-    defining = defining_words(list(weights))
+    defining = defining_words(list(weights), truth)
     out = {}
     for name, prompts in weights.items():
-        rows = [m for p in prompts if (m := prompt_metrics(p, defining[name], k)) is not None]
+        rows = [m for p in prompts if (m := prompt_metrics(p, defining[name], truth, k)) is not None]
         if rows:
             out[name] = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
     return out
 
 
 # ------------------------------------------------------------------------------- sign agreement
-def sign_agreement(model: Any, features: torch.Tensor, labels: torch.Tensor, target: str = "log_prob",
-                   max_per_class: int | None = None) -> dict[str, float]:
+def sign_agreement(model: Any, features: torch.Tensor, labels: torch.Tensor, truth: GroundTruth,
+                   target: str = "log_prob", max_per_class: int | None = None) -> dict[str, float]:
     """Per class: fraction of (correctly classified image, defining value) pairs with a positive attribution.
 
     A value's attribution is the sum over the class's prompts and over the value's words (``dots`` and
@@ -139,16 +166,15 @@ def sign_agreement(model: Any, features: torch.Tensor, labels: torch.Tensor, tar
         model: A built :class:`~stori_pl.models.StoriClassifier` with toy-world classes.
         features: Image features ``[N, D]``.
         labels: True labels ``[N]``.
+        truth: The ground truth of the model's classes.
         target: Attribution target (``"log_prob"`` or ``"logit"``; the sign is the same for both).
         max_per_class: Score at most this many correct images per class (None: all).
 
     Returns:
         ``{class: agreement}`` for the classes with at least one correctly classified image.
     """
-    from stori_pl.interpret.attribution import attribute_batch
-
     names = model.classnames
-    defining = defining_words(names)
+    defining = defining_words(names, truth)
     preds = model.classify_features(features).argmax(-1).cpu()  # [N]
     labels = labels.cpu()
     out = {}
@@ -191,16 +217,19 @@ class ExplanationMetrics:
         return {"k": self.k, "summary": dict(self.summary), "per_class": {c: dict(m) for c, m in self.per_class.items()}}
 
 
-def explanation_metrics(weights: WordWeights, k: int = 3, model: Any = None, features: torch.Tensor | None = None,
-                        labels: torch.Tensor | None = None, max_per_class: int | None = None) -> ExplanationMetrics:
+def explanation_metrics(weights: WordWeights, truth: GroundTruth, k: int = 3, model: Any = None,
+                        features: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                        max_per_class: int | None = None) -> ExplanationMetrics:
     """Weight metrics of ``weights``, plus ``sign_agreement`` when ``model``, ``features`` and ``labels`` are given.
+
+    ``truth`` is the :class:`GroundTruth` of the classes (``ground_truth_for(classnames)``).
 
     Returns:
         :class:`ExplanationMetrics`; a metric's summary is the mean over the classes that have it.
     """
-    per_class = weight_metrics(weights, k)
+    per_class = weight_metrics(weights, truth, k)
     if model is not None and features is not None and labels is not None:
-        for name, value in sign_agreement(model, features, labels, max_per_class=max_per_class).items():
+        for name, value in sign_agreement(model, features, labels, truth, max_per_class=max_per_class).items():
             per_class.setdefault(name, {})["sign_agreement"] = value
     keys = sorted({key for m in per_class.values() for key in m})
     summary = {}

@@ -17,6 +17,7 @@ import torch
 
 from stori_pl.models.intcoop_parts import nearest_words
 from stori_pl.text.clip import text_tower
+from stori_pl.interpret.attribution import as_image_feature
 
 
 @dataclass
@@ -113,54 +114,14 @@ def read_prompt(model, feature: torch.Tensor, classname: str, k: int = 3) -> Pro
     return PromptReading(best[0], best[1], rest, context, " ".join(words) + ".")
 
 
-PROMPT_MODELS = ("CoOp", "IntCoOp")  # checkpoints `stori explain` reads with this module
-
-
-def checkpoint_model(path: str) -> str | None:
-    """The model name in a stori-pl checkpoint's ``"stori"`` entry (clear errors for missing/corrupt files)."""
-    from pathlib import Path
-
-    from stori_pl.lightning.checkpoint import read_checkpoint
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
-    return (read_checkpoint(path).get("stori") or {}).get("model")
-
-
-def load_prompt_model(path: str, pretrained: str | None = None):
-    """A CoOp / IntCoOp checkpoint's model, on CPU, in eval mode.
-
-    Raises:
-        FileNotFoundError: No such checkpoint.
-        ValueError: Not a CoOp / IntCoOp checkpoint.
-    """
-    import stori_pl.models as models
-
-    name = checkpoint_model(path)
-    if name not in PROMPT_MODELS:
-        raise ValueError(f"{path} holds a {name or 'non-stori-pl'} model, not one of {', '.join(PROMPT_MODELS)}")
-    kwargs = {} if pretrained is None else {"pretrained": pretrained}
-    return getattr(models, name).load_from_checkpoint(path, map_location="cpu", **kwargs).eval()
-
-
-def explain_prompt_checkpoint(path: str, image=None, top: int = 5, pretrained: str | None = None) -> str:
-    """Text report of a CoOp / IntCoOp checkpoint: each context vector's nearest words, and with ``image`` the
-    top classes, the predicted attribute (IntCoOp) and the image's prompt as text.
-
-    Raises:
-        ValueError: Not a CoOp / IntCoOp checkpoint, or an unreadable image.
-    """
-    return explain_prompt_model(load_prompt_model(path, pretrained), path, image, top)
-
-
 def explain_prompt_model(model, path: str, image=None, top: int = 5) -> str:
-    """:func:`explain_prompt_checkpoint` of a loaded CoOp / IntCoOp model (``path`` names it in the report).
+    """Text report of a loaded CoOp / IntCoOp model (``path`` names it in the report): each context vector's
+    nearest words, and with ``image`` the top classes, the predicted attribute (IntCoOp) and the image's prompt
+    as text.
 
     Raises:
         ValueError: An unreadable image.
     """
-    from stori_pl.interpret.attribution import as_image_feature
-
     name = type(model).__name__
     k = max(1, min(top, 5))
     lines = [f"{path}: {name} on CLIP {model.hparams.clip_model} ({model.hparams.pretrained}), "

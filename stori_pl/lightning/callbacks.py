@@ -12,17 +12,18 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from stori_pl.interpret import viz
+from stori_pl.interpret.metrics import WordWeights, explanation_metrics, ground_truth_for
+from stori_pl.utils import write_json
 
 log = logging.getLogger(__name__)
 
-WordWeights = Mapping[str, Sequence[Sequence[tuple[str, float]]]]
 
 
 class WeightPlotCallback(L.Callback):
@@ -137,9 +138,8 @@ class WeightPlotCallback(L.Callback):
 
     def log_explanation_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Log ``explain/<metric>`` (toy-world models only) to every logger; returns what was logged."""
-        from stori_pl.interpret.metrics import explanation_metrics, is_toy_benchmark
-
-        if not is_toy_benchmark(list(getattr(pl_module, "classnames", []) or [])):
+        truth = ground_truth_for(list(getattr(pl_module, "classnames", []) or []))
+        if truth is None:
             return {}
         features = labels = None
         dm = getattr(trainer, "datamodule", None)
@@ -148,7 +148,7 @@ class WeightPlotCallback(L.Callback):
                 batches = list(dm.val_dataloader())
                 features = torch.cat([b["features"].clone() for b in batches])  # [N, D]
                 labels = torch.cat([b["label"].clone() for b in batches])  # [N]
-            result = explanation_metrics(pl_module.word_weights(), 3, pl_module, features, labels)
+            result = explanation_metrics(pl_module.word_weights(), truth, 3, pl_module, features, labels)
         metrics = {f"explain/{k}": v for k, v in result.summary.items()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -248,8 +248,6 @@ def weights_from_json(obj: Mapping | str | os.PathLike) -> dict[str, list[list[t
 
 def export_weights_json(path: str | os.PathLike, weights: WordWeights) -> None:
     """Write :func:`weights_to_json` atomically (via :func:`stori_pl.utils.write_json`)."""
-    from stori_pl.utils import write_json
-
     write_json(path, weights_to_json(weights), indent=1)
 
 

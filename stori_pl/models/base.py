@@ -14,9 +14,9 @@ tag, prompts) — enough for ``load_from_checkpoint`` without any data.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -26,12 +26,16 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from stori_pl.models.checkpoint import CheckpointLoading
 from stori_pl.models.checkpoint_entry import (
     CHECKPOINT_FORMAT,
     check_stori_entry,
     first_difference,
     stori_entry,
 )
+from stori_pl.data.containers import PromptSet
+from stori_pl.models.export import export_classifier
+from stori_pl.text.clip import load_clip, tokenize
 
 __all__ = ["CHECKPOINT_FORMAT", "TOP5_MIN_CLASSES", "ClipClassifier", "class_mean", "encode_plain_prompts"]
 
@@ -45,16 +49,29 @@ def class_mean(emb: torch.Tensor, prompt_class: torch.Tensor, n_classes: int) ->
     return F.normalize(summed, dim=-1)  # normalize(mean) == normalize(sum)
 
 
-class ClipClassifier(L.LightningModule):
+@dataclass
+class FrozenParts:
+    """What a classifier uses but neither owns nor trains: a plain object, so none of it becomes a submodule
+    (no CLIP weights in the state dict or checkpoint; the CLIP is shared through ``load_clip``'s memo)."""
+
+    clip: nn.Module | None = None  # the frozen open_clip model
+    preprocess: Any = None  # its eval image transform
+    tokenizer: Any = None
+    encoder: Any = None  # WeightedTextEncoder over the CLIP (SToRI, CoOp, IntCoOp)
+    prepared: Any = None  # SToRI's PreparedPrompts (follows .to() with the CLIP)
+    cupl_tokens: torch.Tensor | None = None  # SToRI's tokenized CuPL prompts [P, 77] (for word weights)
+
+
+class ClipClassifier(CheckpointLoading, L.LightningModule):
     """Base class: a text-prompt classifier on top of a frozen open_clip model.
 
     Subclasses take ``clip_model``, ``pretrained`` and ``prompts`` (``PromptSet.to_dict()`` or None:
     then the datamodule's ``prompt_set()`` at the first fit/test, or the checkpoint's), call
-    ``super().__init__()`` first and end their ``__init__`` with ``self._finish_init(prompts)``.
+    ``super().__init__()`` and ``self.save_hyperparameters(ignore=["prompts"])`` first and end their
+    ``__init__`` with ``self._finish_init(prompts)``. What they use but neither own nor train (the frozen CLIP,
+    the prepared prompts) lives in :attr:`frozen`, a :class:`FrozenParts`, out of the submodules and state dict.
     """
 
-    # names of the attributes holding the trained state (what the checkpoint stores)
-    trained_state: tuple[str, ...] = ()
     # True where the trained state is shared by all classes (CoOp's context, zero-shot: none), so the model can
     # classify classes it was not trained on (CoCoOp's base-to-novel protocol, ``--data.subsample_classes new``)
     supports_new_classes: bool = False
@@ -62,19 +79,12 @@ class ClipClassifier(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.prompt_set = None  # PromptSet once built
+        self.frozen = FrozenParts()
         self._class_cache: tuple[Any, torch.Tensor] | None = None
 
     def _finish_init(self, prompts: Any) -> None:
-        """The shared end of every subclass ``__init__`` (call it there, as its last line).
-
-        Saves the caller's init arguments as hyperparameters, all but ``prompts`` (the checkpoint keeps them
-        in its ``"stori"`` entry instead), and builds the classifier when ``prompts`` are given.
-        """
-        frame = inspect.currentframe().f_back  # the subclass __init__, whose arguments are the hparams
-        try:
-            self.save_hyperparameters(ignore=["prompts"], frame=frame)
-        finally:
-            del frame
+        """The shared end of every subclass ``__init__`` (its last line): build the classifier when ``prompts``
+        are given."""
         if prompts is not None:
             self.build(prompts)
 
@@ -99,31 +109,28 @@ class ClipClassifier(L.LightningModule):
     def clip(self) -> nn.Module:
         """The frozen open_clip model (shared with the datamodule through ``load_clip``'s memo)."""
         self._require_built()
-        return self.__dict__["_clip"]
+        return self.frozen.clip
 
     @property
     def tokenizer(self):
         """The CLIP's tokenizer."""
         self._require_built()
-        return self.__dict__["_tokenizer"]
+        return self.frozen.tokenizer
 
     @property
     def preprocess(self):
         """The CLIP's eval image transform."""
         self._require_built()
-        return self.__dict__["_preprocess"]
+        return self.frozen.preprocess
 
     def build(self, prompts: Any) -> None:
         """Load the CLIP and prepare the classifier for a prompt set (dict or ``PromptSet``)."""
-        from stori_pl.data.base import PromptSet
-        from stori_pl.text.clip import load_clip
-
         ps = prompts if isinstance(prompts, PromptSet) else PromptSet.from_dict(prompts)
         if not ps.classnames:
             raise ValueError("the prompt set has no classes")
         model, preprocess, tokenizer = load_clip(self.hparams.clip_model, self.hparams.pretrained)
         model.to(self.device)
-        self.__dict__.update(_clip=model, _preprocess=preprocess, _tokenizer=tokenizer)
+        self.frozen.clip, self.frozen.preprocess, self.frozen.tokenizer = model, preprocess, tokenizer
         self.prompt_set = ps
         self._class_cache = None
         self.metrics = nn.ModuleDict({f"{s}_": self._make_metrics(s) for s in ("train", "val", "test")})
@@ -149,7 +156,7 @@ class ClipClassifier(L.LightningModule):
 
     def _hidden_modules(self) -> list[nn.Module]:
         """Unregistered modules that must follow ``.to()`` (CLIP, prepared prompt states)."""
-        return [m for k, m in self.__dict__.items() if k in ("_clip", "_prepared") and m is not None]
+        return [m for m in (self.frozen.clip, self.frozen.prepared) if m is not None]
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -273,8 +280,6 @@ class ClipClassifier(L.LightningModule):
     def export_classifier(self, path: str) -> None:
         """Write class embeddings, class names and logit scale to a safetensors file that plain
         open_clip users can apply without stori-pl (see :func:`stori_pl.models.export.export_classifier`)."""
-        from stori_pl.models.export import export_classifier
-
         export_classifier(self, path)
 
     # --------------------------------------------------------------------------------- Lightning loop
@@ -324,6 +329,11 @@ class ClipClassifier(L.LightningModule):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def image_class_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """Per image, the class embeddings it is classified with: ``[N, D] -> [N, C, D]`` (L2-normalized). The
+        same :meth:`eval_class_embeddings` for every image, except for models whose prompts depend on the image."""
+        return self.eval_class_embeddings().unsqueeze(0).expand(len(features), -1, -1)
+
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_info(self) -> dict:
         """What the checkpoint's ``"stori"`` entry holds (besides the trained tensors); see
@@ -333,29 +343,6 @@ class ClipClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["stori"] = self.checkpoint_info()
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any):
-        """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` (no code can run) and
-        failing with one clear message on a truncated, empty or corrupt file.
-
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: ``not a readable stori-pl checkpoint (truncated or corrupt): PATH``, listing the
-                readable checkpoints of the same run (see :func:`stori_pl.lightning.checkpoint.read_checkpoint`);
-                or the checkpoint is not a stori-pl one / does not fit this class (see ``on_load_checkpoint``).
-        """
-        import os
-
-        from stori_pl.lightning.checkpoint import read_checkpoint
-
-        if weights_only is False:
-            raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")
-        if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
-            read_checkpoint(checkpoint_path)  # the clear errors, before Lightning's own read
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=True, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_stori_entry(self, checkpoint)  # the checks and messages: stori_pl.models.checkpoint_entry
@@ -377,8 +364,6 @@ def encode_plain_prompts(
     Returns:
         ``[N, D]`` float32 on the CLIP's device.
     """
-    from stori_pl.text.clip import tokenize
-
     device = next(clip.parameters()).device
     out = []
     with torch.no_grad():

@@ -58,6 +58,7 @@ class ZeroShotCLIP(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
@@ -112,7 +113,6 @@ class TaskRes(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule.
     """
 
-    trained_state = ("residual",)
 
     def __init__(
         self,
@@ -131,6 +131,7 @@ class TaskRes(ClipClassifier):
         if classname_format not in ("dassl", "spaces"):
             raise ValueError(f"classname_format must be dassl or spaces, got {classname_format!r}")
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property

@@ -11,6 +11,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from stori_pl import __version__
+
 CHECKPOINT_FORMAT = 1  # bump when the "stori" checkpoint entry changes incompatibly
 
 
@@ -39,8 +41,6 @@ def stori_entry(model: Any) -> dict:
     Returns:
         ``{"format", "stori_pl_version", "model", "clip_model", "pretrained", "start_block", "prompts"}``.
     """
-    from stori_pl import __version__
-
     return {
         "format": CHECKPOINT_FORMAT,
         "stori_pl_version": __version__,

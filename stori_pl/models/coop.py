@@ -52,7 +52,6 @@ class CoOp(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (only class names are used).
     """
 
-    trained_state = ("ctx",)
     supports_new_classes = True  # the context is shared by all classes (CoCoOp base-to-novel)
 
     def __init__(
@@ -74,6 +73,7 @@ class CoOp(ClipClassifier):
         if ctx_init_count not in ("words", "tokens"):
             raise ValueError(f"ctx_init_count must be words or tokens, got {ctx_init_count!r}")
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
@@ -104,7 +104,7 @@ class CoOp(ClipClassifier):
         lead = encoder.n_leading(tokens)  # SOS (CLIP) or nothing (SigLIP)
         with torch.no_grad():
             emb = encoder.tower.token_embedding(tokens).float()  # [C, L', W]
-        self.__dict__.update(_encoder=encoder)
+        self.frozen.encoder = encoder
         self.ctx = nn.Parameter(ctx)  # [M, W]
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("token_prefix", emb[:, :lead], persistent=False)  # [C, 1, W] SOS ([C, 0, W]: none)
@@ -114,7 +114,7 @@ class CoOp(ClipClassifier):
     def encoder(self) -> WeightedTextEncoder:
         """The text encoder the prompts run through (start block 1, no weights)."""
         self._require_built()
-        return self.__dict__["_encoder"]
+        return self.frozen.encoder
 
     def prompt_embeddings(self) -> torch.Tensor:
         """Token embeddings of the class prompts ``[C, L', W]``: ``[SOS] ctx [CLASS] . [EOT]``."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from stori_pl.utils import atomic_path
+from stori_pl import __version__
 
 EXPORT_FORMAT = "stori-classifier-v1"
 
@@ -30,7 +31,6 @@ def export_classifier(model, path: str | Path) -> None:
     """
     from safetensors.torch import save_file
 
-    from stori_pl import __version__
 
     tensors = {
         "class_embeddings": model.eval_class_embeddings().float().cpu().contiguous(),  # [C, D]

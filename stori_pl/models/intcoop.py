@@ -49,6 +49,7 @@ from stori_pl.models.intcoop_parts import (
 from stori_pl.models.visual_prompts import VisualPrompts
 from stori_pl.text.clip import text_tower, tokenize
 from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.models.schedules import dassl_scheduler
 
 HANDCRAFTED = "a photo of a {attribute} {classname}."
 
@@ -80,7 +81,6 @@ class IntCoOp(CoOp):
 
     supports_new_classes = True
     ATTRIBUTE_TABLE_ROWS = 8  # validation images in the per-epoch TensorBoard table
-    trained_state = ("ctx", "extractor", "conditioner", "visual_prompt")
 
     def __init__(
         self,
@@ -107,8 +107,9 @@ class IntCoOp(CoOp):
         if n_ctx < 1 or class_chunk < 1 or visual_prompts < 0:
             raise ValueError(f"IntCoOp needs n_ctx >= 1, class_chunk >= 1 and visual_prompts >= 0, got "
                              f"{n_ctx}, {class_chunk}, {visual_prompts}")
-        super(CoOp, self).__init__()  # ClipClassifier's: _finish_init must save *this* signature's hparams
+        super(CoOp, self).__init__()  # ClipClassifier's: this signature's arguments are the hparams
         assert __class__ is IntCoOp  # (the __class__ cell is how Lightning finds the signature)
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._handcrafted: dict[tuple[str, str], torch.Tensor] = {}
         self._finish_init(prompts)
 
@@ -134,7 +135,7 @@ class IntCoOp(CoOp):
         lead = encoder.n_leading(tokens)  # SOS (CLIP) or nothing (SigLIP)
         with torch.no_grad():
             emb = encoder.tower.token_embedding(tokens).float()  # [C, L', W]
-        self.__dict__.update(_encoder=encoder)
+        self.frozen.encoder = encoder
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("class_order", torch.argsort(eot, stable=True), persistent=False)  # by length
         self.register_buffer("token_prefix", emb[:, :lead], persistent=False)  # [C, 1, W] SOS ([C, 0, W]: none)
@@ -204,6 +205,18 @@ class IntCoOp(CoOp):
             else:
                 parts.append(self._encode_chunk(index, ctx, attr))
         return torch.cat(parts, dim=1)[:, torch.argsort(self.class_order)]  # [B, C, D] in label order
+
+    def image_class_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """The prompts conditioned on each image, encoded: ``[N, D] -> [N, C, D]`` (:meth:`instance_text`).
+
+        Raises:
+            ValueError: With visual prompts the image embedding is not the plain image tower's (what an SAE of
+                the image tower reads), so components of ``features`` cannot be attributed through these prompts.
+        """
+        if self.hparams.get("visual_prompts"):
+            raise ValueError(f"{type(self).__name__}(visual_prompts={self.hparams.visual_prompts}) changes "
+                             "the image tower the SAE reads: its image components cannot be attributed")
+        return self.instance_text(*self.prompt_parts(features.to(self.device)))
 
     def _encode_chunk(self, index: torch.Tensor, ctx: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
         b, c, m = len(ctx), len(index), ctx.shape[1]
@@ -358,8 +371,6 @@ class IntCoOp(CoOp):
 
     def configure_optimizers(self) -> dict:
         """SGD + Dassl schedule (as CoOp) over every trained part."""
-        from stori_pl.models.schedules import dassl_scheduler
-
         self._check_ready()
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]

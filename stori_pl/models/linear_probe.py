@@ -94,7 +94,6 @@ class LinearProbe(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (only the class names are used).
     """
 
-    trained_state = ("weight", "bias")
 
     def __init__(
         self,
@@ -106,6 +105,7 @@ class LinearProbe(ClipClassifier):
         prompts: dict | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property

@@ -1,7 +1,7 @@
-"""``SparseAutoencoder``: the LightningModule training a :class:`stori_pl.interpret.sae.TopKSAE` on cached CLS
+"""``SparseAutoencoder``: the LightningModule training a :class:`stori_pl.image.sae.TopKSAE` on cached CLS
 activations (:class:`stori_pl.data.activations.ActivationData`) with ``stori fit --config sae/<name>.yaml``.
 
-Thin: the SAE, its loss and the dead-latent count are pure torch in :mod:`stori_pl.interpret.sae`. Recipe of
+Thin: the SAE, its loss and the dead-latent count are pure torch in :mod:`stori_pl.image.sae`. Recipe of
 ``maxdreyer/attributing-clip`` (model_training/train_sae.py, utils/training_utils.py, configs/train_sae):
 AdamW with lr 2e-4, eps 1e-7 and torch's default weight decay 0.01 (their ``get_optimizer`` does not pass
 theirs on), optionally MultiStepLR (``milestones``, gamma 0.1, per epoch; theirs [24, 28] of 30 epochs); their
@@ -10,7 +10,7 @@ gradient clipping (1.0) is a trainer option in the configs.
 Logged to TensorBoard: ``train/loss``, ``train/explained_variance`` (per step; on L2-normalized activations and
 reconstructions, what the scale-free loss fits), ``train/dead_fraction``
 (latents that did not fire in the last ``dead_window`` training activations, see
-:class:`~stori_pl.interpret.sae.DeadLatentTracker`), and per epoch ``val/loss``, ``val/explained_variance``
+:class:`~stori_pl.image.sae.DeadLatentTracker`), and per epoch ``val/loss``, ``val/explained_variance``
 (over the whole val split), ``val/dead_fraction`` (latents that fire on no val activation).
 
 For attribution, ``module.sae(cls)`` returns ``(x_out, z_pre, z)`` with ``x_out`` equal to ``cls`` and gradients
@@ -18,7 +18,8 @@ through ``z``; pass ``lambda c: module.sae(c)[0]`` (keeping ``z``) as the edit o
 :func:`stori_pl.image.tower.embed_with_cls_edit` at ``module.block``.
 
 The checkpoint holds the SAE tensors only (no CLIP weights) and a ``"stori"`` entry naming the CLIP, the
-block (resolved to 1..n) and the SAE shape; :func:`load_sae` reads it with ``weights_only=True``.
+block (resolved to 1..n) and the SAE shape; ``stori_pl.models.load_checkpoint(path, expect=SparseAutoencoder)`` loads it (then
+:meth:`SparseAutoencoder.check_compatible` refuses another CLIP or block).
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ import torch
 import torch.nn.functional as F
 
 from stori_pl.image.tower import resolve_block_of, vision_shape
-from stori_pl.interpret.sae import DeadLatentTracker, TopKSAE, explained_variance
+from stori_pl.models.checkpoint import CheckpointLoading
+from stori_pl.image.sae import DeadLatentTracker, TopKSAE, explained_variance
+from stori_pl import __version__
 
-__all__ = ["SparseAutoencoder", "load_sae", "SAE_CHECKPOINT_FORMAT"]
+__all__ = ["SparseAutoencoder", "SAE_CHECKPOINT_FORMAT"]
 
 SAE_CHECKPOINT_FORMAT = 1
 
 
-class SparseAutoencoder(L.LightningModule):
+class SparseAutoencoder(CheckpointLoading, L.LightningModule):
     """TopK SAE on the CLS residual stream after one vision block of a CLIP.
 
     Args:
@@ -153,8 +156,6 @@ class SparseAutoencoder(L.LightningModule):
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_info(self) -> dict:
         """The checkpoint's ``"stori"`` entry: what the SAE reads and its shape."""
-        from stori_pl import __version__
-
         h = self.hparams
         return {"format": SAE_CHECKPOINT_FORMAT, "stori_pl_version": __version__, "model": type(self).__name__,
                 "clip_model": h.clip_model, "pretrained": h.pretrained, "block": self.block,
@@ -171,37 +172,3 @@ class SparseAutoencoder(L.LightningModule):
             raise ValueError(f"SAE checkpoint format {info.get('format')} is not readable by this stori-pl "
                              f"(format {SAE_CHECKPOINT_FORMAT})")
         self.check_compatible(info["clip_model"], info["block"])
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any):
-        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` and stori-pl's clear errors."""
-        import os
-
-        from stori_pl.lightning.checkpoint import read_checkpoint
-
-        if weights_only is False:
-            raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            read_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, weights_only=True, **kwargs)
-
-
-def load_sae(path: str, clip_model: str | None = None, block: int | None = None) -> SparseAutoencoder:
-    """Load a trained SAE (CPU, eval mode); with ``clip_model``/``block`` refuse one trained elsewhere.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable SAE checkpoint, or trained on another CLIP / block (both named).
-    """
-    from stori_pl.lightning.checkpoint import read_checkpoint
-
-    info = read_checkpoint(path).get("stori") or {}
-    if info.get("model") != SparseAutoencoder.__name__:
-        raise ValueError(f"{path} is not a sparse-autoencoder checkpoint (it holds "
-                         f"{info.get('model') or 'no stori-pl model'}); train one with stori fit --config sae/...")
-    module = SparseAutoencoder.load_from_checkpoint(path, map_location="cpu").eval()
-    if clip_model is not None:
-        module.check_compatible(clip_model, module.block if block is None else block)
-    return module

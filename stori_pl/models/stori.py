@@ -7,6 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from stori_pl.models.base import ClipClassifier, class_mean, encode_plain_prompts
+from stori_pl.text.clip import tokenize
+from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.text.function_words import is_function_word
+from stori_pl.text.syntax import token_words
 
 
 class StoriClassifier(ClipClassifier):
@@ -31,7 +35,7 @@ class StoriClassifier(ClipClassifier):
         log_weight_l1: Coefficient of ``mean(|log_w|)`` added to the training loss (paper: 0).
         max_log_weight: Bound ``B`` on the log-weights: the encoder sees ``B · tanh(log_w / B)``, so no weight
             leaves ``[e^-B, e^B]``; None: unbounded (paper).
-        freeze_function_words: Function words and punctuation (:mod:`stori_pl.interpret.function_words`) keep
+        freeze_function_words: Function words and punctuation (:mod:`stori_pl.text.function_words`) keep
             weight 1 (paper: False, every token is trained).
         prompts: ``PromptSet.to_dict()``; None → from the datamodule at the first fit (saved in the checkpoint).
 
@@ -40,7 +44,6 @@ class StoriClassifier(ClipClassifier):
         >>> probs = model.classify([Image.open("bark.jpg")])    # [1, C]
     """
 
-    trained_state = ("log_weights",)
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class StoriClassifier(ClipClassifier):
         if max_log_weight is not None and not max_log_weight > 0:
             raise ValueError(f"max_log_weight must be > 0 or None, got {max_log_weight}")
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._finish_init(prompts)
 
     @property
@@ -71,9 +75,6 @@ class StoriClassifier(ClipClassifier):
         return "SToRI"
 
     def _build_classifier(self, prompt_set) -> None:
-        from stori_pl.text.clip import tokenize
-        from stori_pl.text.encoder import WeightedTextEncoder
-
         cupl = [(c, t) for c, texts in enumerate(prompt_set.cupl) for t in texts]
         base = [(c, t) for c, texts in enumerate(prompt_set.base) for t in texts] if self.hparams.use_base_prompts else []
         if not cupl:
@@ -86,7 +87,7 @@ class StoriClassifier(ClipClassifier):
         encoder = WeightedTextEncoder(self.clip, start_block=self.hparams.start_block)
         tokens = tokenize([t for _, t in cupl], self.tokenizer)  # [P, 77]
         prepared = encoder.prepare(tokens)  # prefix states [P, L', W]
-        self.__dict__.update(_encoder=encoder, _prepared=prepared, _cupl_tokens=tokens.cpu())
+        self.frozen.encoder, self.frozen.prepared, self.frozen.cupl_tokens = encoder, prepared, tokens.cpu()
         self.log_weights = nn.Parameter(torch.zeros(len(cupl), prepared.length, device=self.device))  # [P, L']
         mask = prepared.mask.clone()  # [P, L'] real tokens
         if self.hparams.get("freeze_function_words"):
@@ -128,7 +129,7 @@ class StoriClassifier(ClipClassifier):
     def prompt_embeddings(self) -> torch.Tensor:
         """Embeddings ``[P, D]`` (unnormalized) of the CuPL prompts under the current weights."""
         log_w = self.effective_log_weights()  # [P, L']
-        return self.__dict__["_prepared"].encode(log_w, chunk_size=self.hparams.chunk_size)
+        return self.frozen.prepared.encode(log_w, chunk_size=self.hparams.chunk_size)
 
     def class_embeddings(self) -> torch.Tensor:
         """Class embeddings ``[C, D]`` (L2-normalized), differentiable w.r.t. ``log_weights``."""
@@ -144,22 +145,14 @@ class StoriClassifier(ClipClassifier):
         equal (1 / number of words) before training. ``absolute``: that mean itself, not normalized
         (1 = unchanged by training), for views that tell "this word went up" from "the others went down".
         """
-        from stori_pl.text.syntax import token_words
-
         log_w = self.effective_log_weights().detach().float().cpu()  # [P, L']
         out: dict[str, list[list[tuple[str, float]]]] = {name: [] for name in self.classnames}
         for p, c in enumerate(self.prompt_class[: self.n_cupl].tolist()):
-            words = token_words(self.__dict__["_cupl_tokens"][p], self.tokenizer)
+            words = token_words(self.frozen.cupl_tokens[p], self.tokenizer)
             raw = [float(log_w[p, pos].exp().mean()) for _, pos in words]
             total = 1.0 if absolute else (sum(raw) or 1.0)
             out[self.classnames[c]].append([(w, r / total) for (w, _), r in zip(words, raw)])
         return out
-
-    def attribute(self, image, class_index: int, **kwargs):
-        """Which words of the class's prompts support ``image`` — see :func:`stori_pl.interpret.attribution.attribute`."""
-        from stori_pl.interpret.attribution import attribute
-
-        return attribute(self, image, class_index, **kwargs)
 
 
 def function_word_mask(tokens: torch.Tensor, tokenizer, length: int) -> torch.Tensor:
@@ -170,9 +163,6 @@ def function_word_mask(tokens: torch.Tensor, tokenizer, length: int) -> torch.Te
         tokenizer: Their tokenizer.
         length: Width of the mask (positions beyond it are dropped).
     """
-    from stori_pl.interpret.function_words import is_function_word
-    from stori_pl.text.syntax import token_words
-
     mask = torch.zeros(tokens.shape[0], length, dtype=torch.bool)
     for p in range(tokens.shape[0]):
         for word, positions in token_words(tokens[p], tokenizer):

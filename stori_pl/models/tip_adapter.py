@@ -101,7 +101,6 @@ class TipAdapter(ClipClassifier):
         prompts: ``PromptSet.to_dict()``; None → from the datamodule (template prompts are used).
     """
 
-    trained_state = ("cache_keys",)
 
     def __init__(
         self,
@@ -131,6 +130,7 @@ class TipAdapter(ClipClassifier):
                                                         where="Tip-Adapter-F protocol, main.py l. 111-126"),
                           stacklevel=2)
         super().__init__()
+        self.save_hyperparameters(ignore=["prompts"])  # the checkpoint keeps the prompts in its "stori" entry
         self._best_test: tuple[float, torch.Tensor] | None = None
         self._finish_init(prompts)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from stori_pl.retrieval.metrics import category_names
+
 __all__ = [
     "AttributeDataset", "AttributeTask", "ATTRIBUTE_LOADERS", "load_celeba", "load_cub", "load_attribute_csv",
     "load_attributes", "build_pool",
@@ -201,8 +203,6 @@ def build_pool(
     for c in range(2 ** len(attributes)):
         members = torch.nonzero(codes == c).flatten().tolist()
         if not members:
-            from stori_pl.retrieval.metrics import category_names
-
             raise ValueError(f"no image of category {category_names(attributes)[c]!r} in {ds.name}; "
                              "choose attributes whose combinations all occur")
         if per_category is not None and len(members) > per_category:

@@ -21,6 +21,8 @@ from torchmetrics.functional.retrieval import (
     retrieval_precision,
 )
 
+from stori_pl.utils import atomic_path
+
 __all__ = [
     "rank",
     "average_precision",
@@ -165,8 +167,6 @@ def plot_auc_vs_weight(weights: Sequence[float], aucs: Mapping[str, torch.Tensor
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     """Save a figure as PNG atomically and close it."""
-    from stori_pl.utils import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     close_figure(fig)

@@ -25,6 +25,10 @@ from stori_pl.retrieval import metrics as R
 from stori_pl.retrieval.attributes import AttributeDataset, AttributeTask, build_pool
 from stori_pl.text.syntax import escape_prompt
 from stori_pl.utils import write_json
+from stori_pl.data.features import image_features
+from stori_pl.text.clip import load_clip
+from stori_pl.text.encoder import WeightedTextEncoder
+from stori_pl.text.prompt_weighting import METHODS, encode_weighted
 
 __all__ = ["AttributeTask", "DEFAULT_TASKS", "task_prompt", "run_preference_retrieval", "format_report_table"]
 
@@ -73,8 +77,6 @@ class _Scorer:
 
     def __call__(self, texts: Sequence[str], method: str) -> torch.Tensor:
         """Cosine scores ``[M, S]`` of the pool against ``S`` prompts in the weight syntax."""
-        from stori_pl.text.prompt_weighting import encode_weighted
-
         return self.features @ encode_weighted(self.encoder, list(texts), self.tokenizer, method).T.cpu()
 
 
@@ -120,10 +122,6 @@ def run_preference_retrieval(
         Report dict: ``rows`` (one per task, attribute, method, weight), ``summary`` (method → setting →
         metric → [mean, std], settings ``plain``, ``w=0.5``, ``Δw=0.5``, …), ``auc`` (sweep results), ``figures``.
     """
-    from stori_pl.data.features import image_features
-    from stori_pl.text.clip import load_clip
-    from stori_pl.text.encoder import WeightedTextEncoder
-
     _validate(dataset, tasks, methods)
     model, _, tokenizer = load_clip(clip_model, pretrained, device=device)
     encoder = WeightedTextEncoder(model, start_block=start_block)
@@ -179,8 +177,6 @@ def _evaluate_task(protocol: _Protocol, scorer: _Scorer, dataset: AttributeDatas
 
 def _validate(dataset: AttributeDataset, tasks: Sequence[AttributeTask], methods: Sequence[str]) -> None:
     """Check the methods, every task's attributes and prompt template before any encoding."""
-    from stori_pl.text.prompt_weighting import METHODS
-
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)}")

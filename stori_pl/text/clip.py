@@ -19,7 +19,7 @@ import open_clip
 import torch
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 # model name -> file used for ``pretrained="builtin"``
 BUILTIN_WEIGHTS = {"stori-toy": ASSETS_DIR / "stori-toy.safetensors"}
@@ -32,7 +32,7 @@ class RandomWeightsWarning(UserWarning):
     """A CLIP was created with random weights: embeddings carry no meaning."""
 
 
-def register_model_configs(folder: str | os.PathLike = CONFIG_DIR) -> None:
+def register_model_configs(folder: str | os.PathLike = MODEL_CONFIG_DIR) -> None:
     """Register every open_clip model config (``*.json``) in ``folder`` with open_clip."""
     for path in sorted(Path(folder).glob("*.json")):
         if path.stem not in open_clip.list_models():

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stori_pl.interpret.viz.words import SPAN, Prompt, intensities, rgba, wrap_words
+from stori_pl.utils import atomic_path
 
 _LINE_H = 1.55  # line height, in em
 
@@ -164,7 +165,6 @@ def save_pages_png(path: str | os.PathLike, figs: Sequence, max_height: int = 60
 
     from PIL import Image
 
-    from stori_pl.utils import atomic_path
 
     path = Path(path)
     groups: list[list[np.ndarray]] = []

@@ -14,6 +14,7 @@ from stori_pl.interpret.viz.words import (
     normalize_prompt,
     rgba,
 )
+from stori_pl.utils import atomic_write
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 input{font-size:1.1em;padding:.3em;width:24em}section{margin:1.2em 0;border-top:1px solid #ddd}
@@ -84,7 +85,5 @@ def _shade_css() -> str:
 
 def write_html(path: str | os.PathLike, classes: ClassPrompts, **kwargs) -> None:
     """:func:`render_html` written atomically to ``path``."""
-    from stori_pl.utils import atomic_write
-
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(render_html(classes, **kwargs))

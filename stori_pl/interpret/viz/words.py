@@ -13,7 +13,7 @@ Relative or absolute: by default a word's shade and score is its weight relative
 ``absolute=True`` the values must be the absolute weights ``exp(log-weight)`` (1 = unchanged by training,
 ``StoriClassifier.word_weights(absolute=True)``) and are shown as they are: mid red = 1, full red = 4 or more.
 
-Function words and punctuation (:mod:`stori_pl.interpret.function_words`) cannot explain a class by
+Function words and punctuation (:mod:`stori_pl.text.function_words`) cannot explain a class by
 themselves: :func:`top_words` leaves them out by default and :func:`markdown_top_words` can mark them.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from stori_pl.interpret.function_words import is_function_word
+from stori_pl.text.function_words import is_function_word
 
 Prompt = Sequence[tuple[str, float]]
 ClassPrompts = Mapping[str, Sequence[Prompt]]

@@ -1,4 +1,13 @@
-"""Checkpoint files that survive faults: atomic writes, safe reads, clear errors naming a way out.
+"""Checkpoint files that survive faults: atomic writes, safe reads, clear errors naming a way out, and the one
+loader of every stori-pl checkpoint (:func:`load_checkpoint`).
+
+Why here (in models/ and not lower): only the models read checkpoints (everything above loads through
+:func:`load_checkpoint`), and the loader must know the model classes (:data:`MODEL_CLASSES`, filled by
+:class:`CheckpointLoading` when each class is defined).
+
+- :func:`load_checkpoint` returns the class the checkpoint's ``"stori"`` entry names (SToRI, TaskRes, CoOp,
+  IntCoOp, Tip-Adapter, linear probe, zero-shot, sparse autoencoder), optionally refusing other classes
+  (``expect``); every ``load_from_checkpoint`` of a stori-pl class goes through it.
 
 - :class:`AtomicCheckpointIO` (installed by ``StoriCLI``) writes each checkpoint to a temporary file in the
   checkpoint's own folder, fsyncs it and renames it over the target (``os.replace``), so a full disk, a
@@ -13,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -108,7 +118,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint {path} not found (fit writes runs/<name>/version_N/checkpoints/*.ckpt)")
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint {path} is a folder, not a .ckpt file")
     try:
@@ -120,9 +130,108 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return ckpt
 
 
-def check_checkpoint(path: str | os.PathLike) -> None:
-    """Raise :func:`read_checkpoint`'s errors now (before a run loads models and data)."""
-    read_checkpoint(path)
+def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Raise :func:`read_checkpoint`'s errors, and one line for a class path that no longer exists, now
+    (before a run loads models and data); returns the checkpoint."""
+    ckpt = read_checkpoint(path)
+    for section in ("hyper_parameters", "datamodule_hyper_parameters"):
+        class_path = (ckpt.get(section) or {}).get("_class_path")
+        if class_path and not _importable(str(class_path)):
+            raise ValueError(
+                f"{path} names the class {class_path}, which this stori-pl does not have (it was moved or removed "
+                f"after stori-pl {(ckpt.get('stori') or {}).get('stori_pl_version', '?')} wrote the checkpoint): "
+                "load it with that stori-pl version, or train it again")
+    return ckpt
+
+
+def _importable(class_path: str) -> bool:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
+
+
+MODEL_CLASSES: dict[str, type] = {}
+"""stori-pl's LightningModules by class name (what a checkpoint's ``"stori"`` entry records)."""
+
+
+def checkpoint_class(ckpt: dict[str, Any], path: str | os.PathLike) -> type:
+    """The class a checkpoint's ``"stori"`` entry names.
+
+    Raises:
+        ValueError: No ``"stori"`` entry, or a model class this stori-pl does not have.
+    """
+    info = ckpt.get("stori") or {}
+    name = info.get("model")
+    if not name:
+        raise ValueError(f"{path} is not a stori-pl checkpoint (no 'stori' entry naming its model); was it "
+                         "written by another program?")
+    if name not in MODEL_CLASSES:
+        raise ValueError(
+            f"{path} holds a {name} model, which this stori-pl does not have (written by stori-pl "
+            f"{info.get('stori_pl_version', '?')}): load it with that version, or train it again; models here: "
+            + ", ".join(sorted(n for n in MODEL_CLASSES if n != "ClipClassifier")))
+    return MODEL_CLASSES[name]
+
+
+def load_checkpoint(path: str | os.PathLike, expect: type | tuple[type, ...] | None = None,
+                    map_location: Any = "cpu", **kwargs: Any) -> Any:
+    """Load any stori-pl checkpoint as the class it names, in eval mode, reading with ``weights_only=True``.
+
+    Args:
+        path: The ``.ckpt`` file.
+        expect: A class (or tuple of classes) the model must be an instance of (``StoriClassifier``,
+            ``ClipClassifier`` for any classifier, ``SparseAutoencoder``); None: any stori-pl model.
+        map_location: As for :func:`torch.load`.
+        **kwargs: Hyperparameters to override (``pretrained="..."``) and Lightning's ``strict`` /
+            ``hparams_file``.
+
+    Returns:
+        The model (a :class:`CheckpointLoading` subclass), in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable (:class:`UnreadableCheckpointError`), not a stori-pl checkpoint, a class this
+            stori-pl does not have, not an ``expect`` class, or a checkpoint that does not fit its class —
+            each one line naming the file.
+    """
+    ckpt = check_checkpoint(path)
+    cls = checkpoint_class(ckpt, path)
+    if expect is not None and not issubclass(cls, expect):
+        names = " or ".join(c.__name__ for c in (expect if isinstance(expect, tuple) else (expect,)))
+        raise ValueError(f"{path} holds a {cls.__name__} model, not a {names}")
+    return cls.lightning_load(path, map_location=map_location, **kwargs).eval()
+
+
+class CheckpointLoading:
+    """Mixin of stori-pl's LightningModules: registers the class in :data:`MODEL_CLASSES`, and makes
+    ``load_from_checkpoint`` go through :func:`load_checkpoint` (``weights_only=True``, one clear line for a bad
+    file, the class the checkpoint names as long as it is a subclass of the one asked for)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint`` through :func:`load_checkpoint` (``expect=cls``); a URL or an
+        open file goes to Lightning directly (still ``weights_only=True``)."""
+        if weights_only is False:
+            raise ValueError("stori-pl checkpoints hold tensors and plain data only: load with weights_only=True")
+        if hparams_file is not None:
+            kwargs["hparams_file"] = hparams_file
+        if strict is not None:
+            kwargs["strict"] = strict
+        if not isinstance(checkpoint_path, (str, os.PathLike)) or "://" in str(checkpoint_path):
+            return cls.lightning_load(checkpoint_path, map_location=map_location, **kwargs)
+        return load_checkpoint(checkpoint_path, expect=cls, map_location=map_location, **kwargs)
+
+    @classmethod
+    def lightning_load(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any):
+        """Lightning's own ``load_from_checkpoint`` with ``weights_only=True`` (no checks of ours)."""
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True, **kwargs)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -152,6 +261,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CheckpointLoading",
+    "MODEL_CLASSES",
+    "checkpoint_class",
+    "load_checkpoint",
     "CheckpointWriteError",
     "UnreadableCheckpointError",
     "check_checkpoint",

@@ -1,7 +1,7 @@
 """Toy-world figures of a trained sparse autoencoder: how many components carry a toy attribute label and how
 pure their top images are (the toy world knows every image's attributes).
 
-``python -m stori_pl.toy.components CKPT`` describes every latent of the SAE checkpoint over the toy images
+``python tools/toy_components.py CKPT`` describes every latent of the SAE checkpoint over the toy images
 it was trained on (``<root>/toy_images_n<N>_seed<S>``, written by ``stori fit --config sae/toy_shapes.yaml``)
 with the toy attribute words plus the shipped general vocabulary, and prints the figures of
 docs/components.md.
@@ -45,9 +45,9 @@ def label_purity(table: ComponentTable, attributes: Sequence[dict[str, str]]) ->
 def toy_component_report(ckpt: str, root: str = "data", n_images: int = 4000, seed: int = 0, top_n: int = 10,
                          cache_dir: str | None = None) -> dict:
     """Figures of an SAE trained on toy images: labelled components, purity, distinct labels, dead latents."""
-    from stori_pl.models.sae import load_sae
+    from stori_pl.models import SparseAutoencoder, load_checkpoint
 
-    module = load_sae(ckpt)
+    module = load_checkpoint(ckpt, expect=SparseAutoencoder)
     paths, attrs = write_toy_images(toy_images_folder(root, n_images, seed), n_images, seed)
     vocab = list(dict.fromkeys([*attribute_vocabulary(), *load_vocabulary()]))
     table = describe_components(module, module.hparams.clip_model, paths, vocab, top_n, cache_dir=cache_dir)
@@ -62,8 +62,8 @@ def toy_component_report(ckpt: str, root: str = "data", n_images: int = 4000, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stori_pl.toy.components CKPT [--root data] [--n_images 4000] [--top_n 10]``."""
-    p = argparse.ArgumentParser(prog="python -m stori_pl.toy.components", description=__doc__)
+    """``python tools/toy_components.py CKPT [--root data] [--n_images 4000] [--top_n 10]``."""
+    p = argparse.ArgumentParser(prog="python tools/toy_components.py", description=__doc__)
     p.add_argument("ckpt")
     p.add_argument("--root", default="data")
     p.add_argument("--n_images", type=int, default=4000)

@@ -34,11 +34,16 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from stori_pl.cli.report import RESULTS_FILE
-from stori_pl.lightning.checkpoint import (
+from stori_pl.models.checkpoint import (
     AtomicCheckpointIO,
     check_checkpoint,
 )
+import stori_pl.data  # noqa: F401  (the datamodules for --data NAME)
+import stori_pl.models  # noqa: F401  (the models for --model NAME)
+import stori_pl.toy.data  # noqa: F401  (ToyShapes; the toy world registers its image source and ground truth)
+from stori_pl.cli.lightning_args import prepare_argv
+from stori_pl.lightning.prediction_writer import PredictionCSVWriter
+from stori_pl.lightning.results import base_to_novel, write_results
 from stori_pl.lightning.run_guard import (
     SIGTERM_STATUS,
     RunConfigError,
@@ -49,13 +54,6 @@ from stori_pl.lightning.run_guard import (
     release_all,
     remove_if_empty_run,
 )
-from stori_pl.lightning.cli_args import (
-    CONFIG_DIR,
-    prepare_argv,
-    resolve_config,
-    shipped_configs,
-)
-from stori_pl.utils import write_json
 
 
 class ReproducibleEpochs(L.Callback):
@@ -91,13 +89,6 @@ class StoriCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         self.started = time.monotonic()  # for the wall time in test_results.json
-        import stori_pl.data  # noqa: F401  (registers the datamodules for --data NAME)
-        import stori_pl.models  # noqa: F401  (registers the models for --model NAME)
-
-        try:  # the toy world's datamodule, when present
-            import stori_pl.toy.data  # noqa: F401
-        except ImportError:  # pragma: no cover
-            pass
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "stori"}},
@@ -119,8 +110,6 @@ class StoriCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        from stori_pl.lightning.prediction_writer import PredictionCSVWriter
-
         parser.link_arguments("model.init_args.clip_model", "data.init_args.clip_model")
         parser.link_arguments("model.init_args.pretrained", "data.init_args.pretrained")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -239,15 +228,8 @@ class StoriCLI(LightningCLI):
         }
         if new is not None and "test/acc" in metrics and "test/acc" in new:
             result.update(base_to_novel(metrics["test/acc"], new["test/acc"]), metrics_new=new)
-        path = Path(trainer.log_dir) / RESULTS_FILE
-        write_json(path, result)
+        path = write_results(trainer.log_dir, result)
         print(f"stori: test results written to {path}")
-
-
-def base_to_novel(base_acc: float, new_acc: float) -> dict[str, float]:
-    """``{"base_acc", "new_acc", "hm"}`` with CoCoOp's harmonic mean ``2·b·n / (b + n)`` (0 when both are 0)."""
-    hm = 2 * base_acc * new_acc / (base_acc + new_acc) if base_acc + new_acc > 0 else 0.0
-    return {"base_acc": base_acc, "new_acc": new_acc, "hm": hm}
 
 
 def _version_number(path: Path) -> int:
@@ -342,5 +324,4 @@ def run_lightning_cli(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["StoriCLI", "run_lightning_cli", "resolve_config", "shipped_configs", "ReproducibleEpochs", "claim_run_version",
-           "CONFIG_DIR"]
+__all__ = ["StoriCLI", "run_lightning_cli", "ReproducibleEpochs", "claim_run_version"]

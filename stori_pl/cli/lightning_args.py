@@ -8,9 +8,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stori_pl.lightning.checkpoint import read_checkpoint
+import stori_pl.data
+import stori_pl.models
+from stori_pl.models.checkpoint import check_checkpoint
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+RUN_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -28,7 +30,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
 
 def shipped_configs() -> list[str]:
     """Names of the configs shipped with the package (``demo.yaml``, ``coop/dtd_16shot.yaml``, ...)."""
-    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
+    return sorted(p.relative_to(RUN_CONFIG_DIR).as_posix() for p in RUN_CONFIG_DIR.rglob("*.yaml"))
 
 
 def resolve_config(value: str) -> str:
@@ -38,8 +40,8 @@ def resolve_config(value: str) -> str:
         return value
     name = value[: -len(".yaml")] if value.endswith(".yaml") else value
     for candidate in (f"{name}.yaml", f"stori/{name}.yaml"):
-        if (CONFIG_DIR / candidate).is_file():
-            path = str(CONFIG_DIR / candidate)
+        if (RUN_CONFIG_DIR / candidate).is_file():
+            path = str(RUN_CONFIG_DIR / candidate)
             print(f"stori: using the shipped config {path}", file=sys.stderr)
             return path
     import difflib
@@ -106,11 +108,9 @@ def option(argv: list[str], name: str) -> str | None:
 
 def check_names(argv: list[str]) -> None:
     """Unknown ``--model`` / ``--data`` names → the list of valid ones (before jsonargparse's message)."""
-    import stori_pl.data
-    import stori_pl.models
-
     known = {
-        "--model": [n for n in stori_pl.models.__all__ if n not in ("ClipClassifier", "load_exported_classifier")],
+        "--model": [n for n in stori_pl.models.__all__ if isinstance(getattr(stori_pl.models, n), type)
+                    and n != "ClipClassifier"],
         "--data": [n for n in stori_pl.data.__all__ if n not in ("FewShotDataModule", "PromptSet", "FeatureDataset")]
         + ["ToyShapes"],
     }
@@ -121,11 +121,14 @@ def check_names(argv: list[str]) -> None:
 
 
 def model_from_checkpoint(argv: list[str]) -> list[str]:
-    """``stori predict --ckpt_path X`` without ``--model``/``--config``: take the model class from the checkpoint."""
+    """Check a ``--ckpt_path`` file now (unreadable, or naming a class this stori-pl does not have: one line), and
+    for ``stori predict --ckpt_path X`` without ``--model``/``--config`` take the model class from it."""
     ckpt = option(argv, "--ckpt_path")
-    if not ckpt or not Path(ckpt).is_file() or option(argv, "--model") or option(argv, "--config") or option(argv, "-c"):
+    if not ckpt or not Path(ckpt).is_file():
         return argv
-    info = read_checkpoint(ckpt).get("stori") or {}
+    info = check_checkpoint(ckpt).get("stori") or {}
+    if option(argv, "--model") or option(argv, "--config") or option(argv, "-c"):
+        return argv
     if not info.get("model"):
         return argv
     extra = [f"--model={info['model']}", f"--model.clip_model={info['clip_model']}",

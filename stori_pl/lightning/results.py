@@ -1,0 +1,65 @@
+"""The results file of a run: ``test_results.json`` in the run folder, written after every ``stori test`` (and
+``stori fit``, which tests the selected checkpoint) and read by ``stori report`` and ``stori grid``.
+
+One JSON object per run: ``method``, ``method_name``, ``dataset``, ``shots``, ``seed``, ``clip_model``,
+``pretrained``, ``ckpt_path``, ``test_ckpt``, ``wall_time_s``, ``metrics`` (``{"test/acc": ...}``),
+``subsample_classes``; a run on the base classes adds ``base_acc``, ``new_acc``, ``hm`` (:func:`base_to_novel`)
+and ``metrics_new``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from stori_pl.utils import write_json
+
+RESULTS_FILE = "test_results.json"
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """CoCoOp's HM of base and new accuracy: ``2·b·n / (b + n)`` (0 when both are 0)."""
+    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+
+
+def base_to_novel(base_acc: float, new_acc: float) -> dict[str, float]:
+    """``{"base_acc", "new_acc", "hm"}`` with :func:`harmonic_mean`."""
+    return {"base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc)}
+
+
+def write_results(run_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
+    """Write ``result`` as ``run_dir/test_results.json`` (atomically); returns the path."""
+    path = Path(run_dir) / RESULTS_FILE
+    write_json(path, result)
+    return path
+
+
+def find_results(paths: list[str]) -> list[Path]:
+    """``test_results.json`` files given directly or found under the given folders (recursively)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(p.rglob(RESULTS_FILE))
+        else:
+            raise FileNotFoundError(f"{p}: no such run folder or results file")
+    return found
+
+
+def read_results(files: list[Path], prog: str = "stori report") -> list[tuple[Path, dict]]:
+    """``(path, result)`` of each readable file, oldest first (by mtime: a later run of the same seed wins);
+    a file that is not JSON is skipped with one line on stderr."""
+    out = []
+    for path in sorted(files, key=lambda p: p.stat().st_mtime):
+        try:
+            out.append((path, json.loads(path.read_text(encoding="utf-8"))))
+        except json.JSONDecodeError as err:
+            print(f"{prog}: skipping {path}: {err}", file=sys.stderr)
+    return out
+
+
+__all__ = ["RESULTS_FILE", "base_to_novel", "find_results", "harmonic_mean", "read_results", "write_results"]
