@@ -41,7 +41,7 @@ def sigterm_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigterm_mid_fit_writes_a_resumable_checkpoint_and_exits_143(sigterm_run):
-    from stori_pl.lightning.checkpoint import read_checkpoint
+    from stori_pl.models.checkpoint import read_checkpoint
 
     fake, root, status, out = sigterm_run
     run = root / "runs" / "term" / "version_0"
@@ -54,7 +54,7 @@ def test_sigterm_mid_fit_writes_a_resumable_checkpoint_and_exits_143(sigterm_run
 
 def one_more_epoch(root: Path) -> int:
     """max_epochs for a resume of the SIGTERM run that trains one epoch (bounded if a refusal fails)."""
-    from stori_pl.lightning.checkpoint import read_checkpoint
+    from stori_pl.models.checkpoint import read_checkpoint
 
     return int(read_checkpoint(root / "runs" / "term" / "version_0" / "checkpoints" / "last.ckpt")["epoch"]) + 2
 
@@ -162,7 +162,7 @@ def test_failed_run_after_its_logger_started_leaves_no_folder(tmp_path, monkeypa
     version folder back; a folder with scalars or checkpoints is kept."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from stori_pl.lightning.cli import run_lightning_cli
+    from stori_pl.cli.lightning_cli import run_lightning_cli
     from stori_pl.lightning.run_guard import remove_if_empty_run
     from stori_pl.models import StoriClassifier
 

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stori_pl.models.checkpoint import check_checkpoint, read_checkpoint
+
 LOCK_NAME = ".stori-fit.lock"
 SIGTERM_STATUS = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
 SPECIAL_CKPT = ("last", "best", "hpc", "registry")
@@ -85,8 +87,6 @@ def check_ckpt_option(argv: list[str]) -> None:
         UnreadableCheckpointError: Truncated, empty, random or pickle-payload file (one line, listing the run's
             readable checkpoints).
     """
-    from stori_pl.lightning.checkpoint import check_checkpoint
-
     ckpt = option_value(argv, "--ckpt_path")
     if not ckpt or ckpt in SPECIAL_CKPT or "://" in ckpt or ckpt.lower() in ("null", "none"):
         return
@@ -118,8 +118,6 @@ def check_epochs(trainer: Any, ckpt_path: str | None, subcommand: str) -> None:
                              "to stop on time instead use --trainer.max_time 00:02:00:00")
     if not ckpt_path or not Path(ckpt_path).is_file():
         return
-    from stori_pl.lightning.checkpoint import read_checkpoint
-
     done = int(read_checkpoint(ckpt_path).get("epoch", -1)) + 1  # epochs the checkpoint has finished
     if done > max_epochs:
         raise RunConfigError(
