@@ -216,7 +216,8 @@ def official_dassl_train_batches(n_images: int, batch_size: int) -> int:
 def test_training_batches_per_epoch_follow_the_official_loader(method, dataset, shots, n_classes):
     """CoOp and TaskRes run on Dassl's data manager (drop_last); Tip-Adapter-F on its own loader
     (``datasets/utils.py`` l. 368–375: ``drop_last=False``). 16-shot DTD TaskRes: 752 images, batch 256 → 2."""
-    from stori_pl.data.base import FewShotDataModule, FeatureDataset
+    from stori_pl.data.base import FewShotDataModule
+    from stori_pl.data.containers import FeatureDataset
 
     cfg = yaml.safe_load((ROOT / "configs" / method / f"{dataset}_{shots}shot.yaml").read_text())
     args = cfg["data"]["init_args"]

@@ -250,7 +250,7 @@ def test_coop_soft_prompts_start_at_the_first_word_without_a_start_token(no_toke
     the tokenizer writes no start token (SigLIP's): the context vectors replace the first words, not position 0."""
     import torch.nn.functional as F
 
-    from stori_pl.data.base import PromptSet
+    from stori_pl.data.containers import PromptSet
     from stori_pl.models.coop import CoOp
 
     names = ["red circle", "blue square"]

@@ -52,6 +52,7 @@ COMMAND_FUNCTIONS = {  # command -> (function of its module, parser: positional 
     "bench": ("bench", "positional"),
     "cache": ("cache", "config"),  # --config names training configs; --data.* / --model.* override them
     "attributes": ("attributes", "config"),
+    "describe": ("describe", "options"),
 }
 LIGHTNING_COMMANDS = {  # LightningCLI subcommands (stori_pl.cli.lightning_cli) and their one-line summaries
     "fit": "Train a classifier from a config (--config dtd_16shot.yaml), then test the checkpoint chosen on val.",

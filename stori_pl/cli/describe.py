@@ -20,7 +20,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stori_pl.cli.common import function_parser, run_function
+from stori_pl.data.describe import (
+    Describer,
+    describe_classes,
+    questions_for,
+    read_class_names,
+    require_transformers,
+)
+from stori_pl.data.few_shot_folder import FewShotImageFolder
 
 
 def describe(model: str, output: Path, classes: str | None = None, root: str | None = None,
@@ -48,15 +55,11 @@ def describe(model: str, output: Path, classes: str | None = None, root: str | N
     Returns:
         Exit status 0 (2 when some class got no usable sentence: rerun to retry them).
     """
-    from stori_pl.data.describe import Describer, describe_classes, require_transformers
-
     names = _names(classes, root, classnames)
     own = _questions(questions)
     if n < 1 or max_tokens < 1 or max_words < 1 or not temperature > 0:
         raise ValueError("n, max_tokens and max_words must be >= 1 and temperature > 0")
     if own is None:
-        from stori_pl.data.describe import questions_for
-
         questions_for("x", kind)  # an unknown kind fails before the model loads
     require_transformers()
     lm = Describer(model, device=device, chat=chat, seed=seed)
@@ -79,14 +82,10 @@ def describe(model: str, output: Path, classes: str | None = None, root: str | N
 
 
 def _names(classes: str | None, root: str | None, classnames: str | None) -> list[str]:
-    from stori_pl.data.describe import read_class_names
-
     if (classes is None) == (root is None):
         raise ValueError("give exactly one of --classes (names or a file) and --root (a FewShotImageFolder root)")
     if classes is not None:
         return read_class_names(classes)
-    from stori_pl.data.few_shot_folder import FewShotImageFolder
-
     dm = FewShotImageFolder(root, classnames=classnames, clip_model="unused", pretrained=None)
     names = dm.folder_classnames()
     if not names:
@@ -105,12 +104,3 @@ def _questions(path: str | None) -> list[str] | None:
         raise ValueError(f"{file}: every question needs {{c}} where the class name goes")
     return lines
 
-
-def build_parser():
-    """Command-line options of ``stori describe`` (from :func:`describe`'s signature and docstring)."""
-    return function_parser(describe, "stori describe", __doc__, positional=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``stori describe``; returns the exit status."""
-    return run_function(describe, build_parser(), argv)
