@@ -18,7 +18,6 @@ Examples::
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -28,7 +27,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from stori_pl.cli.common import command_parser, parameter_help, run_function
-from stori_pl.lightning.results import RESULTS_FILE, find_results, harmonic_mean
+from stori_pl.lightning.results import (
+    RESULTS_FILE,
+    BadResultsFile,
+    find_results,
+    harmonic_mean,
+    read_result_file,
+)
 from stori_pl.utils import atomic_write
 
 DATASET_ORDER = ["ImageNet", "Caltech101", "DTD", "Flowers102", "Food101", "SUN397"]
@@ -61,11 +66,6 @@ def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], d
     return table
 
 
-class BadResultsFile(ValueError):
-    """A ``test_results.json`` that cannot be reported (not UTF-8 JSON, not an object, a missing or non-numeric
-    value); ``stori report`` names the file and skips it."""
-
-
 def _text(value, default: str = "?") -> str:
     return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "" \
         else default
@@ -78,16 +78,7 @@ def read_result(path: Path, metric: str) -> dict:
         BadResultsFile: The file is not UTF-8 JSON, not an object, has no numeric ``metrics[metric]``, or holds
             values of the wrong type (shots that are not a whole number, a seed that is a list, ...).
     """
-    try:
-        r = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise BadResultsFile(f"not UTF-8 text (byte {err.start})") from None
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise BadResultsFile(f"not valid JSON ({str(err)[:120]})") from None
-    except OSError as err:
-        raise BadResultsFile(f"cannot read it ({err.strerror or err})") from None
-    if not isinstance(r, dict):
-        raise BadResultsFile(f"a JSON {type(r).__name__}, not an object")
+    r = read_result_file(path)
     metrics = r.get("metrics")
     value = metrics.get(metric) if isinstance(metrics, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

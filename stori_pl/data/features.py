@@ -5,7 +5,7 @@ checksum, validation) and encodes only on a miss; unreadable or missing images r
 naming them, or are skipped with a warning (``skip_bad_images``). Files are written atomically (mode
 ``0o666 & ~umask``); an invalid cache file is reported in a warning naming it and re-encoded. Pure torch
 (no Lightning): ``stori cache`` runs the same encoding under a Lightning Trainer for multi-GPU work (see
-:mod:`stori_pl.cli.cache`).
+:mod:`stori_pl.data.parallel_encoding`).
 """
 
 from __future__ import annotations

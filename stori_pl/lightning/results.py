@@ -50,16 +50,40 @@ def find_results(paths: list[str]) -> list[Path]:
     return found
 
 
+class BadResultsFile(ValueError):
+    """A ``test_results.json`` that cannot be read or reported (not UTF-8 JSON, not an object, a missing or
+    non-numeric value); ``stori report`` names the file and skips it."""
+
+
+def read_result_file(path: Path) -> dict[str, Any]:
+    """One results file as a dict.
+
+    Raises:
+        BadResultsFile: The file cannot be read, is not UTF-8 text, not valid JSON or not a JSON object.
+    """
+    try:
+        result = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise BadResultsFile(f"not UTF-8 text (byte {err.start})") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise BadResultsFile(f"not valid JSON ({str(err)[:120]})") from None
+    except OSError as err:
+        raise BadResultsFile(f"cannot read it ({err.strerror or err})") from None
+    if not isinstance(result, dict):
+        raise BadResultsFile(f"a JSON {type(result).__name__}, not an object")
+    return result
+
+
 def read_results(files: list[Path], prog: str = "stori report") -> list[tuple[Path, dict]]:
     """``(path, result)`` of each readable file, oldest first (by mtime: a later run of the same seed wins);
-    a file that is not JSON is skipped with one line on stderr."""
+    a file :func:`read_result_file` refuses is skipped with one line on stderr."""
     out = []
     for path in sorted(files, key=lambda p: p.stat().st_mtime):
         try:
-            out.append((path, json.loads(path.read_text(encoding="utf-8"))))
-        except json.JSONDecodeError as err:
+            out.append((path, read_result_file(path)))
+        except BadResultsFile as err:
             print(f"{prog}: skipping {path}: {err}", file=sys.stderr)
     return out
 
 
-__all__ = ["RESULTS_FILE", "base_to_novel", "find_results", "harmonic_mean", "read_results", "write_results"]
+__all__ = ["RESULTS_FILE", "BadResultsFile", "base_to_novel", "find_results", "harmonic_mean", "read_result_file", "read_results", "write_results"]
