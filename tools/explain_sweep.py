@@ -112,7 +112,7 @@ def zero_shot_signs(start_block: int, seed: int, root: str, per_class: int | Non
         for value in set(defining[name].values()):  # finite check: x1.5 on the value's words
             with torch.no_grad():
                 for r in rows:
-                    for w, pos in token_words(model.__dict__["_cupl_tokens"][r], model.tokenizer):
+                    for w, pos in token_words(model.frozen.cupl_tokens[r], model.tokenizer):
                         if defining[name].get(w) == value:
                             model.log_weights[r, pos] = math.log(1.5)
                 new = model(feats[idx], model.class_embeddings()).log_softmax(-1)[:, c]
