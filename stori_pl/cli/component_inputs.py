@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from stori_pl.data.image_io import open_rgb
+
 
 def load_matching_sae(path: str | None, classifier):
     """The SAE module of ``path``, refused (both names) unless trained on the classifier's CLIP."""
@@ -25,8 +27,6 @@ def load_matching_sae(path: str | None, classifier):
 
 def load_images(classifier, paths: list[Path]) -> torch.Tensor:
     """Preprocessed images ``[N, 3, H, W]``; an unreadable one raises ValueError naming its path."""
-    from stori_pl.data.image_io import open_rgb
-
     # open_rgb: every PIL mode to RGB; "image PATH not found" / "cannot read image PATH: …" / too many pixels
     return torch.stack([classifier.preprocess(open_rgb(path)) for path in paths])
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from stori_pl.data.image_io import open_rgb, to_rgb
+
 BLIP2_MODEL = "Salesforce/blip2-opt-2.7b"
 BLIP2_QUESTION = "Question: what is one adjective that describes the {} in the photo? Answer:"
 BLIP2_HINT = 'pip install "stori-pl[blip2]"'
@@ -56,8 +58,6 @@ def blip2_labels(images: Sequence[Any], classnames: Sequence[str], generator: Ca
         ValueError: ``question`` without ``{}``, a length mismatch, or an empty answer (naming the image).
     """
     from tqdm.auto import tqdm
-
-    from stori_pl.data.image_io import open_rgb, to_rgb
 
     if "{}" not in question:
         raise ValueError(f"the BLIP-2 question needs a {{}} for the class name, got {question!r}")

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from stori_pl.data.image_io import open_rgb
+
 
 class WithImages(Dataset):
     """A feature dataset whose items also carry ``"image"``: the image through the CLIP's eval ``preprocess``
@@ -29,8 +31,6 @@ class WithImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from stori_pl.data.image_io import open_rgb
-
         image = self.preprocess(open_rgb(self.paths[i]))
         return {**self.features[i], "image": image}
 

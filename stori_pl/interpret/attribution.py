@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stori_pl.data.image_io import open_rgb
 from stori_pl.interpret import viz
 from stori_pl.text.clip import tokenize
 from stori_pl.text.encoder import WeightedTextEncoder
@@ -72,8 +73,6 @@ def as_image_feature(model: Any, image: Any) -> torch.Tensor:
     """L2-normalized image feature ``[D]`` of a path, PIL image, preprocessed tensor ``[3, H, W]`` /
     ``[1, 3, H, W]``, or an image feature ``[D]`` / ``[1, D]`` (normalized here)."""
     if isinstance(image, (str, os.PathLike)):
-        from stori_pl.data.image_io import open_rgb
-
         try:
             image = open_rgb(image)  # every PIL mode to RGB; a decompression bomb refused (ImageTooLargeError)
         except FileNotFoundError as err:

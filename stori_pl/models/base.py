@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from stori_pl.data.image_io import to_rgb
 from stori_pl.models.checkpoint import CheckpointLoading
 from stori_pl.models.checkpoint_entry import (
     CHECKPOINT_FORMAT,
@@ -264,8 +265,6 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
             batch = images if images.ndim == 4 else images[None]
         else:
             images = [images] if not isinstance(images, Sequence) else images
-            from stori_pl.data.image_io import to_rgb
-
             batch = torch.stack([self.preprocess(to_rgb(im)) for im in images])  # [N, 3, H, W]
         out = []
         with torch.no_grad():

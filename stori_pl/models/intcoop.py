@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stori_pl.data.image_io import to_rgb
 from stori_pl.models.base import encode_plain_prompts
 from stori_pl.models.coop import CoOp
 from stori_pl.models.intcoop_parts import (
@@ -328,8 +329,6 @@ class IntCoOp(CoOp):
             return super().encode_images(images, batch_size)
         if not isinstance(images, torch.Tensor):
             images = [images] if not isinstance(images, (list, tuple)) else images
-            from stori_pl.data.image_io import to_rgb
-
             images = torch.stack([self.preprocess(to_rgb(im)) for im in images])  # [N, 3, H, W]
         images = images if images.ndim == 4 else images[None]
         with torch.no_grad():

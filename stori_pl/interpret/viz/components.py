@@ -15,6 +15,8 @@ import io
 import os
 from collections.abc import Sequence
 
+from stori_pl.data.image_io import BadImageError, open_rgb
+
 STRIP_IMAGES = 6  # top-activating images shown per component
 THUMB = 56  # pixels per thumbnail in the HTML strip
 
@@ -61,8 +63,6 @@ def format_rows(rows: Sequence[dict], title: str, compare: dict[str, list[int]] 
 
 def thumbnail_uri(path: str | os.PathLike, size: int = THUMB) -> str:
     """``data:image/png;base64,...`` of ``path`` resized to ``size`` (empty string if unreadable)."""
-    from stori_pl.data.image_io import BadImageError, open_rgb
-
     try:
         im = open_rgb(path).resize((size, size))
         buf = io.BytesIO()
