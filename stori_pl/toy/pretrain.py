@@ -173,7 +173,7 @@ def word_sensitivity(model, tokenizer, start_block: int = 7, n: int = 200, seed:
         cap = toy.describe(toy.sample_object(rng, heldout=None, distractor=0.5, kind=0.35), rng)
         tokens, spans = tokenize_caption(tokenizer, cap)
         key = rng.choice(sorted(spans))
-        lw = torch.zeros(1, tokens.shape[1])
+        lw = torch.zeros(1, tokens.shape[0])
         lw[0, spans[key]] = NEG
         plain.append(enc(tokens[None], None))
         dropped.append(enc(tokens[None], lw))
