@@ -224,3 +224,24 @@ def test_toy_pretrain_smoke(tmp_path):
     moved = (state["token_embedding.weight"].float() - init["token_embedding.weight"]).abs().max()
     assert moved > 1e-4, moved
     assert not out.with_suffix(".partial.safetensors").exists()
+
+
+def test_checkpoint_of_other_builtin_weights_is_refused(tmp_path):
+    """A checkpoint records which shipped stori-toy weights it was trained on; a v1 one is refused in one line."""
+    from stori_pl.models import StoriClassifier
+    from stori_pl.text.clip import builtin_version
+
+    prompts = {"classnames": ["plain red circle", "striped red circle"],
+               "base": [["a photo of a plain red circle."], ["a photo of a striped red circle."]],
+               "cupl": [["a red circle."], ["a red striped circle."]]}
+    model = StoriClassifier(clip_model="stori-toy", pretrained="builtin", start_block=7, prompts=prompts)
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert checkpoint["stori"]["builtin_version"] == builtin_version("stori-toy")
+    assert builtin_version("stori-toy").startswith("v2:")
+    model.on_load_checkpoint(checkpoint)  # its own weights: loads
+    for old in ({"builtin_version": "v1:5369995c949a"}, {}):  # v1 checkpoints, with and without the field
+        info = {k: v for k, v in checkpoint["stori"].items() if k != "builtin_version"} | old
+        with pytest.raises(ValueError, match="train it again") as err:
+            model.on_load_checkpoint({**checkpoint, "stori": info})
+        assert "\n" not in str(err.value) and "v1" in str(err.value)

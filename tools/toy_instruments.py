@@ -10,6 +10,9 @@ Per seed (a fresh render of each benchmark and retrieval pool; the CLIP is fixed
 - ``b2n_new_zero_shot``: zero-shot among the new half of the classes (CoCoOp's base-to-novel split), ToyShapes and
   ToyKinds;
 - ``kinds``: 8-way ToyKinds test accuracy with the noun alone, with each image's true state, with the wrong state;
+- ``binding``: scenes with a distractor of another color; share where the image is closer to "a {color} {shape}
+  with a small {d_color} {d_shape}." than to the caption with the two colors swapped (chance 0.5: a bag of words
+  cannot tell them apart);
 - ``emphasis``: the retrieval protocol of docs/retrieval.md at start block 7 (ΔAP, ΔP@80 at w 1.5 / 0.5, share of
   cases in the expected direction).
 """
@@ -101,6 +104,23 @@ def kinds_figures(model, tokenizer, feats: dict) -> dict:
     return {"name": accuracy(x @ name.T, y), "true_state": accuracy(true, y), "wrong_state": accuracy(wrong, y)}
 
 
+def binding(model, tokenizer, seed: int, n: int = 400) -> float:
+    rng = __import__("random").Random(seed)
+    objs = []
+    while len(objs) < n:
+        o = world.sample_object(rng, heldout=None, distractor=1.0)
+        if o.d_color != o.color:
+            objs.append(o)
+    x = pretrain.to_tensor(np.stack([world.render(o, rng) for o in objs]))
+    right = [f"a {o.color} {o.shape} with a small {o.d_color} {o.d_shape}." for o in objs]
+    swapped = [f"a {o.d_color} {o.shape} with a small {o.color} {o.d_shape}." for o in objs]
+    with torch.no_grad():
+        img = F.normalize(model.encode_image(x), dim=-1)
+        r = F.normalize(model.encode_text(tokenizer(right)), dim=-1)
+        w = F.normalize(model.encode_text(tokenizer(swapped)), dim=-1)
+    return float(((img * r).sum(-1) > (img * w).sum(-1)).float().mean())
+
+
 def emphasis(weights: str, seed: int, root: Path) -> dict:
     from stori_pl.retrieval.runner import run_preference_retrieval
 
@@ -137,6 +157,7 @@ def measure(weights: str, seed: int) -> dict:
         "b2n_new_zero_shot": {"toy_shapes": new_half_zero_shot(shapes, shape_emb),
                               "toy_kinds": new_half_zero_shot(kinds, kind_emb)},
         "kinds": kinds_figures(model, tokenizer, kinds),
+        "binding": binding(model, tokenizer, seed),
         "emphasis": emph,
     }
 

@@ -107,7 +107,7 @@ def check_names(argv: list[str]) -> None:
     known = {
         "--model": [n for n in stori_pl.models.__all__ if n not in ("ClipClassifier", "load_exported_classifier")],
         "--data": [n for n in stori_pl.data.__all__ if n not in ("FewShotDataModule", "PromptSet", "FeatureDataset")]
-        + ["ToyShapes"],
+        + ["ToyShapes", "ToyShapesSpurious", "ToyKinds"],
     }
     for flag, names in known.items():
         value = option(argv, flag)
