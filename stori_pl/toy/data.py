@@ -68,6 +68,7 @@ IMAGE_ATTRIBUTES_FILE = "image_attributes.json"  # {impath: {attribute: value}} 
 TOY_LABEL_ATTRIBUTE = "size"  # default attribute of the `toy` attribute labeller on ToyShapes (see toy_labeller)
 BENCHMARK_NOISE = 5.0  # pixel noise of benchmark scenes
 BENCHMARK_DISTRACTOR = 0.5  # share of benchmark scenes with a distractor object
+BENCHMARK_LIGHT = (0.9, (20.0, 5.0, -15.0))  # a warm lamp: the benchmarks' camera differs from pre-training's (world.render)
 # (pattern, color, shape): 4 shapes x 4 colors x 3 patterns; every class differs from 7 others in one word
 TOY_COLORS = ("red", "green", "blue", "yellow")
 TOY_CLASSES: list[tuple[str, str, str]] = [
@@ -217,7 +218,7 @@ def toy_shapes_items(seed: int = 0, n_train: int = 32, n_val: int = 8, n_test: i
             for i in range(n):
                 obj = spec.scene(label, part, rng)
                 impath = f"{name.replace(' ', '_')}/{part}_{i:03d}.png"
-                yield part, label, name, impath, obj, render(obj, rng, noise=BENCHMARK_NOISE)
+                yield part, label, name, impath, obj, render(obj, rng, noise=BENCHMARK_NOISE, light=BENCHMARK_LIGHT)
 
 
 def write_toy_benchmark(root: str | Path, spec: BenchmarkSpec = SHAPES_SPEC, seed: int = 0, n_train: int = 32,
@@ -405,7 +406,7 @@ def write_toy_attributes(root: str | Path, per_category: int = RETRIEVAL_PER_CAT
                 fixed = {k: v if p else rng.choice([x for x in ATTRIBUTES[k] if x != v]) for (k, v), p in zip(keys, present)}
                 obj = sample_object(rng, heldout=None, distractor=BENCHMARK_DISTRACTOR, **fixed)
                 rel = f"images/t{t}_{''.join('1' if p else '0' for p in present)}_{i:03d}.png"
-                _write_png(folder / rel, render(obj, rng, noise=BENCHMARK_NOISE))
+                _write_png(folder / rel, render(obj, rng, noise=BENCHMARK_NOISE, light=BENCHMARK_LIGHT))
                 rows.append([rel] + [int(_column_of(c)[1] == getattr(obj, _column_of(c)[0])) for c in cols])
     with atomic_write(folder / "attributes.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

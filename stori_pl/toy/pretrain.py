@@ -62,7 +62,7 @@ class ToyTrainConfig:
         eval_images: Held-out images used for the zero-shot accuracies.
     """
 
-    steps: int = 900
+    steps: int = 800
     batch_size: int = 256
     lr: float = 1e-3
     warmup: int = 40
