@@ -27,8 +27,8 @@ def test_demo_config_uses_the_toy_world():
     assert cfg["model"]["init_args"]["clip_model"] == "stori-toy"
     assert cfg["model"]["init_args"]["pretrained"] == "builtin"
     assert cfg["data"]["class_path"] == "stori_pl.toy.data.ToyShapes"
-    # the readable setting of docs/explanations.md: all blocks reweighted, function words kept at weight 1
-    assert cfg["model"]["init_args"]["start_block"] == 1 and cfg["model"]["init_args"]["freeze_function_words"] is True
+    # the paper's start block (7 of the toy CLIP's 12 text blocks), function words kept at weight 1
+    assert cfg["model"]["init_args"]["start_block"] == 7 and cfg["model"]["init_args"]["freeze_function_words"] is True
     callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
     assert "stori_pl.lightning.callbacks.ZeroShotComparison" in callbacks and "stori_pl.lightning.callbacks.WeightPlotCallback" in callbacks
 

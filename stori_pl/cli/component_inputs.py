@@ -49,7 +49,7 @@ def split_images(data: str, root: Path, split: str, classifier, max_images: int)
     for module in ("stori_pl.data", "stori_pl.toy.data"):
         cls = cls or getattr(importlib.import_module(module), data, None)
     if cls is None:
-        raise ValueError(f"unknown datamodule {data!r}: name a class of stori_pl.data (DTD, ...) or ToyShapes")
+        raise ValueError(f"unknown datamodule {data!r}: name a class of stori_pl.data (DTD, ...) or of stori_pl.toy.data (ToyShapes, ToyShapesSpurious, ToyKinds)")
     dm = cls(root=str(root), clip_model=classifier.hparams.clip_model, pretrained=classifier.hparams.pretrained)
     out: dict[str, list[Path]] = {}
     for impath, _, name in dm.subsets()[split]:

@@ -112,7 +112,7 @@ def check_names(argv: list[str]) -> None:
         "--model": [n for n in stori_pl.models.__all__ if isinstance(getattr(stori_pl.models, n), type)
                     and n != "ClipClassifier"],
         "--data": [n for n in stori_pl.data.__all__ if n not in ("FewShotDataModule", "PromptSet", "FeatureDataset")]
-        + ["ToyShapes"],
+        + ["ToyShapes", "ToyShapesSpurious", "ToyKinds"],
     }
     for flag, names in known.items():
         value = option(argv, flag)

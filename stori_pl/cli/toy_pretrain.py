@@ -1,4 +1,4 @@
-"""Train the tiny `stori-toy` CLIP on the procedural toy world (CPU, ~30 min on 2 cores with the defaults).
+"""Train the tiny `stori-toy` CLIP on the procedural toy world (CPU, ~45 min on one core with the defaults).
 
 Writes ``<out>.safetensors`` (fp16 weights) and ``<out>.json`` (provenance). The defaults are the recipe of
 the shipped weights.

@@ -300,8 +300,11 @@ class ZeroShotComparison(L.Callback):
             return
         name = getattr(pl_module, "method_name", type(pl_module).__name__)
         acc = float(acc)
+        ckpt = getattr(trainer, "ckpt_path", None)
+        tested = f"checkpoint {Path(ckpt).name}" if ckpt else "the weights at the end of training"
         print(f"\n{self.split} accuracy — zero-shot (same prompts, all weights 1): {100 * self.zero_shot_acc:.1f}%  →  "
-              f"{name}: {100 * acc:.1f}%  ({100 * (acc - self.zero_shot_acc):+.1f} points)\n", flush=True)
+              f"{name}: {100 * acc:.1f}%  ({100 * (acc - self.zero_shot_acc):+.1f} points; tested: {tested})\n",
+              flush=True)
 
 
 # ------------------------------------------------------------------------------------- progress lines

@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from stori_pl import __version__
+from stori_pl.text.clip import builtin_version
 
 CHECKPOINT_FORMAT = 1  # bump when the "stori" checkpoint entry changes incompatibly
 
@@ -47,6 +48,7 @@ def stori_entry(model: Any) -> dict:
         "model": type(model).__name__,
         "clip_model": model.hparams.clip_model,
         "pretrained": model.hparams.pretrained,
+        "builtin_version": builtin_version(model.hparams.clip_model) if model.hparams.pretrained == "builtin" else None,
         "start_block": model.hparams.get("start_block"),
         "prompts": model.prompt_set.to_dict(),
     }
@@ -102,6 +104,14 @@ def _check_model_and_clip(model: Any, info: dict) -> None:
             f"checkpoint was trained on CLIP {info['clip_model']!r} but this model uses {model.hparams.clip_model!r}; "
             "its learned weights only fit the text encoder they were trained with"
         )
+    if info["pretrained"] == model.hparams.pretrained == "builtin":
+        now = builtin_version(model.hparams.clip_model)
+        if info.get("builtin_version", "v1") != now:
+            raise ValueError(
+                f"checkpoint was trained on the builtin {info['clip_model']} weights "
+                f"{info.get('builtin_version') or 'of toy world v1'}, this stori-pl ships {now}: its learned weights "
+                "only fit the text encoder they were trained with; train it again (stori fit --config ...)"
+            )
     if info["pretrained"] != model.hparams.pretrained:
         warnings.warn(
             f"checkpoint was trained with pretrained={info['pretrained']!r}, loading with "

@@ -9,6 +9,7 @@ encoder that :class:`stori_pl.text.encoder.WeightedTextEncoder` drives block by 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +27,20 @@ BUILTIN_WEIGHTS = {"stori-toy": ASSETS_DIR / "stori-toy.safetensors"}
 PRECISIONS = ("fp32", "fp16", "bf16", "amp", "amp_bf16", "pure_fp16", "pure_bf16")
 
 _LOADED: dict[tuple, tuple[nn.Module, Callable, Callable]] = {}
+
+
+def builtin_version(model_name: str) -> str | None:
+    """Which shipped weights ``pretrained="builtin"`` means: ``"v<world version>:<first 12 hex of the weights'
+    sha256>"`` from the sidecar JSON (None when the model has no builtin weights). Checkpoints record it, so one
+    trained on other shipped weights (e.g. toy world v1's stori-toy) is refused instead of silently misread."""
+    if model_name not in BUILTIN_WEIGHTS:
+        return None
+    sidecar = BUILTIN_WEIGHTS[model_name].with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return f"v{meta.get('world_version', 1)}:{str(meta.get('weights_sha256', ''))[:12]}"
 
 
 class RandomWeightsWarning(UserWarning):
