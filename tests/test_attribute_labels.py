@@ -119,8 +119,8 @@ def test_datamodule_toy_labels_follow_each_image(root):
 def test_clip_labeller_recovers_toy_sizes(root, tmp_path):
     """The toy CLIP told to choose between "small" and "large" for each class finds the true size.
 
-    Measured on the full ToyShapes (16 shots, seeds 1-3, train + test, both templates "a photo of a {adjective}
-    {classname}." and "a {adjective} {classname}."): 1.000 for size and for background; assert >= 0.9.
+    Toy world v2 (benchmark scenes under a warm light, half with a distractor): 0.771 on this fixture (chance 0.5);
+    v1 measured 1.000 for size and for background on the full ToyShapes. Assert >= 0.7.
     """
     truth = toy.toy_image_attributes(root / "toy_shapes")
     (tmp_path / "sizes.txt").write_text("# toy sizes\nsmall\nlarge\n")
@@ -130,7 +130,7 @@ def test_clip_labeller_recovers_toy_sizes(root, tmp_path):
     assert meta["labeller"] == "clip" and meta["clip_model"] == "stori-toy" and meta["vocabulary"] == ["small", "large"]
     assert len(labels) == len(dm.image_keys("train")) + len(dm.image_keys("test"))
     acc = sum(truth[k]["size"] == w for k, w in labels.items()) / len(labels)
-    assert acc >= 0.9, acc
+    assert acc >= 0.7, acc
 
 
 def test_clip_labeller_made_on_the_fly_with_the_shipped_vocabulary(root):
@@ -259,15 +259,16 @@ def test_subsample_classes_matches_cocoop(n_classes):
 
 def test_datamodule_base_and_new_classes(root):
     names = [toy.classname(*c) for c in toy.TOY_CLASSES]
+    half = len(names) // 2
     base, new = toy_dm(root, subsample_classes="base"), toy_dm(root, subsample_classes="new")
-    assert base.prompt_set().classnames == names[:6] and new.prompt_set().classnames == names[6:]
-    assert new.prompt_set().base[0] == [f"a photo of a {names[6]}."]
-    for dm, offset in ((base, 0), (new, 6)):
+    assert base.prompt_set().classnames == names[:half] and new.prompt_set().classnames == names[half:]
+    assert new.prompt_set().base[0] == [f"a photo of a {names[half]}."]
+    for dm, offset in ((base, 0), (new, half)):
         for part, entries in dm.subsets().items():
-            assert {e[1] for e in entries} == set(range(6))
+            assert {e[1] for e in entries} == set(range(half))
             assert all(e[2] == names[e[1] + offset] for e in entries)  # class names follow the relabelling
         feats, labels = dm.split_features("test")
-        assert len(labels) == 6 * N_TEST and labels.max() == 5
+        assert len(labels) == half * N_TEST and labels.max() == half - 1
     both = toy_dm(root, classes=names[:5], subsample_classes="new")  # after `classes`: its last 2 of 5
     assert both.prompt_set().classnames == names[3:5]
     with pytest.raises(ValueError, match="subsample_classes must be one of"):

@@ -137,7 +137,7 @@ def test_attributes_command_writes_and_prints(toy_runs, capsys):
                  "--output", str(toy_runs / "bg.json")]) == 0
     out = capsys.readouterr().out
     labels = json.loads((toy_runs / "bg.json").read_text())["labels"]
-    assert len(labels) == 12 * (1 + 3) and f"written to {toy_runs / 'bg.json'}" in out
+    assert len(labels) == len(toy.TOY_CLASSES) * (1 + 3) and f"written to {toy_runs / 'bg.json'}" in out
     assert "different words:" in out and set(labels.values()) <= {"white", "black", "gray"}
 
 

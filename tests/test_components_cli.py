@@ -106,8 +106,8 @@ def test_components_eval_writes_curves_and_areas(env, capsys):
     out_dir = env / "faithfulness"
     result = components_eval(str(env / "zero_shot.ckpt"), str(env / "sae.ckpt"), root=env / "data", steps=3,
                              max_images=2, output=out_dir)
-    assert result["n_images"] == 24 and set(result["areas"]) == {"act_grad", "act_logit_lens", "logit_lens",
-                                                                 "energy", "random"}
+    assert result["n_images"] == 2 * len(CLASSES)
+    assert set(result["areas"]) == {"act_grad", "act_logit_lens", "logit_lens", "energy", "random"}
     assert all(len(c) == 4 for c in result["curves"].values())
     assert len({round(c[0], 6) for c in result["curves"].values()}) == 1  # step 0: the same (reconstruction's) score
     assert result["keep_error"] is False  # the authors' protocol (eval_faithfulness.py add_residual = False)
@@ -138,10 +138,10 @@ def test_bad_inputs_are_one_line_errors(env, capsys, tmp_path):
     other = sae_checkpoint(tmp_path / "sae_tiny.ckpt", clip_model="stori-tiny")
     msg = error("components", ckpt, "--sae", str(other), "--image", str(image_of(env)))
     assert "'stori-tiny'" in msg and "'stori-toy'" in msg
-    block2 = sae_checkpoint(tmp_path / "sae_block2.ckpt", block=2)  # its components differ from the block-4 table
+    block2 = sae_checkpoint(tmp_path / "sae_block2.ckpt", block=2)  # its components differ from the last block's (6) table
     msg = error("components", ckpt, "--sae", str(block2), "--image", str(image_of(env)), "--table",
                 str(env / "sae.ckpt.components.safetensors"))
-    assert "'stori-toy' block 4" in msg and "'stori-toy' block 2" in msg
+    assert "'stori-toy' block 6" in msg and "'stori-toy' block 2" in msg
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     assert str(bad) in error("components", ckpt, "--sae", sae, "--image", str(bad))

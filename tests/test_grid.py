@@ -69,9 +69,9 @@ def toy_grid(tmp_path_factory):
     import os
 
     work = tmp_path_factory.mktemp("grid")
-    overrides = ["--trainer.max_epochs", "20", "--trainer.accelerator", "cpu",
+    overrides = ["--trainer.max_epochs", "10", "--trainer.accelerator", "cpu",
                  "--trainer.enable_progress_bar", "false", "--data.root", str(work / "data")]
-    argv = ["grid", "--methods", ",".join(METHODS), "--datasets", "toy_shapes", "--shots", "16", "--seeds", "1",
+    argv = ["grid", "--methods", ",".join(METHODS), "--datasets", "toy_shapes", "--shots", "4", "--seeds", "1",
             "--out_dir", str(work / "runs"), *overrides]
     proc = subprocess.run([sys.executable, "-m", "stori_pl", *argv], capture_output=True, text=True, cwd=work,
                           env={**os.environ, "STORI_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"})
@@ -104,7 +104,7 @@ def test_toy_grid_runs_every_method_and_reports(toy_grid):
 def test_toy_grid_skips_finished_cells(toy_grid):
     work, _ = toy_grid
     out = subprocess.run([sys.executable, "-m", "stori_pl", "grid", "--methods", "stori,coop", "--datasets", "toy_shapes",
-                          "--shots", "16", "--seeds", "1", "--out_dir", str(work / "runs")],
+                          "--shots", "4", "--seeds", "1", "--out_dir", str(work / "runs")],
                          capture_output=True, text=True, cwd=work)
     assert out.returncode == 0 and "2 cells, 2 already done" in out.stderr
     assert "SToRI" in out.stdout  # the report is printed again

@@ -84,7 +84,7 @@ def test_cls_edit_changes_embedding_and_carries_gradients():
 
 def test_bad_block_is_refused():
     model = _clip("stori-toy", "builtin")
-    for bad in (0, 5, -5, 1.5):
-        with pytest.raises(ValueError, match="1..4"):
+    for bad in (0, 7, -7, 1.5):
+        with pytest.raises(ValueError, match="1..6"):
             tower.resolve_block(model, bad)
-    assert tower.resolve_block(model, -1) == 4 and tower.resolve_block(model, -4) == 1
+    assert tower.resolve_block(model, -1) == 6 and tower.resolve_block(model, -6) == 1

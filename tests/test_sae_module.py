@@ -66,21 +66,21 @@ def test_fit_logs_and_writes_a_small_self_describing_checkpoint(fitted):
         assert tag in tags, tag
     raw = torch.load(fitted["ckpt"], weights_only=True, map_location="cpu")
     assert raw["stori"]["model"] == "SparseAutoencoder"
-    assert (raw["stori"]["clip_model"], raw["stori"]["block"], raw["stori"]["n_latents"]) == ("stori-toy", 4, 64)
+    assert (raw["stori"]["clip_model"], raw["stori"]["block"], raw["stori"]["n_latents"]) == ("stori-toy", 6, 64)
     assert all(k.startswith("sae.") for k in raw["state_dict"])  # no CLIP weights
     module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     module.check_compatible("stori-toy", -1)
-    assert module.block == 4 and module.sae.k == 4 and module.sae.n_latents == 64
+    assert module.block == 6 and module.sae.k == 4 and module.sae.n_latents == 64
     torch.testing.assert_close(module.sae.decoder_directions().norm(dim=1), torch.ones(64))
 
 
 def test_another_clip_or_block_is_refused_with_both_names(fitted):
     module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
-    with pytest.raises(ValueError, match=r"'stori-toy' block 4.*'stori-tiny' block 1"):
+    with pytest.raises(ValueError, match=r"'stori-toy' block 6.*'stori-tiny' block 1"):
         module.check_compatible("stori-tiny", 1)
-    with pytest.raises(ValueError, match=r"block 4.*block 2"):
+    with pytest.raises(ValueError, match=r"block 6.*block 2"):
         module.check_compatible("stori-toy", 2)
-    with pytest.raises(ValueError, match="block 4"):
+    with pytest.raises(ValueError, match="block 6"):
         describe_components(module, "stori-tiny", fitted["paths"][:4], ["red"])
     fake = fitted["tmp"] / "classifier.ckpt"
     torch.save({"stori": {"model": "StoriClassifier"}, "state_dict": {}}, fake)
@@ -97,13 +97,13 @@ def test_activation_cache_encodes_once_and_matches_the_tower(fitted, monkeypatch
     acts = cls_activations(paths, "stori-toy", "builtin", -1, cache)
     assert acts.shape == (6, 128) and calls
     calls.clear()
-    torch.testing.assert_close(cls_activations(paths, "stori-toy", "builtin", 4, cache), acts)  # -1 == 4: cached
+    torch.testing.assert_close(cls_activations(paths, "stori-toy", "builtin", 6, cache), acts)  # -1 == 6: cached
     assert not calls
     model, preprocess, _ = load_clip("stori-toy", "builtin")
     from PIL import Image
 
     x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
-    torch.testing.assert_close(acts, cls_activation(model, x, 4), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(acts, cls_activation(model, x, 6), atol=1e-5, rtol=1e-5)
     n_files = len(list((cache / "features").glob("*.safetensors")))
     cls_activations(paths, "stori-toy", "builtin", 2, cache)
     assert len(list((cache / "features").glob("*.safetensors"))) == n_files + 1  # the block is in the key
@@ -131,7 +131,7 @@ def test_component_table_matches_the_authors_formulas(fitted):
     clarity = ((v.mean(-2).pow(2).sum(-1)) - 1 / v.shape[-2]) / (v.shape[-2] - 1) * v.shape[-2]
     torch.testing.assert_close(table.clarity[k], clarity, atol=1e-4, rtol=0)
     # activations sorted, and they are the latent's values on those images
-    acts = cls_activations(top, "stori-toy", "builtin", 4, fitted["tmp"] / "cache")
+    acts = cls_activations(top, "stori-toy", "builtin", 6, fitted["tmp"] / "cache")
     with torch.no_grad():
         z = module.sae.topk(module.sae.encode(acts))[:, k]
     torch.testing.assert_close(z, table.top_activation[k], atol=1e-5, rtol=1e-5)
@@ -149,7 +149,7 @@ def test_component_table_matches_the_authors_formulas(fitted):
     path = fitted["tmp"] / "components.safetensors"
     table.save(path)
     back = ComponentTable.load(path)
-    assert back.labels == table.labels and back.top_paths(k) == top and back.block == 4
+    assert back.labels == table.labels and back.top_paths(k) == top and back.block == 6
     torch.testing.assert_close(back.concept, table.concept)
     assert back.row(k)["label"] == table.labels[k]
 
