@@ -64,8 +64,8 @@ def test_print_writes_one_parsable_command_per_cell(capsys):
 
 @pytest.fixture(scope="module")
 def toy_grid(tmp_path_factory):
-    """Every method, 16 shots, seed 1 on the toy benchmark, epochs cut to 20 to keep CI short (the configs train
-    60 (SToRI) / 200 (TaskRes, CoOp) / 20 (Tip-Adapter-F) epochs; docs/baselines.md has the full-recipe grid)."""
+    """Every method, 4 shots, seed 1 on the toy benchmark, epochs cut to 10 to keep CI short (the configs train
+    60 (SToRI) / 100-200 (TaskRes, CoOp) / 20 (Tip-Adapter-F) epochs; docs/baselines.md has the full-recipe grid)."""
     import os
 
     work = tmp_path_factory.mktemp("grid")
@@ -90,14 +90,14 @@ def test_toy_grid_runs_every_method_and_reports(toy_grid):
     assert all(float(r["ToyShapes_wall_s"]) > 0 for r in rows)  # the wall time of each run is reported
     results = list((work / "runs").rglob("test_results.json"))
     assert len(results) == 9 and {json.loads(p.read_text())["test_ckpt"] for p in results} == {"last"}
-    # What holds on the toy world (docs/baselines.md, full recipes, seeds 1-3, 16 shots): the template zero-shot
-    # classifier is at the image features' ceiling (96.7 %; the linear probe, image features only, 96.5 ± 0.4), so
-    # no method beats it by a measurable margin. Asserted with margins from the 20-epoch run of this test:
+    # Toy world v2 (48 classes, benchmark photos under a light the CLIP never saw), 4 shots, 10 epochs, seed 1 (one
+    # run, 223 s on the loaded 2-core machine): template zero-shot 58.4 %, CuPL + templates 45.8 %, SToRI 62.3 %,
+    # CoOp 62.2 %, linear probe 65.2 %. Asserted with about half of each measured gap as margin:
     zero, cupl = acc["Zero-shot CLIP"], acc["CuPL + templates"]
-    assert acc["SToRI"] >= cupl + 5  # from its starting point (CuPL + templates, 86.3 %) towards the ceiling
+    assert acc["SToRI"] >= cupl + 8  # from its starting point (CuPL + templates) upwards: +16.5 measured
     for method in ("TaskRes (Base)", "Tip-Adapter", "Tip-Adapter-F"):  # start at zero-shot; training keeps it
         assert acc[method] >= zero - 1.0, (method, acc)
-    assert acc["Linear probe"] >= 90 and acc["CoOp"] >= 85, acc  # full recipes: 96.5 ± 0.4, 91.0 ± 0.9
+    assert acc["Linear probe"] >= zero + 3 and acc["CoOp"] >= zero + 1.5, acc  # +6.8 and +3.8 measured
 
 
 @pytest.mark.slow
