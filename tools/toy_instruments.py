@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -105,7 +106,7 @@ def kinds_figures(model, tokenizer, feats: dict) -> dict:
 
 
 def binding(model, tokenizer, seed: int, n: int = 400) -> float:
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     objs = []
     while len(objs) < n:
         o = world.sample_object(rng, heldout=None, distractor=1.0)
