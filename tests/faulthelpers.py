@@ -32,7 +32,7 @@ def one_line_error(status: int, err: str, *needles: str) -> str:
 
 
 def fit_args(fake, name: str, *extra: str, epochs: int = 2) -> list[str]:
-    """A seconds-long fit on fake DTD with the tiny random CLIP (as tests/test_faults.py)."""
+    """A seconds-long fit on fake DTD with the tiny random CLIP (tests/test_faults*.py)."""
     return ["fit", "--model", "StoriClassifier", "--model.clip_model", "stori-tiny", "--model.pretrained", "null",
             "--model.start_block", "3", "--model.lr", "0.5", "--data", "DTD", "--data.root", str(fake.root),
             "--data.cupl", str(fake.cupl), "--data.shots", "2", "--data.batch_size", "2", "--data.num_workers", "0",

@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from fakedata import make_fake
+from faulthelpers import fit_args
 
 from stori_pl.cli import main
 from stori_pl.models.checkpoint import UnreadableCheckpointError, read_checkpoint
@@ -35,16 +36,6 @@ pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 UNREADABLE = "not a readable stori-pl checkpoint (truncated or corrupt)"
-
-
-def fit_args(fake, name: str, *extra: str, epochs: int = 2) -> list[str]:
-    """A seconds-long fit on fake DTD with the tiny random CLIP."""
-    return ["fit", "--model", "StoriClassifier", "--model.clip_model", "stori-tiny", "--model.pretrained", "null",
-            "--model.start_block", "3", "--model.lr", "0.5", "--data", "DTD", "--data.root", str(fake.root),
-            "--data.cupl", str(fake.cupl), "--data.shots", "2", "--data.batch_size", "2", "--data.num_workers", "0",
-            "--seed_everything", "7", "--trainer.max_epochs", str(epochs), "--trainer.accelerator", "cpu",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.logger.init_args.name", name, *extra]
 
 
 @pytest.fixture(scope="module")
