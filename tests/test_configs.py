@@ -23,8 +23,8 @@ NAME = re.compile(r"^(\w+?)_(1|2|4|8|16)shot\.yaml$")
 
 def recipe(method: str, dataset: str, shots: int) -> dict:
     """What each method's config must say: {dotted key: value}."""
-    if method == "stori" and dataset == "toy_shapes":  # the demo's setting (docs/explanations.md)
-        return {"model.init_args.start_block": 1, "model.init_args.lr": 0.4, "trainer.max_epochs": 60,
+    if method == "stori" and dataset == "toy_shapes":  # the demo's setting (configs/demo.yaml)
+        return {"model.init_args.start_block": 7, "model.init_args.lr": 0.4, "trainer.max_epochs": 30,
                 "model.init_args.freeze_function_words": True}
     if method == "stori":  # SToRI App. A.1
         lr = {"imagenet": 1e-2, "sun397": 1e-2, "food101": 0.1}.get(dataset, 5e-2)
