@@ -264,3 +264,30 @@ def test_report_mean_std_over_seeds(tmp_path, capsys):
     assert (row["DTD_mean"], row["DTD_std"], row["DTD_n"], row["avg"]) == ("72.0000", "2.0000", "3", "76.0000")
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err == f"stori report: error: {tmp_path / 'nothing'}: no such run folder or results file\n"
+
+
+def test_report_paired_difference_to_a_method(tmp_path, capsys):
+    """Differences are paired by seed: CoOp is 2 points below SToRI on every seed, so its interval is [-2, -2]
+    although both methods' own spreads (±2 points) overlap; a seed one method lacks is left out."""
+    def result(method, name, seed, acc, shots=16):
+        d = tmp_path / f"{method}{seed}_{shots}"
+        d.mkdir(parents=True)
+        (d / "test_results.json").write_text(json.dumps({
+            "method": method, "method_name": name, "dataset": "DTD", "shots": shots, "seed": seed,
+            "metrics": {"test/acc": acc}}))
+
+    for seed, acc in ((1, 0.70), (2, 0.72), (3, 0.74)):
+        result("StoriClassifier", "SToRI", seed, acc)
+        result("CoOp", "CoOp", seed, acc - 0.02)
+        result("TipAdapter", "Tip-Adapter", seed, (0.75, 0.70, 0.77)[seed - 1])
+    result("CoOp", "CoOp", 4, 0.99)  # no SToRI run of seed 4: not paired
+    result("CoOp", "CoOp", 1, 0.50, shots=4)  # no SToRI run at 4 shots: no row
+    assert main(["report", str(tmp_path), "--paired_to", "SToRI", "--markdown", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    assert "| CoOp | 16 | DTD | -2.0 | [-2.0, -2.0] | 3 |" in out
+    # Tip-Adapter - SToRI = +5, -2, +3: mean +2.0, sd 3.61, t(2) = 4.303 -> half width 8.97
+    assert "| Tip-Adapter | 16 | DTD | +2.0 | [-7.0, +11.0] | 3 |" in out
+    assert "| CoOp | 4 |" not in out.split("Paired difference")[1]
+    assert "Paired difference to SToRI" in (tmp_path / "t.md").read_text()
+    assert main(["report", str(tmp_path), "--paired_to", "SToRl"]) == 2
+    assert "no such method in the results (methods: CoOp, SToRI, Tip-Adapter)" in capsys.readouterr().err

@@ -122,19 +122,24 @@ def binding(model, tokenizer, seed: int, n: int = 400) -> float:
     return float(((img * r).sum(-1) > (img * w).sum(-1)).float().mean())
 
 
-def emphasis(weights: str, seed: int, root: Path) -> dict:
+def emphasis(weights: str, seed: int, root: Path, emphasis_weights: tuple[float, ...] = (1.5, 0.5),
+             top_k: int = 80) -> dict:
+    """Table 3's protocol at start block 7 on a fresh toy attribute pool (``seed``): per weight ``w`` of the target
+    attribute, the mean change of AP and P@``top_k`` (points of [0, 1]) from the plain prompt over the 30 task ×
+    attribute cases (``dAP_w{w}``, ``dP@{k}_w{w}``) and the share of cases that move in the expected direction
+    (``right_direction_w{w}``: up for w > 1, down for w < 1)."""
     from stori_pl.retrieval.runner import run_preference_retrieval
 
     toy_data.write_toy_attributes(root, seed=seed)
     ds = toy_data.load_toy_attributes(root)
     report = run_preference_retrieval(ds, toy_data.toy_retrieval_tasks(), "stori-toy", weights, start_block=7,
-                                      per_category=toy_data.RETRIEVAL_PER_CATEGORY, seed=seed, weights=(0.5, 1.5),
-                                      top_k=(80,), cache_dir=root / "cache")
+                                      per_category=toy_data.RETRIEVAL_PER_CATEGORY, seed=seed,
+                                      weights=tuple(emphasis_weights), top_k=(top_k,), cache_dir=root / "cache")
     rows = report["rows"]
     out = {}
-    for metric in ("AP", "P@80"):
+    for metric in ("AP", f"P@{top_k}"):
         plain = {(r["task"], r["attribute"]): r[metric] for r in rows if r["weight"] == 1.0}
-        for w in (1.5, 0.5):
+        for w in emphasis_weights:
             d = torch.tensor([r[metric] - plain[(r["task"], r["attribute"])] for r in rows if r["weight"] == w])
             out[f"d{metric}_w{w}"] = float(d.mean())
             if metric == "AP":

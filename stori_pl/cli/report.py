@@ -14,6 +14,10 @@ Examples::
 
     stori report runs/ --csv table2.csv --markdown table2.md
     stori report runs/ --base_to_novel true
+    stori report runs/ --paired_to SToRI        # + each method's paired difference to SToRI, 95 % CI
+
+``--paired_to METHOD`` adds, per method, shots and dataset, the mean difference to METHOD over the seeds both ran
+and its paired 95 % t interval (the seeds share the few-shot images, so the pairing removes their variance).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from stori_pl.lightning.results import (
     BadResultsFile,
     find_results,
     harmonic_mean,
+    paired_interval,
     read_result_file,
 )
 from stori_pl.utils import atomic_write
@@ -134,6 +139,37 @@ def to_markdown(datasets: list[str], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_rows(table: dict, reference: str) -> list[dict]:
+    """Each method's paired difference to ``reference`` (points), per shots and dataset, over the seeds both ran.
+
+    Returns:
+        Rows ``{method, shots, dataset, diff: (mean, low, high), n}`` (95 % t interval of the per-seed
+        differences, :func:`~stori_pl.lightning.results.paired_interval`), in Table 2's method order; cells without a
+        ``reference`` run at the same shots and dataset, or without a common seed, are left out.
+    """
+    methods = _order({k[0] for k in table}, METHOD_ORDER)
+    rows = []
+    for method, shots, ds in sorted(table, key=lambda k: (methods.index(k[0]), k[1], k[2])):
+        ref = table.get((reference, shots, ds), {})
+        seeds = [s for s in table[(method, shots, ds)] if s in ref]
+        if method == reference or not seeds:
+            continue
+        diffs = [100 * (table[(method, shots, ds)][s].value - ref[s].value) for s in seeds]
+        rows.append({"method": method, "shots": shots, "dataset": ds, "diff": paired_interval(diffs), "n": len(seeds)})
+    return rows
+
+
+def paired_markdown(rows: list[dict], reference: str) -> str:
+    """One row per method × shots × dataset: mean paired difference to ``reference`` and its 95 % interval."""
+    lines = ["", f"Paired difference to {reference} (points, same seeds; 95 % t interval):", "",
+             f"| Method | Shots | Dataset | Δ to {reference} | 95 % CI | Seeds |", "|---|---:|---|---:|---|---:|"]
+    for r in rows:
+        mean, low, high = r["diff"]
+        ci = "–" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
+        lines.append(f"| {r['method']} | {r['shots']} | {r['dataset']} | {mean:+.1f} | {ci} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
 def tested_note(table: dict) -> str:
     """Which model the tests used, e.g. ``Tested: the weights after the last epoch (18 runs).``"""
     counts = Counter(run.test_ckpt for seeds in table.values() for run in seeds.values())
@@ -225,7 +261,7 @@ def report_base_to_novel(files: list[Path], runs: list[str], csv: Path | None, m
 
 
 def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, markdown: Path | None = None,
-           base_to_novel: bool = False) -> int:
+           base_to_novel: bool = False, paired_to: str | None = None) -> int:
     """Print the Table-2 summary of the test results found under ``runs``.
 
     Args:
@@ -235,6 +271,8 @@ def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, m
         markdown: Also write the Markdown table to this file.
         base_to_novel: Print CoCoOp's base-to-novel table instead (base, new and harmonic-mean accuracy of the
             runs trained on the base classes, mean ± std over seeds).
+        paired_to: Also print each method's paired difference to this method (its name in the table, e.g.
+            ``SToRI``) with a 95 % t interval over the seeds both ran.
 
     Returns:
         Exit status 0, or 1 when no result holds ``metric``.
@@ -252,6 +290,11 @@ def report(runs: list[str], metric: str = "test/acc", csv: Path | None = None, m
         return 1
     datasets, rows = summarize(table)
     text = to_markdown(datasets, rows) + tested_note(table)
+    if paired_to is not None:
+        if not any(k[0] == paired_to for k in table):
+            names = sorted({k[0] for k in table})
+            raise ValueError(f"--paired_to {paired_to!r}: no such method in the results (methods: {', '.join(names)})")
+        text += paired_markdown(paired_rows(table, paired_to), paired_to)
     print(text, end="")
     if markdown is not None:
         with atomic_write(markdown, "w", encoding="utf-8") as f:

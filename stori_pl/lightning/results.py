@@ -10,8 +10,9 @@ and ``metrics_new``.
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,24 @@ def read_result_file(path: Path) -> dict[str, Any]:
     return result
 
 
-def read_results(files: list[Path], prog: str = "stori report") -> list[tuple[Path, dict]]:
-    """``(path, result)`` of each readable file, oldest first (by mtime: a later run of the same seed wins);
-    a file :func:`read_result_file` refuses is skipped with one line on stderr."""
-    out = []
-    for path in sorted(files, key=lambda p: p.stat().st_mtime):
-        try:
-            out.append((path, read_result_file(path)))
-        except BadResultsFile as err:
-            print(f"{prog}: skipping {path}: {err}", file=sys.stderr)
-    return out
+# Two-sided 95 % quantiles of Student's t by degrees of freedom; 1.96 (the normal's) beyond the last.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 60: 2.000, 120: 1.980}
 
 
-__all__ = ["RESULTS_FILE", "BadResultsFile", "base_to_novel", "find_results", "harmonic_mean", "read_result_file", "read_results", "write_results"]
+def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and paired 95 % t interval ``(mean, low, high)`` of per-seed differences between two methods (the
+    quantile of the nearest tabulated degrees of freedom at or above ``n - 1``; NaN bounds for fewer than 2)."""
+    n = len(diffs)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return mean, math.nan, math.nan
+    t = next((v for k, v in sorted(_T975.items()) if k >= n - 1), 1.96)
+    half = t * statistics.stdev(diffs) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+__all__ = ["RESULTS_FILE", "BadResultsFile", "base_to_novel", "find_results", "harmonic_mean", "paired_interval", "read_result_file",
+           "write_results"]

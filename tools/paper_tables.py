@@ -1,0 +1,144 @@
+"""The paper's Tables 1 and 3 reproduced in kind on the toy world, over several seeds (docs/few_shot.md,
+docs/retrieval.md). Table 2 is ``stori grid`` + ``stori report --paired_to SToRI`` (docs/baselines.md).
+
+    python tools/paper_tables.py table1 --seeds 1 2 3 4 5 [--out table1.json]
+    python tools/paper_tables.py table3 --seeds 0 1 2 3 4 [--out table3.json]
+
+``table1`` — what the weights are learned on (SToRI Table 1): few-shot SToRI at the demo's settings
+(``configs/demo.yaml``: start block 7, lr 0.4, function words kept at 1, 16 shots; the weights after the last of its
+30 epochs are tested) on ToyShapes with three prompt sets per class:
+
+- ``descriptions``: the benchmark's CuPL-style sentences plus the template (the demo);
+- ``templates``: the template ``a photo of a {class}.`` alone;
+- ``nonsense``: the template, and per description the template followed by as many meaningless tokens as the
+  description has words (as many prompts and weights as ``descriptions``, none of their meaning).
+
+Per seed (the few-shot sampling and training seed) the three test accuracies and their paired differences; the
+summary gives mean ± sd and the paired 95 % t interval of ``descriptions − templates`` and ``nonsense − templates``.
+
+``table3`` — user emphasis (SToRI Table 3 and the weight sweep): the preference-retrieval protocol of
+docs/retrieval.md at start block 7 on a fresh toy attribute pool per seed; per weight of the target attribute, ΔAP
+and ΔP@80 from the plain prompt (mean over the 30 task × attribute cases) and the share of cases in the expected
+direction; the summary gives mean ± sd over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from stori_pl.lightning.results import paired_interval  # noqa: E402
+from stori_pl.toy import data as toy_data  # noqa: E402
+
+PROMPT_SETS = ("descriptions", "templates", "nonsense")
+# Letter strings that name nothing in the toy world's captions (each is one or two BPE tokens).
+NONSENSE_WORDS = ("sks", "pll", "ucd", "vrt", "zmq", "kpt", "blf", "drx", "qwo", "fnu", "gzt", "hju", "wxv", "tpz")
+SWEEP = (0.0, 0.5, 1.5, 2.0, 3.0)
+def prompt_sets(seed: int = 0) -> dict[str, dict[str, list[str]]]:
+    """``{set name: {class: [prompt, ...]}}`` of Table 1 (``descriptions`` is the benchmark's own CuPL file)."""
+    cupl = toy_data.toy_cupl()
+    rng = random.Random(seed)
+    nonsense = {c: [f"a photo of a {c}, " + " ".join(rng.choice(NONSENSE_WORDS) for _ in s.split()) + "."
+                    for s in sents] for c, sents in cupl.items()}
+    return {"descriptions": cupl, "templates": {c: [f"a photo of a {c}."] for c in cupl}, "nonsense": nonsense}
+
+
+def demo_model_args() -> tuple[dict, int]:
+    """The model init args and epochs of ``configs/demo.yaml``."""
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    return dict(cfg["model"]["init_args"]), int(cfg["trainer"]["max_epochs"])
+
+
+def fit_toy_stori(root: Path, name: str, prompts: dict[str, list[str]] | None, use_base_prompts: bool,
+                  seed: int) -> float:
+    """Test accuracy of SToRI at the demo's settings on ToyShapes with ``prompts`` (None: the benchmark's CuPL
+    sentences), the weights after the last epoch."""
+    import lightning as L
+
+    from stori_pl.models import StoriClassifier
+    from stori_pl.toy.data import ToyShapes
+
+    args, epochs = demo_model_args()
+    args["use_base_prompts"] = use_base_prompts
+    cupl = None
+    if prompts is not None:
+        cupl = root / f"prompts_{name}.json"
+        cupl.write_text(json.dumps(prompts), encoding="utf-8")
+    L.seed_everything(seed, verbose=False)
+    dm = ToyShapes(root=str(root), shots=16, seed=seed, cupl=None if cupl is None else str(cupl))
+    model = StoriClassifier(**args)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
+
+
+def table1_seed(root: Path, seed: int) -> dict:
+    """Test accuracies of the three prompt sets for one few-shot seed."""
+    sets = prompt_sets()
+    return {"seed": seed,
+            "descriptions": fit_toy_stori(root, "descriptions", None, True, seed),
+            "templates": fit_toy_stori(root, "templates", sets["templates"], False, seed),
+            "nonsense": fit_toy_stori(root, "nonsense", sets["nonsense"], True, seed)}
+
+
+def table1_summary(runs: list[dict]) -> dict:
+    """Mean ± sd (points) per prompt set and paired 95 % intervals of the differences to ``templates``."""
+    out = {}
+    for name in PROMPT_SETS:
+        xs = [100 * r[name] for r in runs]
+        out[name] = {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+    for name in ("descriptions", "nonsense"):
+        mean, low, high = paired_interval([100 * (r[name] - r["templates"]) for r in runs])
+        out[f"{name}_minus_templates"] = {"mean": mean, "ci95": [low, high]}
+    return out
+
+
+def table3_summary(runs: list[dict]) -> dict:
+    """Mean ± sd over seeds of every number of the per-seed emphasis figures."""
+    return {k: {"mean": statistics.fmean(r[k] for r in runs),
+                "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in runs[0] if k != "seed"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("table", choices=("table1", "table3"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--weights", type=float, nargs="+", default=list(SWEEP), help="table3: weights of the attribute")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for seed in args.seeds:
+            if args.table == "table1":
+                runs.append(table1_seed(root, seed))
+            else:
+                import toy_instruments
+
+                shipped = str(REPO / "stori_pl" / "assets" / "stori-toy.safetensors")
+                runs.append({"seed": seed, **toy_instruments.emphasis(shipped, seed, root / f"pool{seed}",
+                                                                      tuple(args.weights))})
+            print(json.dumps(runs[-1]), flush=True)
+    summary = table1_summary(runs) if args.table == "table1" else table3_summary(runs)
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
