@@ -211,12 +211,12 @@ def test_toy_pretrain_smoke(tmp_path):
     import open_clip
     from safetensors.torch import load_file
 
-    from stori_pl.toy.pretrain import register_config
+    from stori_pl.text.clip import register_model_configs
 
     path = out.with_suffix(".safetensors")
     assert meta["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # provenance names this file
     state = load_file(str(path))
-    register_config()
+    register_model_configs()
     torch.manual_seed(0)  # the run's seed: the same random init as the run started from
     init = open_clip.create_model("stori-toy").state_dict()
     assert set(state) == set(init) and all(v.dtype == torch.float16 for v in state.values())

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stori_pl.text.clip import register_model_configs
 from stori_pl.toy import world as toy
 from stori_pl.utils import atomic_path, write_json
 
 MODEL_NAME = "stori-toy"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OpenAI normalization (the model's preprocess)
 STD = (0.26862954, 0.26130258, 0.27577711)
 NEG = -1e4  # additive mask of a dropped key (finite: bf16-safe, exp underflows to 0)
@@ -77,15 +77,6 @@ class ToyTrainConfig:
     eval_every: int = 100
     eval_images: int = 1000
     extra: dict = field(default_factory=dict)
-
-
-def register_config() -> None:
-    """Register every JSON in ``stori_pl/model_configs`` with open_clip (idempotent)."""
-    import open_clip
-
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        if path.stem not in open_clip.list_models():
-            open_clip.add_model_config(path)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -339,7 +330,7 @@ def train(cfg: ToyTrainConfig, out: str | Path, log=print) -> dict:
     """
     import open_clip
 
-    register_config()
+    register_model_configs()  # stori-toy's architecture, for open_clip.create_model
     out = Path(out)
     weights_path, meta_path = out.with_suffix(".safetensors"), out.with_suffix(".json")
     partial_path = weights_path.with_suffix(".partial.safetensors")
