@@ -1,12 +1,13 @@
 """The paper's Tables 1 and 3 reproduced in kind on the toy world, over several seeds (docs/few_shot.md,
 docs/retrieval.md). Table 2 is ``stori grid`` + ``stori report --paired_to SToRI`` (docs/baselines.md).
 
-    python tools/paper_tables.py table1 --seeds 1 2 3 4 5 [--out table1.json]
+    python tools/paper_tables.py table1 --seeds 1 2 3 4 5 [--benchmark toy_shapes|toy_kinds] [--out table1.json]
     python tools/paper_tables.py table3 --seeds 0 1 2 3 4 [--out table3.json]
 
 ``table1`` — what the weights are learned on (SToRI Table 1): few-shot SToRI at the demo's settings
 (``configs/demo.yaml``: start block 7, lr 0.4, function words kept at 1, 16 shots; the weights after the last of its
-30 epochs are tested) on ToyShapes with three prompt sets per class:
+30 epochs are tested) on ToyShapes (48 classes whose names hold every attribute) or ToyKinds (8 nouns that only a
+state word resolves) with three prompt sets per class:
 
 - ``descriptions``: the benchmark's CuPL-style sentences plus the template (the demo);
 - ``templates``: the template ``a photo of a {class}.`` alone;
@@ -46,9 +47,12 @@ PROMPT_SETS = ("descriptions", "templates", "nonsense")
 # Letter strings that name nothing in the toy world's captions (each is one or two BPE tokens).
 NONSENSE_WORDS = ("sks", "pll", "ucd", "vrt", "zmq", "kpt", "blf", "drx", "qwo", "fnu", "gzt", "hju", "wxv", "tpz")
 SWEEP = (0.0, 0.5, 1.5, 2.0, 3.0)
-def prompt_sets(seed: int = 0) -> dict[str, dict[str, list[str]]]:
+BENCHMARKS = {"toy_shapes": toy_data.SHAPES_SPEC, "toy_kinds": toy_data.KINDS_SPEC}
+
+
+def prompt_sets(benchmark: str = "toy_shapes", seed: int = 0) -> dict[str, dict[str, list[str]]]:
     """``{set name: {class: [prompt, ...]}}`` of Table 1 (``descriptions`` is the benchmark's own CuPL file)."""
-    cupl = toy_data.toy_cupl()
+    cupl = toy_data.toy_cupl(spec=BENCHMARKS[benchmark])
     rng = random.Random(seed)
     nonsense = {c: [f"a photo of a {c}, " + " ".join(rng.choice(NONSENSE_WORDS) for _ in s.split()) + "."
                     for s in sents] for c, sents in cupl.items()}
@@ -61,23 +65,24 @@ def demo_model_args() -> tuple[dict, int]:
     return dict(cfg["model"]["init_args"]), int(cfg["trainer"]["max_epochs"])
 
 
-def fit_toy_stori(root: Path, name: str, prompts: dict[str, list[str]] | None, use_base_prompts: bool,
-                  seed: int) -> float:
-    """Test accuracy of SToRI at the demo's settings on ToyShapes with ``prompts`` (None: the benchmark's CuPL
-    sentences), the weights after the last epoch."""
+def fit_toy_stori(root: Path, benchmark: str, name: str, prompts: dict[str, list[str]] | None,
+                  use_base_prompts: bool, seed: int) -> float:
+    """Test accuracy of SToRI at the demo's settings on ``benchmark`` (toy_shapes, toy_kinds) with ``prompts``
+    (None: the benchmark's CuPL sentences), the weights after the last epoch."""
     import lightning as L
 
     from stori_pl.models import StoriClassifier
-    from stori_pl.toy.data import ToyShapes
+
+    datamodule = {"toy_shapes": toy_data.ToyShapes, "toy_kinds": toy_data.ToyKinds}[benchmark]
 
     args, epochs = demo_model_args()
     args["use_base_prompts"] = use_base_prompts
     cupl = None
     if prompts is not None:
-        cupl = root / f"prompts_{name}.json"
+        cupl = root / f"prompts_{benchmark}_{name}.json"
         cupl.write_text(json.dumps(prompts), encoding="utf-8")
     L.seed_everything(seed, verbose=False)
-    dm = ToyShapes(root=str(root), shots=16, seed=seed, cupl=None if cupl is None else str(cupl))
+    dm = datamodule(root=str(root), shots=16, seed=seed, cupl=None if cupl is None else str(cupl))
     model = StoriClassifier(**args)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -86,13 +91,13 @@ def fit_toy_stori(root: Path, name: str, prompts: dict[str, list[str]] | None, u
     return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
 
 
-def table1_seed(root: Path, seed: int) -> dict:
+def table1_seed(root: Path, benchmark: str, seed: int) -> dict:
     """Test accuracies of the three prompt sets for one few-shot seed."""
-    sets = prompt_sets()
-    return {"seed": seed,
-            "descriptions": fit_toy_stori(root, "descriptions", None, True, seed),
-            "templates": fit_toy_stori(root, "templates", sets["templates"], False, seed),
-            "nonsense": fit_toy_stori(root, "nonsense", sets["nonsense"], True, seed)}
+    sets = prompt_sets(benchmark)
+    return {"seed": seed, "benchmark": benchmark,
+            "descriptions": fit_toy_stori(root, benchmark, "descriptions", None, True, seed),
+            "templates": fit_toy_stori(root, benchmark, "templates", sets["templates"], False, seed),
+            "nonsense": fit_toy_stori(root, benchmark, "nonsense", sets["nonsense"], True, seed)}
 
 
 def table1_summary(runs: list[dict]) -> dict:
@@ -113,10 +118,12 @@ def table3_summary(runs: list[dict]) -> dict:
                 "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in runs[0] if k != "seed"}
 
 
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("table", choices=("table1", "table3"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--benchmark", choices=tuple(BENCHMARKS), default="toy_shapes", help="table1: the benchmark")
     p.add_argument("--weights", type=float, nargs="+", default=list(SWEEP), help="table3: weights of the attribute")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         for seed in args.seeds:
             if args.table == "table1":
-                runs.append(table1_seed(root, seed))
+                runs.append(table1_seed(root, args.benchmark, seed))
             else:
                 import toy_instruments
 
