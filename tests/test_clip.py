@@ -19,10 +19,22 @@ def test_frozen_eval_and_memoized(tiny_clip):
     assert callable(preprocess)
 
 
+def test_memo_is_one_copy_moved_where_asked(tiny_clip, monkeypatch):
+    """The memo is keyed by what the copy holds, not by a device: asking for a device moves the same object, not
+    asking leaves it where it is (no GPU needed to check it: ``.to`` is recorded)."""
+    model = tiny_clip[0]
+    moves = []
+    monkeypatch.setattr(model, "to", lambda device: moves.append(str(device)) or model)
+    assert load_clip("stori-tiny", pretrained=None, device="cuda:1")[0] is model
+    assert load_clip("stori-tiny", pretrained=None)[0] is model  # no device: left where it is
+    assert load_clip("stori-tiny", pretrained=None, device="cpu")[0] is model
+    assert moves == ["cuda:1", "cpu"]
+
+
 def test_random_init_warns():
     from stori_pl.text.clip import _LOADED
 
-    _LOADED.pop(("stori-tiny", None, "cpu", "fp16", None), None)
+    _LOADED.pop(("stori-tiny", None, "fp16", None), None)
     with pytest.warns(RandomWeightsWarning, match="meaningless"):
         load_clip("stori-tiny", None, precision="fp16")
 

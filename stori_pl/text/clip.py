@@ -105,21 +105,23 @@ def resolve_pretrained(model_name: str, pretrained: str | None) -> str | None:
 def load_clip(
     model_name: str,
     pretrained: str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     precision: str = "fp32",
     cache_dir: str | None = None,
 ) -> tuple[nn.Module, Callable, Callable]:
     """Create a frozen open_clip model, its eval image transform and its tokenizer.
 
-    Calls are memoized on their arguments, so a datamodule and a LightningModule asking for the same
-    CLIP share one copy.
+    Calls are memoized on what the copy holds (architecture, weights, precision), so a datamodule and a
+    LightningModule asking for the same CLIP share one copy. That copy is one object wherever it lives: a call
+    with a ``device`` moves it there, one without leaves it where it is, and a holder that keeps it on a device
+    (a LightningModule) moves it with its own ``.to()``.
 
     Args:
         model_name: open_clip architecture (``"ViT-L-14"``, ``"stori-toy"``, ...).
         pretrained: open_clip tag (e.g. ``"openai"``, ``"laion2b_s34b_b79k"``, ``"metaclip_fullcc"``),
             a local checkpoint file, ``"builtin"`` (shipped weights of ``stori-toy``) or None for a
             random init (warns: results are meaningless).
-        device: Where to put the model.
+        device: Where to put the model (None: where the memoized copy already is; a new copy on the CPU).
         precision: One of ``PRECISIONS`` (open_clip's precision argument).
         cache_dir: open_clip download cache for pretrained tags.
 
@@ -128,8 +130,10 @@ def load_clip(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
-    key = (model_name, pretrained, str(torch.device(device)), precision, cache_dir)
+    key = (model_name, pretrained, precision, cache_dir)
     if key in _LOADED:
+        if device is not None:
+            _LOADED[key][0].to(device)
         return _LOADED[key]
     source = resolve_pretrained(model_name, pretrained)
     if source is None:
@@ -139,7 +143,7 @@ def load_clip(
             RandomWeightsWarning,
             stacklevel=2,
         )
-    model, preprocess = _create(model_name, source, device, precision, cache_dir)
+    model, preprocess = _create(model_name, source, "cpu" if device is None else device, precision, cache_dir)
     model.requires_grad_(False).eval()
     model.stori_model_name = model_name
     tokenizer = _get_tokenizer(model, model_name, source)
