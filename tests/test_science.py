@@ -44,6 +44,10 @@ STATE_GAIN = 0.05  # true state >= name + 5, wrong <= name - 5 (target); measure
 # reach +1.51 ± 0.03 (1.47..1.53) / -3.01 ± 0.09 (-2.92..-3.10), right direction in 93-100 % / 100 % of the cases;
 # v1 at block 7: +0.06 / -0.06. Asserted: what is reached, ~1/3 below the minimum (sd is 0.1 points).
 UP_AP, DOWN_AP, FRAC = 0.010, -0.020, 0.80
+# The sweep (tools/paper_tables.py table3, pool seeds 0-4): w 2 +2.43 ± 0.08 (2.34..2.51), w 3 +3.66 ± 0.12 (3.49..3.80)
+# AP points (w 2 meets issue 21's +2 target). Asserted: w 2 >= +1.6, a third below its minimum as for w 1.5, and
+# the order 0.5 < 1 < 1.5 < 2 < 3.
+UP_AP_W2 = 0.016
 BINDING_MIN = 0.90  # measured 1.000 on every seed (chance 0.5: a bag of words cannot tell them apart)
 # ---- few-shot at block 7 (16 shots, 48 classes, 40 epochs, few-shot seed 1); GAIN and NOISE kept from v1, which v2 passes
 GAIN = 0.03
@@ -113,8 +117,11 @@ def test_captions_bind_attributes_to_their_object(clip):
 
 
 def test_emphasis_at_block_7_moves_retrieval(tmp_path):
-    e = toy_instruments.emphasis(str(WEIGHTS), SEED, tmp_path)
+    """Table 3 and its weight sweep: AP of the weighted attribute rises with its weight (v1's CLIP: flat)."""
+    e = toy_instruments.emphasis(str(WEIGHTS), SEED, tmp_path, emphasis_weights=(0.5, 1.5, 2.0, 3.0))
     assert e["dAP_w1.5"] >= UP_AP and e["dAP_w0.5"] <= DOWN_AP, e
+    assert e["dAP_w2.0"] >= UP_AP_W2, e
+    assert e["dAP_w0.5"] < 0 < e["dAP_w1.5"] < e["dAP_w2.0"] < e["dAP_w3.0"], e
     assert e["right_direction_w1.5"] >= FRAC and e["right_direction_w0.5"] >= FRAC, e
     assert e["dP@80_w1.5"] > 0 > e["dP@80_w0.5"], e
 
