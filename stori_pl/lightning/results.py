@@ -82,17 +82,18 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
     """Mean and paired 95 % t interval ``(mean, low, high)`` of per-seed differences between two methods (the
-    quantile of the nearest tabulated degrees of freedom at or above ``n - 1``; NaN bounds for fewer than 2)."""
+    quantile of the nearest tabulated degrees of freedom at or below ``n - 1``, so never too narrow; NaN bounds for
+    fewer than 2)."""
     n = len(diffs)
     if n == 0:
         return math.nan, math.nan, math.nan
     mean = statistics.fmean(diffs)
     if n < 2:
         return mean, math.nan, math.nan
-    t = next((v for k, v in sorted(_T975.items()) if k >= n - 1), 1.96)
+    t = _T975[max(k for k in _T975 if k <= n - 1)] if n - 1 <= max(_T975) else 1.96
     half = t * statistics.stdev(diffs) / math.sqrt(n)
     return mean, mean - half, mean + half
 
 
-__all__ = ["RESULTS_FILE", "BadResultsFile", "base_to_novel", "find_results", "harmonic_mean", "paired_interval", "read_result_file",
-           "write_results"]
+__all__ = ["RESULTS_FILE", "BadResultsFile", "base_to_novel", "find_results", "harmonic_mean", "paired_interval",
+           "read_result_file", "write_results"]
