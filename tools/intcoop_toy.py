@@ -1,6 +1,8 @@
 """IntCoOp on toy world v2's state-dependent classes (ToyKinds): base-to-novel, oracle vs shuffled state labels.
 
-Run: ``python tools/intcoop_toy.py --seeds 1 2 3 4 5`` (docs/intcoop.md has the figures and the exact command).
+Run: ``python tools/intcoop_toy.py --seeds 1 2 3 4 5`` (docs/intcoop.md has the figures and the exact command);
+``--probe`` prints only the state probe (:func:`state_probe`: is wet / dry decodable from the image embedding the
+same way for the new nouns as for the base ones?).
 The tests (tests/test_intcoop_toy.py) call the same functions with a smaller budget.
 
 Setup: the 8 ToyKinds nouns (:data:`stori_pl.toy.world.KINDS`) through the shipped ``stori-toy`` CLIP. A noun's
@@ -220,6 +222,35 @@ def run_seed(seed: int, epochs: int = 20, shots: int = 16, n_test: int = 250, co
     return out
 
 
+def state_probe(seed: int, n_train: int = 250, n_test: int = 250, steps: int = 200) -> dict[str, float]:
+    """Is the state decodable from the image embedding the same way for every noun? A logistic-regression probe
+    (L-BFGS, L2 1e-3) of wet vs dry on ``n_train`` base-class images per class, tested on base and new test images.
+
+    Returns:
+        ``{"state probe base": %, "state probe new": %}`` (chance 50 %).
+    """
+    train_split, test_split = kinds_split(seed + 1000, n_train, 1)["train"], kinds_split(seed, 1, n_test)["test"]
+    feats, _, states = subsample(train_split, "base")
+    w = torch.zeros(feats.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps)
+    target = (states == 0).float()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(10 * feats @ w + b, target) + 1e-3 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    out = {}
+    with torch.no_grad():
+        for half in ("base", "new"):
+            x, _, s = subsample(test_split, half)
+            out[f"state probe {half}"] = 100.0 * float(((10 * x @ w + b > 0).float() == (s == 0).float()).float().mean())
+    return out
+
+
 # two-sided 95 % Student t quantiles, df 1..30
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -259,11 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--lambda_attr", type=float, default=1.0)
     p.add_argument("--lambda_reg", type=float, default=1.0)
+    p.add_argument("--probe", action="store_true",
+                   help="only the state probe: wet vs dry from base-class image embeddings, tested on both halves")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.shots < 1 or args.n_test < 1:
         p.error("--epochs, --shots and --n_test must be >= 1")  # exit status 2
     torch.set_num_threads(args.threads)
+    if args.probe:
+        print("\n".join(summary([state_probe(s, n_test=args.n_test) for s in args.seeds])))
+        return 0
     runs = [run_seed(s, args.epochs, args.shots, args.n_test, lr=args.lr, lambda_attr=args.lambda_attr,
                      lambda_reg=args.lambda_reg) for s in args.seeds]
     print("\n".join(summary(runs)))
