@@ -176,9 +176,10 @@ def slot_accuracy(model, part: tuple, wrong: bool = False, chunk: int = 500) -> 
 
 
 def run_seed(seed: int, epochs: int = 20, shots: int = 16, n_test: int = 250, coop: bool = True,
-             lr: float = 0.002, **intcoop_args) -> dict[str, float]:
+             lr: float = 0.002, batch: int = 32, **intcoop_args) -> dict[str, float]:
     """One seed of every figure: base, new and HM accuracy (%) of each row of the module docstring, and
-    IntCoOp's state accuracy on base and new test images (``coop=False`` skips the two CoOp rows)."""
+    IntCoOp's state accuracy on base and new test images (``coop=False`` skips the two CoOp rows; ``batch``: the
+    mini-batch of :func:`train`)."""
     from stori_pl.models import CoOp, IntCoOp, ZeroShotCLIP
 
     data = kinds_split(seed, shots, n_test)
@@ -195,17 +196,17 @@ def run_seed(seed: int, epochs: int = 20, shots: int = 16, n_test: int = 250, co
         models = {}
         if coop:
             torch.manual_seed(seed)
-            models["CoOp"] = train(CoOp(**CLIP, prompts=prompts("base")), base_train, epochs, lr, seed=seed)
+            models["CoOp"] = train(CoOp(**CLIP, prompts=prompts("base")), base_train, epochs, lr, batch, seed=seed)
             torch.manual_seed(seed)
             models["CoOp (a photo of a)"] = train(CoOp(**CLIP, ctx_init="a photo of a", prompts=prompts("base")),
-                                                  base_train, epochs, lr, seed=seed)
+                                                  base_train, epochs, lr, batch, seed=seed)
         for name, shuffle in (("IntCoOp", False), ("IntCoOp (shuffled labels)", True)):
             words = base_train[2]
             if shuffle:
                 words = words[torch.randperm(len(words), generator=torch.Generator().manual_seed(seed))]
             torch.manual_seed(seed)
             model = IntCoOp(**CLIP, attribute_words=data["words"], prompts=prompts("base"), **intcoop_args)
-            models[name] = train(model, (base_train[0], base_train[1], words), epochs, lr, seed=seed)
+            models[name] = train(model, (base_train[0], base_train[1], words), epochs, lr, batch, seed=seed)
         for name, model in models.items():
             for half, part in tests.items():
                 if half == "new":
