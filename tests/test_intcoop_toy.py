@@ -93,22 +93,29 @@ def test_explain_prints_attribute_prompt_and_context_words(fitted, capsys):
     assert "Prompt as text: " in out and "ctx 4:" in out and "ctx(I) 4:" in out
 
 
-def test_attribute_accuracy_well_above_chance_and_noise_ablation(one_thread):
-    """(a) nearest-word accuracy of A(f(I)) on test images (size: chance 50 %); (c) shuffled labels.
+def test_state_prompts_base_to_novel(one_thread):
+    """docs/intcoop.md's toy-world evidence at a small budget: ToyKinds base-to-novel, the state as the attribute.
 
-    Measured at this budget (4 shots, 10 epochs, 5 test images per class, `study.run_seed(s, 10, 4, 5)`), seeds
-    1-5: oracle attribute accuracy 100 % on base and new test images for every seed; shuffled labels (base, new)
-    76.7/63.3, 63.3/53.3, 60.0/53.3, 40.0/63.3, 73.3/73.3 (mean of the two: 51.7-73.3). Asserted: oracle >= 85 %
-    (15 points under every measured seed), and shuffling loses >= 10 points (the smallest measured loss is 26.7)."""
-    out = study.run_seed(1, epochs=10, shots=4, n_test=5)
+    Budget: ``study.run_seed(s, epochs=10, shots=8, n_test=50)`` (200 test images per half, ~25 s).
+    Measured over seeds 1-5 at this budget (per seed):
+    - state word in the slot, true - wrong (points): base 56.0, 58.0, 47.0, 55.0, 55.5; new 71.5, 75.0, 71.5,
+      56.5, 62.0;
+    - HM, IntCoOp - CoOp (its recipe): 11.4, 13.3, 19.0, 10.1, 8.7;
+    - state accuracy of ``A(f(I))`` on the new classes (chance 50 %): 53.5, 53.5, 48.0, 47.0, 48.5;
+    - HM, IntCoOp oracle - shuffled labels: +4.8, -2.7, -0.9, +0.7, +3.0 (the paper's claim does not hold here,
+      and is not asserted; docs/intcoop.md).
+    Asserted (seed 1), each with its margin under the worst measured seed:
+    (a) the state word reaches the prompt and decides: true - wrong >= 30 on both halves (17 under the smallest);
+    (b) IntCoOp's HM >= CoOp's + 3, the issue's target (5.7 under the smallest measured gain);
+    (c) the extractor does not transfer the state to new nouns: state accuracy on new <= 70 % (16.5 over the
+        largest), the reason the attribute word does not help on new classes.
+    Falsification: a slot the text tower ignored would give true == wrong and fail (a); CoOp from "a photo of a"
+    fails (b) (HM gain -6.3 at this budget); an extractor that transferred the state would fail (c)."""
+    out = study.run_seed(1, epochs=10, shots=8, n_test=50)
     for half in ("base", "new"):
-        assert out[f"IntCoOp attribute {half}"] >= 85.0, out
-    oracle = (out["IntCoOp attribute base"] + out["IntCoOp attribute new"]) / 2
-    shuffled = (out["IntCoOp (shuffled labels) attribute base"] + out["IntCoOp (shuffled labels) attribute new"]) / 2
-    assert oracle - shuffled >= 10.0, out
-    # toy base-to-novel at this budget: no method leaves the toy world's ceiling (docs/intcoop.md); IntCoOp keeps
-    # the zero-shot accuracy on the new classes within 5 points
-    assert out["IntCoOp new"] >= out["zero-shot new"] - 5.0, out
+        assert out[f"IntCoOp (true state in slot) {half}"] - out[f"IntCoOp (wrong state in slot) {half}"] >= 30, out
+    assert out["IntCoOp HM"] >= out["CoOp HM"] + 3.0, out
+    assert out["IntCoOp state new"] <= 70.0, out
 
 
 def test_visual_prompts_train_on_images(fitted):
