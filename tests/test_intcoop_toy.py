@@ -57,7 +57,7 @@ def test_fit_logs_each_loss_and_the_attribute_table(fitted):
     metrics = trainer.callback_metrics
     for name in ("train/loss_ce", "train/loss_attr", "train/loss_reg", "val/loss_attr", "val/acc"):
         assert name in metrics and torch.isfinite(metrics[name]), name
-    assert model.attribute_words == ["dry", "wet"]  # taken from the datamodule (sorted: ToyKinds' toy labels, the state)
+    assert model.attribute_words == ["dry", "wet"]  # from the datamodule (ToyKinds' toy labels: the state, sorted)
     events = b"".join(p.read_bytes() for p in (base / "runs").rglob("events.out.tfevents*"))
     assert b"val/attributes" in events and b"| predicted |" in events
 

@@ -15,7 +15,8 @@ image features with a plain SGD loop (the LightningModule's own ``losses``; CoOp
 
 Rows: zero-shot CLIP with the noun alone; zero-shot with each test image's *true* state in the prompt (a
 test-time oracle, the ceiling the attribute slot can reach); zero-shot with both states' prompts, each class
-scoring its better one (the state resolved on the text side, no label); CoOp (its recipe: 16 random context vectors); CoOp
+scoring its better one (the state resolved on the text side, no label); CoOp (its recipe: 16 random context
+vectors); CoOp
 from "a photo of a" (IntCoOp's context init); IntCoOp trained with the true states (oracle labels); IntCoOp
 trained with the states shuffled across the training images (the label-noise ablation); and the oracle-trained
 IntCoOp with its attribute slot filled by each test image's true (or wrong) state word instead of ``A(f(I))``
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import statistics
 import warnings
 
@@ -248,7 +248,8 @@ def state_probe(seed: int, n_train: int = 250, n_test: int = 250, steps: int = 2
     with torch.no_grad():
         for half in ("base", "new"):
             x, _, s = subsample(test_split, half)
-            out[f"state probe {half}"] = 100.0 * float(((10 * x @ w + b > 0).float() == (s == 0).float()).float().mean())
+            hit = (10 * x @ w + b > 0) == (s == 0)
+            out[f"state probe {half}"] = 100.0 * float(hit.float().mean())
     return out
 
 
@@ -273,7 +274,8 @@ def summary(runs: list[dict[str, float]]) -> list[str]:
     for key in runs[0]:
         values = [r[key] for r in runs]
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"{key:40s} {statistics.mean(values):6.1f} ± {sd:4.1f}   " + " ".join(f"{v:5.1f}" for v in values))
+        per_seed = " ".join(f"{v:5.1f}" for v in values)
+        lines.append(f"{key:40s} {statistics.mean(values):6.1f} ± {sd:4.1f}   {per_seed}")
     for label, a, b in PAIRS:
         for half in ("base", "new", "HM"):
             if f"{a} {half}" in runs[0] and f"{b} {half}" in runs[0]:
