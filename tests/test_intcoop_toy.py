@@ -100,13 +100,13 @@ def test_state_prompts_base_to_novel(one_thread):
     Measured over seeds 1-5 at this budget (per seed):
     - state word in the slot, true - wrong (points): base 56.0, 58.0, 47.0, 55.0, 55.5; new 71.5, 75.0, 71.5,
       56.5, 62.0;
-    - HM, IntCoOp - CoOp (its recipe): 11.4, 13.3, 19.0, 10.1, 8.7;
+    - HM, IntCoOp - CoOp (random init): 11.4, 13.3, 19.0, 10.1, 8.7;
     - state accuracy of ``A(f(I))`` on the new classes (chance 50 %): 53.5, 53.5, 48.0, 47.0, 48.5;
     - HM, IntCoOp oracle - shuffled labels: +4.8, -2.7, -0.9, +0.7, +3.0 (the paper's claim does not hold here,
       and is not asserted; docs/intcoop.md).
     Asserted (seed 1), each with its margin under the worst measured seed:
     (a) the state word reaches the prompt and decides: true - wrong >= 30 on both halves (17 under the smallest);
-    (b) IntCoOp's HM >= CoOp's + 3, the issue's target (5.7 under the smallest measured gain);
+    (b) IntCoOp's HM >= CoOp's (random init) + 3, the issue's target (5.7 under the smallest measured gain);
     (c) the extractor does not transfer the state to new nouns: state accuracy on new <= 70 % (16.5 over the
         largest), the reason the attribute word does not help on new classes.
     Falsification: a slot the text tower ignored would give true == wrong and fail (a); CoOp from "a photo of a"
