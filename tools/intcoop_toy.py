@@ -15,7 +15,7 @@ image features with a plain SGD loop (the LightningModule's own ``losses``; CoOp
 
 Rows: zero-shot CLIP with the noun alone; zero-shot with each test image's *true* state in the prompt (a
 test-time oracle, the ceiling the attribute slot can reach); zero-shot with both states' prompts, each class
-scoring its better one (the state resolved on the text side, no label); CoOp (its recipe: 16 random context
+scoring its better one (the state resolved on the text side, no label); CoOp (its default: 16 random context
 vectors); CoOp from "a photo of a" (IntCoOp's context init); IntCoOp trained with the true states (oracle
 labels); IntCoOp trained with the states shuffled across the training images (the label-noise ablation); and
 the oracle-trained IntCoOp with its attribute slot filled by each test image's true (or wrong) state word
