@@ -369,7 +369,7 @@ def test_label_correctness_names_the_value_of_best_f1():
     assert [r["right"] for r in check.rows] == [True, False, False]
     assert check.rows[1]["best_value"] == "shape=circle" and check.rows[1]["label_f1"] == pytest.approx(0.5)
     assert label_correctness(fires, attributes, ["red", "porous", "red", "red"], named, min_fires=2).labelled == 2
-    assert label_correctness(fires, attributes, ["red", "circle", "red", ""], named, min_f1=0.9).right == 2
+    assert label_correctness(fires, attributes, ["red", "circle", "red", ""], named, min_fires=2, min_f1=0.9).right == 2
 
 
 def test_selectivity_scores_are_standardized_mean_differences():
