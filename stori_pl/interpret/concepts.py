@@ -145,15 +145,20 @@ def selectivity_scores(fires: torch.Tensor, similarity: torch.Tensor) -> torch.T
     Returns:
         ``[m, V]`` (0 for a latent that fires on no image or on every one).
     """
-    f = fires.float()
-    s = similarity.float()
-    n_fire = f.sum(0)[:, None]  # [m, 1]
-    n_rest = (f.shape[0] - n_fire)
-    total = s.sum(0)[None]  # [1, V]
-    fire_sum = f.T @ s  # [m, V]
-    diff = fire_sum / n_fire.clamp_min(1) - (total - fire_sum) / n_rest.clamp_min(1)
+    f, s = fires.float(), similarity.float()
+    return _selectivity(f.T @ s, f.sum(0), s.sum(0), s.pow(2).sum(0), s.shape[0])
+
+
+def _selectivity(fire_sum: torch.Tensor, n_fire: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor,
+                 n: int) -> torch.Tensor:
+    """:func:`selectivity_scores` from sums (streamed over images): ``Σ_{i fires} s [m, V]``, firing counts
+    ``[m]``, ``Σ_i s`` and ``Σ_i s² [V]``, ``n`` images."""
+    n_fire = n_fire[:, None]  # [m, 1]
+    n_rest = n - n_fire
+    diff = fire_sum / n_fire.clamp_min(1) - (total[None] - fire_sum) / n_rest.clamp_min(1)
     diff = diff * ((n_fire > 0) & (n_rest > 0))
-    return diff / s.std(0)[None].clamp_min(1e-12)
+    std = ((total_sq - total.pow(2) / n) / max(n - 1, 1)).clamp_min(0).sqrt()  # [V], unbiased as torch.std
+    return diff / std[None].clamp_min(1e-12)
 
 
 def load_vocabulary(source: str | Path | Sequence[str] | None = None) -> list[str]:
@@ -288,6 +293,24 @@ def image_embeddings(paths: Sequence[str], acts: torch.Tensor, clip_model: str, 
     return emb
 
 
+@torch.no_grad()
+def _streamed_selectivity(sae: torch.nn.Module, acts: torch.Tensor, emb: torch.Tensor, texts: torch.Tensor,
+                          batch_size: int) -> torch.Tensor:
+    """:func:`selectivity_scores` of every latent and text over ``acts [N, d]`` / ``emb [N, D]`` in chunks of
+    images (memory ``batch_size · (m + V) + m · V``, not ``N · m``)."""
+    m, v = sae.n_latents, texts.shape[0]
+    fire_sum, n_fire = torch.zeros(m, v), torch.zeros(m)
+    total, total_sq = torch.zeros(v), torch.zeros(v)
+    for start in range(0, acts.shape[0], batch_size):
+        f = (sae.topk(sae.encode(acts[start:start + batch_size].float())) > 0).float().cpu()  # [b, m]
+        sim = emb[start:start + batch_size].float() @ texts.float().T  # [b, V]
+        fire_sum += f.T @ sim
+        n_fire += f.sum(0)
+        total += sim.sum(0)
+        total_sq += sim.pow(2).sum(0)
+    return _selectivity(fire_sum, n_fire, total, total_sq, acts.shape[0])
+
+
 def describe_components(sae_module: torch.nn.Module, clip_model: str, image_paths: Sequence[str | Path],
                         vocabulary: str | Path | Sequence[str] | None = None, top_n: int = 16, *,
                         pretrained: str | None = "from_sae", concept_model: str | None = None,
@@ -334,7 +357,7 @@ def describe_components(sae_module: torch.nn.Module, clip_model: str, image_path
     concept = concept_vectors(emb, index)
     text = text_embeddings(cmodel, cpre, [*words, ""])
     scores = concept_alignment(concept, text[:-1], text[-1])  # [m, V]
-    select = selectivity_scores(firing_sets(sae_module.sae, acts, batch_size), emb.float() @ text[:-1].T)  # [m, V]
+    select = _streamed_selectivity(sae_module.sae, acts, emb, text[:-1], batch_size)  # [m, V]
     label_idx = (select if label_by == "selectivity" else scores).argmax(dim=1)  # [m]
     fires = index[:, 0] >= 0
     nan = torch.full((len(fires),), float("nan"))
