@@ -30,9 +30,9 @@ from stori_pl.toy.images import (
     toy_images_folder,
     write_toy_images,
 )
-from stori_pl.toy.world import attribute_prompts
+from stori_pl.toy.world import attribute_prompts, render
 
-__all__ = ["label_purity", "toy_label_vocabularies", "toy_component_report", "main"]
+__all__ = ["label_purity", "toy_label_vocabularies", "toy_component_report", "spurious_reliance", "main"]
 
 
 def label_purity(table: ComponentTable, attributes: Sequence[dict[str, str]]) -> list[dict]:
@@ -90,8 +90,96 @@ def toy_component_report(ckpt: str, root: str = "data", n_images: int = 4000, se
     return report
 
 
+def spurious_reliance(ckpt: str, root: str = "data", n_images: int = 4000, seed: int = 0, n_train: int = 6,
+                      n_test: int = 4, cache_dir: str | None = None) -> dict:
+    """Is the spurious distractor of ToyShapesSpurious flagged as unexpected reliance (what ``stori components
+    --split`` computes: mean Act×Grad per class, :func:`~stori_pl.interpret.components.unexpected_reliance` with the
+    class's words as expected vocabulary and the toy labels as general one)?
+
+    Two cosine linear probes on toy image features, ``n_train`` training scenes a class: one on ToyShapesSpurious
+    (the distractor's color follows the class), one on ToyShapes (the control). Per class, the top 5 components
+    over ``n_test`` test scenes (and over the training scenes) are listed; a class *flags the distractor* when one
+    of them labelled with its spurious color (table label or reliance label) is flagged.
+    """
+    import random
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from stori_pl.interpret.components import class_attribution, unexpected_reliance
+    from stori_pl.interpret.concepts import text_embeddings
+    from stori_pl.models import SparseAutoencoder, load_checkpoint
+    from stori_pl.text.clip import load_clip
+    from stori_pl.toy.data import (
+        BENCHMARK_LIGHT,
+        BENCHMARK_NOISE,
+        SHAPES_SPEC,
+        SPURIOUS_SPEC,
+        TOY_CLASSES,
+        spurious_color,
+    )
+
+    module = load_checkpoint(ckpt, expect=SparseAutoencoder).eval()
+    h, sae = module.hparams, module.sae.requires_grad_(False)
+    model, preprocess, _ = load_clip(h.clip_model, h.pretrained)
+    model = model.eval().requires_grad_(False)
+    prompts = {label: attribute_prompts(k)[v][0] for label, (k, v) in attribute_vocabulary().items()}
+    paths, _ = write_toy_images(toy_images_folder(root, n_images, seed), n_images, seed)
+    table = describe_components(module, h.clip_model, paths, list(prompts.values()), 16, cache_dir=cache_dir)
+    short = {p: label for label, p in prompts.items()}
+    labels = [short.get(label, label) for label in table.labels]
+    text = text_embeddings(h.clip_model, h.pretrained, [*prompts.values(), ""])
+    general, empty = dict(zip(prompts, text[:-1])), text[-1]
+
+    def scenes(spec, part: str, n: int, scene_seed: int):
+        rng, images, ys = random.Random(scene_seed), [], []
+        for c in range(len(TOY_CLASSES)):
+            for _ in range(n):
+                obj = spec.scene(c, part, rng)
+                pixels = render(obj, rng, noise=BENCHMARK_NOISE, light=BENCHMARK_LIGHT)
+                images.append(preprocess(Image.fromarray(pixels)))
+                ys.append(c)
+        return torch.stack(images), torch.tensor(ys)
+
+    def probe(feats, ys, steps: int = 300):
+        torch.manual_seed(0)
+        w = torch.zeros(len(TOY_CLASSES), feats.shape[1], requires_grad=True)
+        opt = torch.optim.Adam([w], lr=0.05)
+        for _ in range(steps):
+            loss = F.cross_entropy(30 * feats @ F.normalize(w, dim=-1).T, ys)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return F.normalize(w.detach(), dim=-1)
+
+    test_x, test_y = scenes(SPURIOUS_SPEC, "test", n_test, 7)
+    with torch.no_grad():
+        test_f = F.normalize(model.encode_image(test_x).float(), dim=-1)
+    report = {}
+    for name, spec in (("spurious", SPURIOUS_SPEC), ("plain", SHAPES_SPEC)):
+        x, y = scenes(spec, "train", n_train, 1)
+        with torch.no_grad():
+            w = probe(F.normalize(model.encode_image(x).float(), dim=-1), y)
+        report[f"{name}_probe_test_accuracy"] = round(float(((test_f @ w.T).argmax(1) == test_y).float().mean()), 3)
+        for split, (sx, sy) in (("test", (test_x, test_y)), ("train", (x, y))):
+            flagging, flagged, share = 0, 0, 0.0
+            for c, (pattern, color, shape) in enumerate(TOY_CLASSES):
+                attr = class_attribution(model, sae, sx[sy == c], h.block, w[c])
+                rows = unexpected_reliance(attr, table.concept, general,
+                                           {word: general[word] for word in (pattern, color, shape)}, empty, top=5)
+                cue = spurious_color((pattern, color, shape))
+                flagging += any(r.flagged and cue in (r.label, labels[r.component]) for r in rows)
+                flagged += sum(r.flagged for r in rows)
+                share += sum(r.share for r in rows if cue in (r.label, labels[r.component]))
+            report[f"{name}_probe_{split}"] = (f"classes flagging the distractor {flagging}/48, flagged {flagged}, "
+                                               f"mean share of spurious-color components {share / 48:.3f}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python tools/toy_components.py CKPT [--root data] [--n_images 4000] [--top_n 10] [--check_images 2000]``."""
+    """``python tools/toy_components.py CKPT [--root data] [--n_images 4000] [--top_n 10] [--check_images 2000]
+    [--spurious]``."""
     p = argparse.ArgumentParser(prog="python tools/toy_components.py", description=__doc__)
     p.add_argument("ckpt")
     p.add_argument("--root", default="data")
@@ -100,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top_n", type=int, default=10)
     p.add_argument("--check_images", type=int, default=2000)
     p.add_argument("--cache_dir", default=None)
+    p.add_argument("--spurious", action="store_true", help="instead: is ToyShapesSpurious's distractor flagged?")
     a = p.parse_args(argv)
-    report = toy_component_report(a.ckpt, a.root, a.n_images, a.seed, a.top_n, a.check_images, a.cache_dir)
+    if a.spurious:
+        report = spurious_reliance(a.ckpt, a.root, a.n_images, a.seed, cache_dir=a.cache_dir)
+    else:
+        report = toy_component_report(a.ckpt, a.root, a.n_images, a.seed, a.top_n, a.check_images, a.cache_dir)
     for key, value in report.items():
         print(f"{key:>36}: {value}")
     return 0
