@@ -32,6 +32,8 @@ from stori_pl.toy.images import (
 )
 from stori_pl.toy.world import attribute_prompts, render
 
+SELECTIVE_F1 = 0.3  # a latent whose best value has a lower F1 is selective for none (tests/test_sae_toy.py)
+
 __all__ = ["label_purity", "toy_label_vocabularies", "toy_component_report", "spurious_reliance", "main"]
 
 
@@ -78,7 +80,9 @@ def toy_component_report(ckpt: str, root: str = "data", n_images: int = 4000, se
             table = describe_components(module, h.clip_model, paths, texts, top_n, cache_dir=cache_dir,
                                         label_by=method)
             lc = label_correctness(fires, held_attrs, table.labels, values)
-            report[f"label_correctness_{name}_{method}"] = f"{lc.right}/{lc.labelled} = {lc.share:.3f}"
+            sel = label_correctness(fires, held_attrs, table.labels, values, min_f1=SELECTIVE_F1)
+            report[f"label_correctness_{name}_{method}"] = (f"{lc.right}/{lc.labelled} = {lc.share:.3f} (right and "
+                                                            f"selective, F1 >= {SELECTIVE_F1}: {sel.share:.3f})")
             if name == "bare" and method == "selectivity":
                 rows = label_purity(table, attrs)
                 report["firing_on_top_n"] = int((table.top_index >= 0).all(1).sum())
