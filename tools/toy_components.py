@@ -90,7 +90,8 @@ def toy_component_report(ckpt: str, root: str = "data", n_images: int = 4000, se
             if name == "toy" and method == "selectivity":
                 wrong = [r for r in lc.rows if not r["right"]]
                 report["wrong_toy_selectivity"] = ", ".join(
-                    f"{r['component']}:{r['labelled_value']}->{r['best_value']}({r['best_f1']:.2f})" for r in wrong[:12])
+                    f"{r['component']}:{r['labelled_value']}->{r['best_value']}({r['best_f1']:.2f})"
+                    for r in wrong[:12])
     return report
 
 

@@ -8,15 +8,18 @@ After Dreyer et al. (arXiv 2505.20229; ``maxdreyer/attributing-clip``):
 - **concept** ``c_k``: the mean CLIP image embedding of those images (experiments/find_relevant_semantics.py,
   ``sem_emb_sae``), normalized here (cosines do not change);
 - **alignment** with a text ``t``: ``cos(c_k, T(t)) − cos(c_k, T(""))`` — the text embedded bare (their
-  template ``"{}"``) and the empty prompt as reference; the **label** of ``k`` is the vocabulary entry with the
-  highest alignment, and its score is the component's alignment;
+  template ``"{}"``) and the empty prompt as reference; the authors' **label** of ``k`` is the vocabulary entry
+  with the highest alignment (``label_by="alignment"``); by default stori-pl labels by
+  :func:`selectivity_scores` over every image the latent fires on; the component's alignment is its label's;
 - **clarity**: their ``clarity_score`` (utils/interpretability_scores.py) — the mean pairwise cosine
   similarity of the top images' embeddings (``(‖mean v̂‖² − 1/n) · n / (n − 1)``).
 
 Public API (stable; :mod:`stori_pl.interpret` attribution code imports it):
 :class:`ComponentTable` (``save``/``load``, ``top_paths(k)``, ``row(k)``), :func:`describe_components`,
 :func:`top_activating`, :func:`concept_vectors`, :func:`clarity_score`, :func:`text_embeddings`,
-:func:`concept_alignment`, :func:`load_vocabulary`, :data:`GENERAL_VOCABULARY`.
+:func:`concept_alignment`, :func:`load_vocabulary`, :data:`GENERAL_VOCABULARY`; labels are chosen by
+:func:`selectivity_scores` (default) or the authors' alignment, and checked against known image attributes by
+:func:`label_correctness` (:func:`firing_sets`, :func:`value_f1`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from stori_pl.text.clip import load_clip
 __all__ = [
     "ComponentTable", "describe_components", "top_activating", "concept_vectors", "clarity_score",
     "text_embeddings", "concept_alignment", "load_vocabulary", "image_embeddings", "GENERAL_VOCABULARY",
-    "TABLE_FORMAT", "selectivity_scores", "LABEL_METHODS", "firing_sets", "value_f1", "label_correctness", "LabelCorrectness",
+    "TABLE_FORMAT", "selectivity_scores", "LABEL_METHODS", "firing_sets", "value_f1", "label_correctness",
+    "LabelCorrectness",
 ]
 
 GENERAL_VOCABULARY = Path(__file__).resolve().parents[1] / "assets" / "vocabulary.txt"
