@@ -165,7 +165,8 @@ def spurious_reliance(ckpt: str, root: str = "data", n_images: int = 4000, seed:
     for name, spec in (("spurious", SPURIOUS_SPEC), ("plain", SHAPES_SPEC)):
         x, y = scenes(spec, "train", n_train, 1)
         with torch.no_grad():
-            w = probe(F.normalize(model.encode_image(x).float(), dim=-1), y)
+            feats = F.normalize(model.encode_image(x).float(), dim=-1)
+        w = probe(feats, y)
         report[f"{name}_probe_test_accuracy"] = round(float(((test_f @ w.T).argmax(1) == test_y).float().mean()), 3)
         for split, (sx, sy) in (("test", (test_x, test_y)), ("train", (x, y))):
             flagging, flagged, share = 0, 0, 0.0
