@@ -344,3 +344,45 @@ def test_unexpected_reliance_score_and_rule():
     assert not by_k[2].flagged and by_k[2].label == "red"  # unexpected but under min_share
     with pytest.raises(ValueError, match="vocabulary is empty"):
         unexpected_reliance(attribution, concepts, words, {}, empty)
+
+
+def test_label_correctness_names_the_value_of_best_f1():
+    """A label is right when it names the value whose images best match the firing set (F1); a label outside
+    the value vocabulary leaves the component unlabelled; a latent firing on fewer than min_fires images is not
+    counted. Synthetic: 12 images, color and shape."""
+    from stori_pl.interpret.concepts import label_correctness, value_f1
+
+    colors = ["red"] * 6 + ["blue"] * 6
+    shapes = ["circle", "square"] * 6
+    attributes = [{"color": c, "shape": s} for c, s in zip(colors, shapes)]
+    fires = torch.zeros(12, 4, dtype=torch.bool)
+    fires[:6, 0] = True  # every red image: red F1 1
+    fires[0:12:2, 1] = True  # every circle: circle F1 1
+    fires[:3, 2] = True  # red circle, red square, red circle: red F1 2/3, circle F1 0.5
+    fires[0, 3] = True  # one image only
+    values, f1 = value_f1(fires, attributes)
+    assert values == [("color", "red"), ("shape", "circle"), ("shape", "square"), ("color", "blue")]
+    assert f1[0, 0] == pytest.approx(1.0) and f1[1, 1] == pytest.approx(1.0) and f1[2, 0] == pytest.approx(2 / 3)
+    named = {"red": ("color", "red"), "circle": ("shape", "circle"), "blue": ("color", "blue")}
+    check = label_correctness(fires, attributes, ["red", "red", "circle", "red"], named, min_fires=2)
+    assert (check.labelled, check.right) == (3, 1) and check.share == pytest.approx(1 / 3)
+    assert [r["right"] for r in check.rows] == [True, False, False]
+    assert check.rows[1]["best_value"] == "shape=circle" and check.rows[1]["label_f1"] == pytest.approx(0.5)
+    assert label_correctness(fires, attributes, ["red", "porous", "red", "red"], named, min_fires=2).labelled == 2
+    assert label_correctness(fires, attributes, ["red", "circle", "red", ""], named, min_fires=2, min_f1=0.9).right == 2
+
+
+def test_selectivity_scores_are_standardized_mean_differences():
+    from stori_pl.interpret.concepts import selectivity_scores
+
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.randn(50, 3, generator=gen) * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor([0.0, 5.0, -1.0])
+    fires = torch.rand(50, 2, generator=gen) > 0.5
+    got = selectivity_scores(fires, sim)
+    for k in range(2):
+        f = fires[:, k]
+        want = (sim[f].mean(0) - sim[~f].mean(0)) / sim.std(0)
+        torch.testing.assert_close(got[k], want)
+    # invariant to each text's offset and scale: a text close to every image gains nothing
+    torch.testing.assert_close(selectivity_scores(fires, sim * 3 + 7), got)
+    assert (selectivity_scores(torch.zeros(50, 1, dtype=torch.bool), sim) == 0).all()

@@ -72,6 +72,9 @@ def test_image_view_compare_html_and_kept_table(env, capsys):
     assert stori_main(argv) == 0
     out = capsys.readouterr().out
     assert "top 5 components for" in out and "Logit Lens" in out and "Act×LogitLens" in out
+    # the concept images are a toy folder with attributes.json: the labels are checked against them
+    line = next(line for line in out.splitlines() if line.startswith("label correctness:"))
+    assert "most selective for" in line and "over 160 images" in line
     table = [line for line in out.splitlines() if line.strip()[:2] in {f"{i} " for i in range(1, 6)}]
     assert len(table) == 5
     page = html.read_text(encoding="utf-8")
@@ -114,7 +117,13 @@ def test_components_eval_writes_curves_and_areas(env, capsys):
     assert (out_dir / "curves.png").stat().st_size > 0 and list(out_dir.glob("events.out.tfevents.*"))
     assert len((out_dir / "areas.csv").read_text(encoding="utf-8").splitlines()) == 6
     assert json.loads((out_dir / "areas.json").read_text(encoding="utf-8"))["steps"] == 3
-    assert "Act×Grad" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Act×Grad" in out
+    # a toy benchmark records its images' attributes and the SAE's table is kept (the image-view test made it)
+    check = result["label_correctness"]
+    assert 0 <= check["right"] <= check["labelled"] and check["label_correctness"] == pytest.approx(
+        check["right"] / max(1, check["labelled"]))
+    assert f"label correctness: {check['right']} of {check['labelled']} labelled components" in out
 
 
 def test_explain_shows_words_and_components(env, capsys):

@@ -113,7 +113,7 @@ def test_component_table_matches_the_authors_formulas(fitted):
     module = load_checkpoint(fitted["ckpt"], expect=SparseAutoencoder)
     vocab = list(attribute_vocabulary())
     table = describe_components(module, "stori-toy", fitted["paths"], vocab, top_n=5,
-                                cache_dir=fitted["tmp"] / "cache")
+                                cache_dir=fitted["tmp"] / "cache", label_by="alignment")  # the authors' labels
     assert len(table) == 64 and table.concept.shape == (64, 128)
     k = int(torch.where((table.top_index >= 0).all(1))[0][0])
     top = table.top_paths(k)

@@ -16,10 +16,13 @@ import torch
 
 from stori_pl.cli.component_inputs import (
     check_class,
+    known_attributes,
+    label_check,
     load_images,
     load_matching_sae,
     split_images,
 )
+from stori_pl.data.features import list_images
 from stori_pl.interpret.component_tables import (
     component_table,
     expected_vocabulary,
@@ -98,6 +101,11 @@ def components(ckpt: str, sae: str | None = None, image: Path | None = None, cla
     toy = labels == "toy"
     components_table = component_table(sae, sae_module, classifier, table, concept_images, None if toy else labels,
                                        toy_label_prompts() if toy else None)
+    if concept_images is not None:  # toy images: are the labels right?
+        concept_paths = list_images(concept_images)
+        attributes = known_attributes(concept_paths)
+        if attributes is not None:
+            label_check(components_table, sae_module, concept_paths, attributes)
     if image is not None:
         section = explain_image_components(classifier, sae_module, components_table, image, class_name, top, compare)
     else:

@@ -38,17 +38,18 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         pretrained: Override the checkpoint's CLIP weights (open_clip tag or local file), e.g. offline.
 
     Returns:
-        ``{"areas": {method: area}, "std_error": {...}, "curves": {method: [mean y per step]}, "n_images": N}``.
+        ``{"areas": {method: area}, "std_error": {...}, "curves": {method: [mean y per step]}, "n_images": N}``;
+        with ``"label_correctness"`` (share, labelled, right) when the images' attributes are known (toy
+        benchmarks) and the SAE's component table is kept beside it (``stori components --concept_images``).
 
     Raises:
         FileNotFoundError: No such checkpoint, SAE or dataset.
         ValueError: An SAE of another CLIP or block (both named), an unreadable image (its path), steps < 1 or
             steps > the SAE's k.
     """
-    from stori_pl.cli.component_inputs import (
-            load_matching_sae,
-        split_images,
-    )
+    from stori_pl.cli.component_inputs import known_attributes, label_check, load_matching_sae, split_images
+    from stori_pl.interpret.component_tables import default_table_path
+    from stori_pl.interpret.concepts import ComponentTable
     from stori_pl.interpret.faithfulness import area_std_error
     from stori_pl.models import ClipClassifier, load_checkpoint
 
@@ -64,6 +65,10 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
               "curves": {n: c.mean(1).tolist() for n, c in full.items()}, "n_images": len(items),
               "steps": steps, "keep_error": keep_error, "split": split, "ckpt": str(ckpt), "sae": str(sae)}
     print_areas(result, classifier.hparams.clip_model, module.block)
+    attributes = known_attributes([p for p, _ in items])
+    if attributes is not None and default_table_path(sae).is_file():  # toy images: are the labels right?
+        check = label_check(ComponentTable.load(default_table_path(sae)), module, [p for p, _ in items], attributes)
+        result["label_correctness"] = {k: v for k, v in check.to_dict().items() if k != "rows"}
     write_outputs(Path(output), result)
     return result
 
