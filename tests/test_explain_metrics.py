@@ -10,10 +10,13 @@ import pytest
 from stori_pl.text.function_words import is_function_word
 from stori_pl.toy import TOY_GROUND_TRUTH as TRUTH
 from stori_pl.interpret.metrics import (
+    contrast_classes,
     defining_words,
+    emphasis_groups,
     explanation_metrics,
     ground_truth_for,
     prompt_metrics,
+    sign_agreement,
     weight_metrics,
 )
 from stori_pl.interpret.viz.words import (
@@ -92,6 +95,152 @@ def test_per_class_means_and_summary():
     assert result.summary["discriminative_share"] == pytest.approx(((10 / 3 + 1) / 2 + 1) / 2)
     assert "sign_agreement" not in result.summary  # no model, no images
     assert result.to_dict()["per_class"]["striped blue square"]["sink_share"] == pytest.approx(0.7)
+
+
+def test_uniform_baselines_and_the_distractor_share():
+    defining = defining_words(CLASSES, TRUTH)["striped red circle"]
+    # ToyShapesSpurious's sentence form: the words after "next to" (function words aside) name the distractor
+    words = ["a", "striped", "red", "circle", "next", "to", "a", "small", "green", "circle", "."]
+    assert TRUTH.distractor_words(words) == [False] * 7 + [True, True, True, False]
+    assert not any(TRUTH.distractor_words(WORDS))  # ToyShapes' sentences name none
+    # weight 2 on red, 1 on green, 0 elsewhere: distractor share (1/3) / (3/11); the distractor's "circle" is
+    # no defining word (the main object's is): striped, red, circle are 3 of 11 words
+    m = prompt_metrics([(w, {"red": 2.0, "green": 1.0}.get(w, 0.0)) for w in words], defining, TRUTH, k=3)
+    assert m["distractor_share"] == pytest.approx((1 / 3) / (3 / 11))
+    assert m["discriminative_share"] == pytest.approx((2 / 3) / (3 / 11))
+    assert "distractor_share" not in prompt_metrics(prompt([1.0] * 10), defining, TRUTH)
+    weights = {"striped red circle": [[(w, {"red": 2.0, "green": 1.0}.get(w, 0.0)) for w in words], prompt([1.0] * 10)],
+               "striped blue square": [prompt([1.0] * 10)]}
+    per_class = weight_metrics(weights, TRUTH, k=3)
+    row = per_class["striped red circle"]
+    # the distractor share averages over the prompts that name a distractor only; every baseline is the same
+    # prompts with all weights 1: share 1 by definition, precision = defining words among the first 3 words
+    assert row["distractor_share"] == pytest.approx((1 / 3) / (3 / 11)) and row["distractor_share_uniform"] == 1.0
+    assert row["discriminative_share_uniform"] == pytest.approx(1.0)
+    # (the pattern is the same for both classes: defines nothing) first 3 words "a striped red": 1 of min(3, 2);
+    # "a small striped": 0 of 3
+    assert row["precision_at_k_uniform"] == pytest.approx((1 / 2 + 0) / 2)
+    assert set(per_class) == {"striped red circle"}  # "a small striped red circle ..." names no blue square
+    assert "precision_at_k_uniform" not in weight_metrics(weights, TRUTH, k=3, uniform=False)["striped red circle"]
+    # the top word as `stori explain` names it first (geometric mean over the class's prompts): the distractor's
+    # green (x11/3 once) beats red (x22/3 and x1 -> x2.7), so the class's top word is no defining word
+    assert row["top_word_defining"] == 0.0
+    only_first = weight_metrics({**weights, "striped red circle": weights["striped red circle"][:1]}, TRUTH)["striped red circle"]
+    assert only_first["top_word_defining"] == 1.0  # red alone: x22/3
+    # with all weights 1 no word is emphasized: no top word
+    assert "top_word_defining" not in weight_metrics({**weights, "striped red circle": [prompt([1.0] * 10)]}, TRUTH)["striped red circle"]
+    # printed and JSON names: precision_at_3, precision_at_3_uniform
+    result = explanation_metrics(weights, TRUTH, k=3)
+    assert {"precision_at_3", "precision_at_3_uniform", "distractor_share"} <= set(result.to_dict()["summary"])
+
+
+def test_contrast_classes_are_the_one_attribute_twins():
+    from stori_pl.toy.data import SHAPES_SPEC
+
+    names = list(SHAPES_SPEC.classes)  # 4 shapes x 4 colors x 3 patterns
+    c = names.index("striped red circle")
+    twins = {a: {names[k] for k in contrast_classes(names, TRUTH, c, a)} for a in ("pattern", "color", "shape")}
+    assert twins["pattern"] == {"plain red circle", "dotted red circle"}
+    assert twins["color"] == {"striped green circle", "striped blue circle", "striped yellow circle"}
+    assert twins["shape"] == {"striped red square", "striped red triangle", "striped red star"}
+
+
+TOY_PROMPTS = {
+    "classnames": ["striped red circle", "dotted red circle", "striped blue circle"],
+    "base": [[], [], []],
+    "cupl": [["a small striped red circle on a white background."], ["a red circle with dots."],
+             ["a large blue circle with stripes next to a small red square."]],
+}
+
+
+@pytest.fixture(scope="module")
+def toy_named(tiny_clip):
+    """A random tiny CLIP's SToRI with toy-world class names (no training: only the bookkeeping is tested)."""
+    from stori_pl.models.stori import StoriClassifier
+
+    return StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2, use_base_prompts=False,
+                           prompts=TOY_PROMPTS)
+
+
+def test_emphasis_groups_mark_each_prompts_own_values(toy_named):
+    from stori_pl.text.syntax import token_words
+
+    groups, dirs = emphasis_groups(toy_named, TRUTH)
+    assert groups == ["pattern", "color", "size", "background"]  # the shape is the same for all: defines nothing
+    marked = {}
+    for p in range(toy_named.n_cupl):
+        for w, pos in token_words(toy_named.frozen.cupl_tokens[p], toy_named.tokenizer):
+            for g, a in enumerate(groups):
+                if dirs[g, p, pos].all() and dirs[g, p, pos].any():
+                    marked.setdefault((p, a), []).append(w)
+                else:
+                    assert not dirs[g, p, pos].any()  # all pieces of a word or none
+    assert marked[(0, "pattern")] == ["striped"] and marked[(0, "color")] == ["red"]
+    assert marked[(0, "size")] == ["small"] and marked[(0, "background")] == ["white"]
+    assert marked[(1, "pattern")] == ["dots"] and (1, "size") not in marked
+    # the distractor's words ("small red square") are no value of the class: left out
+    assert marked[(2, "color")] == ["blue"] and marked[(2, "size")] == ["large"] and marked[(2, "pattern")] == ["stripes"]
+
+
+def test_sign_agreement_counts_on_known_derivatives(toy_named, monkeypatch):
+    """Hand-made logits and derivatives: which pairs are positive is known, so the fractions are too."""
+    import torch
+
+    import stori_pl.interpret.metrics as M
+
+    # 2 images of class 0 (striped red circle), both correctly classified; contrast: pattern -> class 1, color -> 2
+    logits = torch.tensor([[3.0, 1.0, 1.0], [3.0, 0.0, 2.0]])  # [N, C]
+    d = torch.zeros(4, 2, 3)  # [G = pattern, color, size, background, N, C]
+    # the class's own logit drops along its pattern and color words on both images (absolute: 0 of 4), its twins'
+    # drop more except for the pattern twin on image 1: T_pattern = logit_0 - logit_1 moves by -1 + 3 > 0 on
+    # image 0 and by -1 + 0.5 < 0 on image 1; T_color = logit_0 - logit_2 by -0.5 + 1 > 0 on both (3 of 4)
+    d[0, :, 0], d[0, 0, 1], d[0, 1, 1] = -1.0, -3.0, -0.5
+    d[1, :, 0], d[1, :, 2] = -0.5, -1.0
+    d[2, 0, 0] = 1.0  # size: raises T (both targets) on image 0 only
+    d[3, :, 0] = -1.0  # background: lowers T on both
+    monkeypatch.setattr(M, "emphasis_derivatives", lambda model, f, dirs, lw=None: (logits, d))
+    out = sign_agreement(toy_named, torch.zeros(2, 8), torch.tensor([0, 0]), TRUTH)
+    row = out["striped red circle"]
+    assert row["sign_agreement"] == 0.75 and row["sign_agreement_absolute"] == 0.0
+    assert row["sign_agreement_nuisance"] == pytest.approx(2 / 8)  # size on image 0, for both targets T_a
+    assert set(out) == {"striped red circle"}  # no image of the other classes
+
+
+def test_absolute_sign_agreement_is_the_per_word_attribution_sign(toy_named):
+    """The directional derivative along a value's words equals the sum of attribute()'s per-word attributions
+    (an independent code path), so the absolute sign agreement reproduces the pre-issue-22 metric."""
+    import torch
+
+    from stori_pl.interpret.attribution import attribute
+
+    torch.manual_seed(3)
+    with torch.no_grad():
+        toy_named.log_weights.copy_(torch.randn_like(toy_named.log_weights))
+    try:
+        feats = torch.randn(6, toy_named.clip.visual.output_dim)
+        preds = toy_named.classify_features(feats).argmax(-1)
+        labels = preds.clone()  # every image "correct": all are scored
+        defining = defining_words(toy_named.classnames, TRUTH)
+        hits = total = 0
+        for i in range(len(feats)):
+            c = int(labels[i])
+            per_value = {}
+            for p in attribute(toy_named, feats[i], c).prompts:
+                for w, a in p:
+                    if w in defining[toy_named.classnames[c]]:
+                        per_value[defining[toy_named.classnames[c]][w]] = per_value.get(defining[toy_named.classnames[c]][w], 0) + a
+            # pattern and color only (the shape defines nothing here); every prompt names both
+            hits += sum(a > 0 for a in per_value.values())
+            total += len(per_value)
+        out = sign_agreement(toy_named, feats, labels, TRUTH)
+        n = {name: int((labels == k).sum()) for k, name in enumerate(toy_named.classnames)}
+        ours = sum(row["sign_agreement_absolute"] * 2 * n[name] for name, row in out.items())
+        assert total == 2 * len(feats) and ours == pytest.approx(hits)
+        # the contrastive target needs twins: "striped blue circle" has none in pattern (no dotted blue circle)
+        assert contrast_classes(toy_named.classnames, TRUTH, 2, "pattern") == []
+    finally:
+        with torch.no_grad():
+            toy_named.log_weights.zero_()
 
 
 def test_function_words_are_left_out_or_marked():
