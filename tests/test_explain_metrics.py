@@ -4,6 +4,7 @@ handling of the word summaries, and the ``stori explain-eval`` command's argumen
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -336,3 +337,81 @@ def test_training_adds_the_log_weight_penalty(tiny_clip):
     # the data gradient alone moves the log-weights both ways; a strong penalty pulls every one towards 0
     free, pulled = one_step(0.0), one_step(100.0)
     assert (free > 1).any() and (pulled < 1).all()
+
+
+def test_explain_eval_prints_and_writes_every_metric_by_name(toy_named, tmp_path, capsys):
+    """`stori explain-eval` on a toy-class checkpoint (weights only: no images needed), and the printed line of
+    every metric with its uniform baseline."""
+    import json
+
+    import lightning as L
+    import torch
+
+    from stori_pl.cli import main
+    from stori_pl.cli.explain_eval import format_metrics
+    from stori_pl.interpret.metrics import ExplanationMetrics
+
+    with torch.no_grad():
+        toy_named.log_weights.normal_(generator=torch.Generator().manual_seed(4))
+    try:
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu")
+        trainer.strategy.connect(toy_named)
+        trainer.save_checkpoint(tmp_path / "toy.ckpt")
+        expected = explanation_metrics(toy_named.word_weights(), TRUTH, 3)
+    finally:
+        with torch.no_grad():
+            toy_named.log_weights.zero_()
+    assert main(["explain-eval", str(tmp_path / "toy.ckpt"), "--sign_agreement", "false", "--json",
+                 str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    for name in ("discriminative_share", "discriminative_share_uniform", "precision_at_3 ", "precision_at_3_uniform",
+                 "distractor_share", "distractor_share_uniform", "sink_share_uniform"):
+        assert name in out
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["k"] == 3 and "precision_at_k" not in written["summary"]
+    assert written["summary"]["precision_at_3"] == pytest.approx(expected.summary["precision_at_k"])
+    assert written["summary"]["distractor_share"] == pytest.approx(expected.summary["distractor_share"])
+    # the sign agreements, as explain-eval prints them next to their baselines
+    text = format_metrics(ExplanationMetrics({"sign_agreement": 0.9, "sign_agreement_uniform": 0.8,
+                                              "sign_agreement_nuisance": 0.5, "sign_agreement_nuisance_uniform": 0.4}))
+    assert text.splitlines()[0].split() == ["sign_agreement", "0.900", "sign_agreement_uniform", "0.800"]
+    assert text.splitlines()[1].split() == ["sign_agreement_nuisance", "0.500", "sign_agreement_nuisance_uniform", "0.400"]
+
+
+# ------------------------------------------------------------------------------ toy world: trained weights
+# 12 ToyShapes classes in which every class has twins in each attribute (2 shapes x 2 colors x 3 patterns), the
+# demo's model settings (configs/demo.yaml: start block 7, lr 0.4, function words at 1), 8 shots, 15 epochs.
+SMALL_CLASSES = [f"{p} {c} {s}" for s in ("circle", "square") for c in ("red", "blue") for p in ("plain", "striped", "dotted")]
+SMALL_FIT = {"shots": 8, "epochs": 15, "max_per_class": 30}
+
+
+def small_fit_metrics(root, seed: int = 1) -> dict[str, dict[str, float]]:
+    """Explanation metrics (summaries) of a small demo-like fit: ``{"trained", "shuffled"}``; the uniform
+    baselines are in "trained" (``<metric>_uniform``). "shuffled" permutes each prompt's trained weights across
+    its words (the same weights, on the wrong words: a broken explanation method)."""
+    import lightning as L
+    import torch
+    import yaml
+
+    from stori_pl.models import StoriClassifier
+    from stori_pl.toy.data import ToyShapes
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    L.seed_everything(seed, verbose=False)
+    dm = ToyShapes(root=str(root), shots=SMALL_FIT["shots"], seed=seed, classes=SMALL_CLASSES)
+    model = StoriClassifier(**cfg["model"]["init_args"])
+    trainer = L.Trainer(max_epochs=SMALL_FIT["epochs"], accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    model.eval()
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    feats, labels = torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
+    weights = model.word_weights()
+    trained = explanation_metrics(weights, TRUTH, 3, model, feats, labels, SMALL_FIT["max_per_class"])
+    g = torch.Generator().manual_seed(seed)
+    shuffled = {c: [[(w, p[int(j)][1]) for (w, _), j in zip(p, torch.randperm(len(p), generator=g))] for p in ps]
+                for c, ps in weights.items()}
+    return {"trained": {**trained.summary, "test_acc": float((model.classify_features(feats).argmax(-1).cpu() == labels).float().mean())},
+            "shuffled": explanation_metrics(shuffled, TRUTH, 3).summary}
