@@ -12,6 +12,7 @@ ToyShapesSpurious instead (its sentences name the class's spurious distractor: `
     OMP_NUM_THREADS=1 python tools/explain_sweep.py --out sweep.jsonl --seeds 1 2 3 --setting l2=0.3:log_weight_l2=0.3
     OMP_NUM_THREADS=1 python tools/explain_sweep.py --out spurious.jsonl --seeds 1 2 3 4 5 --setting demo: --spurious
     python tools/explain_sweep.py --out sweep.jsonl --table
+    python tools/explain_sweep.py --diagnose runs/demo/version_0/checkpoints/last.ckpt   # the "why" figures
 
 A setting is ``NAME:key=value,key=value`` (model init args, and ``max_epochs`` for the trainer; values parsed as
 YAML; each run starts from the demo config as committed, ``NAME:`` alone is the demo itself). Finished
@@ -72,6 +73,68 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None, spurious:
     return {"test_acc": acc, **result.summary}
 
 
+def diagnose(ckpt: str, root: str) -> dict:
+    """The figures behind docs/explanations.md's "why" paragraphs, for one checkpoint: contrastive sign agreement
+    per attribute (trained and uniform weights), who takes the top-3 slots, precision@3 with function words left
+    out of the ranking, defining words above their sentence's average weight, and the per-class top words."""
+    import collections
+    from pathlib import Path as P
+
+    import torch
+
+    from stori_pl.cli.explain_eval import toy_features
+    from stori_pl.interpret.attribution import contrastive_weights, emphasis_derivatives
+    from stori_pl.interpret.metrics import contrast_classes, defining_words, emphasis_groups, prompt_metrics
+    from stori_pl.interpret.viz import top_words
+    from stori_pl.models import StoriClassifier, load_checkpoint
+    from stori_pl.text.function_words import is_function_word
+    from stori_pl.toy import TOY_GROUND_TRUTH as truth
+
+    model = load_checkpoint(ckpt, expect=StoriClassifier)
+    feats, labels = toy_features(model, P(root), "test")
+    groups, dirs = emphasis_groups(model, truth)
+    defining_groups = [g for g, a in enumerate(groups) if a not in truth.nuisance_attributes]
+    out: dict = {"checkpoint": ckpt}
+    for name, log_w in (("trained", None), ("uniform", torch.zeros_like(model.effective_log_weights()))):
+        logits, derivs = emphasis_derivatives(model, feats, dirs, log_w)
+        preds = logits.argmax(-1)
+        counts: dict[str, list[int]] = {}
+        for c in range(model.num_classes):
+            rows = ((labels == c) & (preds == c)).nonzero().flatten()
+            for g in defining_groups:
+                w = contrastive_weights(logits[rows], c, contrast_classes(model.classnames, truth, c, groups[g]))
+                for h in range(len(groups)):
+                    key = groups[g] if h == g else f"{groups[g]}/{groups[h]}"
+                    if h != g and h in defining_groups:
+                        continue
+                    hit = counts.setdefault(key, [0, 0])
+                    hit[0] += int(((w * derivs[h, rows]).sum(-1) > 0).sum())
+                    hit[1] += len(rows)
+        out[f"sign_agreement_by_attribute_{name}"] = {k: round(h / t, 3) for k, (h, t) in counts.items()}
+    weights = model.word_weights()
+    defining = defining_words(list(weights), truth)
+    slots: collections.Counter = collections.Counter()
+    above: collections.Counter = collections.Counter()
+    tops: collections.Counter = collections.Counter()
+    precision_content = []
+    for c, prompts in weights.items():
+        for p in prompts:
+            for i in sorted(range(len(p)), key=lambda i: -p[i][1])[:3]:
+                w = p[i][0]
+                slots["defining" if w in defining[c] else "function word" if is_function_word(w)
+                      else "sink" if truth.is_sink(w) else "other"] += 1
+            content = [(w, v) for w, v in p if not is_function_word(w)]
+            precision_content.append(prompt_metrics(content, defining[c], truth)["precision_at_k"])
+            above[sum(1 for w, v in p if w in defining[c] and v * len(p) > 1)] += 1
+        up, _ = top_words({c: prompts}, 1)
+        tops[("DEFINING" if up[0][0] in defining[c] else up[0][0]) if up else "-"] += 1
+    out.update({"top3_slots": dict(slots), "precision_at_3_function_words_left_out":
+                round(sum(precision_content) / len(precision_content), 3),
+                "defining_words_above_average_per_sentence": dict(sorted(above.items())),
+                "class_top_word": dict(tops.most_common())})
+    return out
+
+
 def table(rows: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -96,7 +159,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended; resumable)")
+    p.add_argument("--out", type=Path, help="JSON-lines results file (appended; resumable)")
+    p.add_argument("--diagnose", metavar="CKPT", help="instead: the 'why' figures of one checkpoint (JSON)")
     p.add_argument("--setting", action="append", default=[], help="NAME:key=value,... (model init args)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="few-shot seeds (data.init_args.seed)")
     p.add_argument("--root", default="data", help="data root (toy_shapes/ generated there when absent)")
@@ -107,6 +171,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
+    if args.diagnose:
+        print(json.dumps(diagnose(args.diagnose, args.root), indent=1))
+        return 0
+    if args.out is None:
+        p.error("--out is required (or --diagnose CKPT)")
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
     if args.table:
         print(table(done))
