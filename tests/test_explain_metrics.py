@@ -468,3 +468,53 @@ def test_contrastive_sign_agreement_separates_defining_from_nuisance_words(small
     # nuisances: <= 0.6 (issue 22's target; measured max 0.48) and at least 0.15 below the defining words
     # (measured gaps 0.30 / 0.32 / 0.28)
     assert t["sign_agreement_nuisance"] <= 0.6 and t["sign_agreement"] - t["sign_agreement_nuisance"] >= 0.15
+
+
+def test_weight_plot_callback_logs_the_new_metrics_during_validation(toy_named, tmp_path):
+    """In a fit (validation runs under inference mode), WeightPlotCallback logs explain/<metric> and
+    explain/<metric>_uniform, the contrastive sign agreements included (double backpropagation inside validation)."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers.logger import Logger
+
+    from stori_pl.lightning.callbacks import WeightPlotCallback
+
+    class Memory(Logger):
+        name, version = "memory", 0
+        logged: list = []
+
+        @property
+        def experiment(self):
+            return None
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append(dict(metrics))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    class Data(L.LightningDataModule):
+        def __init__(self, dim):
+            super().__init__()
+            g = torch.Generator().manual_seed(5)
+            self.items = [{"features": torch.randn(dim, generator=g), "label": i % 3} for i in range(24)]
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(self.items, batch_size=12)
+
+        val_dataloader = train_dataloader
+
+    logger = Memory()
+    trainer = L.Trainer(max_epochs=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, default_root_dir=tmp_path,
+                        callbacks=[WeightPlotCallback(write_html=False, write_json=False)])
+    try:
+        trainer.fit(toy_named, datamodule=Data(toy_named.clip.visual.output_dim))
+    finally:
+        with torch.no_grad():
+            toy_named.log_weights.zero_()
+    explained = {k for m in logger.logged for k in m if k.startswith("explain/")}
+    assert {"explain/discriminative_share", "explain/precision_at_k", "explain/precision_at_k_uniform",
+            "explain/distractor_share", "explain/sink_share"} <= explained
+    # random features: some images are classified correctly, so the sign agreements are there too
+    assert {"explain/sign_agreement", "explain/sign_agreement_uniform", "explain/sign_agreement_absolute"} <= explained
