@@ -168,3 +168,69 @@ def test_image_inputs_errors_and_rendering(model, tmp_path):
     assert dog.prompts[0][0][0] == dog.prompts[1][0][0] == "a"
     assert total["a"] == pytest.approx(dog.prompts[0][0][1] + dog.prompts[1][0][1])
     assert set(total) == {w for p in dog.prompts for w, a in p if a != 0}
+
+
+def test_emphasis_derivatives_match_finite_differences(model):
+    """d logits / d ε along a direction over several prompts (two classes at once), and the attribution of a word
+    as the special case of a direction with one word: exact derivatives, so a wrong sign or scale fails."""
+    from stori_pl.interpret.attribution import emphasis_derivatives
+
+    torch.manual_seed(2)
+    with torch.no_grad():
+        model.log_weights.copy_(torch.randn_like(model.log_weights) * 0.5)  # "trained" weights
+    try:
+        images = torch.randn(3, model.clip.visual.output_dim)
+        dirs = torch.zeros(2, *model.log_weights.shape)  # [2, P, L']
+        dirs[0, 0, 2] = 1.0  # one piece of the dog's first prompt
+        dirs[1, :, 1:4] = 1.0  # three pieces of every prompt: dog, cat and statue move together
+        logits, derivs = emphasis_derivatives(model, images, dirs)
+        assert logits.shape == (3, 4) and derivs.shape == (2, 3, 4)
+        eps = 1e-2
+        for g in range(2):
+            with torch.no_grad():
+                base = model.log_weights.clone()
+                model.log_weights.copy_(base + eps * dirs[g])
+                up = model(images, model.class_embeddings())
+                model.log_weights.copy_(base - eps * dirs[g])
+                down = model(images, model.class_embeddings())
+                model.log_weights.copy_(base)
+            torch.testing.assert_close(derivs[g], (up - down) / (2 * eps), rtol=2e-2, atol=1e-4)
+        assert derivs[0, :, 1:].abs().max() == 0  # the dog's direction moves no other class's logit
+        assert derivs[1, :, 3].abs().max() == 0  # the tree has no CuPL prompt
+        # one word's direction is that word's attribution (the logit target) from attribute()
+        one = attribute(model, images[0], 0, target="logit").prompts[0]
+        dirs1 = torch.zeros(1, *model.log_weights.shape)
+        from stori_pl.text.clip import tokenize
+        from stori_pl.text.syntax import token_words
+
+        word, pos = token_words(tokenize([PROMPTS["cupl"][0][0]], model.tokenizer)[0], model.tokenizer)[1]
+        dirs1[0, 0, pos] = 1.0
+        _, d1 = emphasis_derivatives(model, images[:1], dirs1)
+        assert d1[0, 0, 0].item() == pytest.approx(one[1][1], rel=1e-3, abs=1e-6) and one[1][0] == word
+        # at zero log-weights (uniform) the derivatives differ from the trained ones
+        _, d0 = emphasis_derivatives(model, images, dirs, log_weights=torch.zeros_like(model.log_weights))
+        assert not torch.allclose(d0, derivs)
+        with pytest.raises(ValueError, match="directions must be"):
+            emphasis_derivatives(model, images, dirs[0])
+    finally:
+        with torch.no_grad():
+            model.log_weights.zero_()
+
+
+def test_contrastive_weights_on_known_logits():
+    from stori_pl.interpret.attribution import contrastive_weights
+
+    logits = torch.tensor([[2.0, 0.0, 0.0, 5.0], [0.0, math.log(3.0), 0.0, 0.0]])  # [2, 4]
+    w = contrastive_weights(logits, 0, [1, 2])
+    # T = logit_0 − logsumexp(logit_1, logit_2): +1 at the class, −softmax over the contrast, 0 elsewhere
+    torch.testing.assert_close(w, torch.tensor([[1.0, -0.5, -0.5, 0.0], [1.0, -0.75, -0.25, 0.0]]))
+    torch.testing.assert_close(w.sum(-1), torch.zeros(2))
+    # the same as autograd through T
+    lg = logits.clone().requires_grad_(True)
+    (lg[:, 0] - lg[:, [1, 2]].logsumexp(-1)).sum().backward()
+    torch.testing.assert_close(lg.grad, w)
+    # a common shift of every logit (what emphasizing any word does to the absolute logit) does not move T
+    assert (w * torch.ones(2, 4)).sum(-1).abs().max() < 1e-6
+    for bad in ([], [0, 1]):
+        with pytest.raises(ValueError, match="contrast must name"):
+            contrastive_weights(logits, 0, bad)

@@ -1,7 +1,10 @@
 """``stori explain-eval CKPT``: how readable are a toy-world checkpoint's word weights?
 
-Prints the explanation metrics of :mod:`stori_pl.interpret.metrics` (discriminative share, precision@k, sink
-share, attribution sign agreement on correctly classified test images), averaged over classes and per class.
+Prints the explanation metrics of :mod:`stori_pl.interpret.metrics`, each next to its uniform-weights baseline
+(``<metric>_uniform``): ``discriminative_share``, ``precision_at_3`` (precision@k), ``sign_agreement`` and
+``sign_agreement_nuisance`` (contrastive target, on correctly classified test images), ``distractor_share``
+(checkpoints trained on ToyShapesSpurious, whose sentences name a distractor), ``sink_share`` and the
+pre-issue-22 ``sign_agreement_absolute``; averaged over classes, then per class.
 
 Examples:
     stori explain-eval runs/demo/version_0/checkpoints/last.ckpt
@@ -19,7 +22,9 @@ from stori_pl.toy.data import ToyShapes
 from stori_pl.utils import write_json
 
 
-METRIC_ORDER = ("discriminative_share", "precision_at_k", "sink_share", "sink_share_uniform", "sign_agreement")
+METRIC_ORDER = ("discriminative_share", "precision_at_k", "sign_agreement", "sign_agreement_nuisance", "distractor_share",
+                "sink_share", "sign_agreement_absolute", "top_word_defining")
+"""Printed metrics, in order; each is followed by its ``_uniform`` baseline where it has one."""
 
 
 def explain_eval(
@@ -38,7 +43,8 @@ def explain_eval(
         checkpoint: StoriClassifier checkpoint (e.g. runs/demo/version_0/checkpoints/last.ckpt).
         json: Also write the metrics (summary and per class) to this JSON file.
         top_k: k of precision@k.
-        data_root: Folder holding toy_shapes/ (generated there when absent), for the sign agreement.
+        data_root: Folder holding toy_shapes/ (generated there when absent), for the sign agreement (also for
+            ToyShapesSpurious checkpoints: its test scenes are drawn as ToyShapes' are, without the spurious cue).
         split: Images scored by the sign agreement: test or val.
         sign_agreement: Compute the attribution sign agreement (needs the images; false: weights only).
         max_images_per_class: Score at most this many correctly classified images per class.
@@ -81,10 +87,16 @@ def toy_features(model, data_root: Path, split: str = "test"):
 
 
 def format_metrics(result, per_class: bool = True) -> str:
-    """``name  value`` lines of the summary, then (optionally) a per-class table."""
+    """``name  value  (name_uniform  value)`` lines of the summary, then (optionally) a per-class table."""
     keys = [k for k in METRIC_ORDER if k in result.summary]
-    names = {k: k.replace("_at_k", f"_at_{result.k}") for k in keys}
-    lines = [f"{names[k]:<24}{result.summary[k]:.3f}" for k in keys]
+    names = {k: result.name(k) for k in keys}
+    lines = []
+    for k in keys:
+        line = f"{names[k]:<26}{result.summary[k]:.3f}"
+        base = f"{k}_uniform"
+        if base in result.summary:
+            line += f"    {result.name(base):<34}{result.summary[base]:.3f}"
+        lines.append(line)
     if per_class and result.per_class:
         width = max(len(c) for c in result.per_class) + 2
         lines += ["", "class".ljust(width) + "".join(f"{names[k]:>22}" for k in keys)]

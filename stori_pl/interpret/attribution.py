@@ -16,6 +16,19 @@ derivative for shifting all of its pieces together). Targets:
   matches, so values are hard to compare across images).
 
 One forward and one backward pass through the class's prompts' reweighted blocks per image suffice.
+
+**Contrastive targets and tied emphasis** (:func:`emphasis_derivatives`, :func:`contrastive_weights`). Only class
+``c``'s own prompts act on ``logit_c``, so the derivative w.r.t. ``c``'s log-weights of *any* target that compares
+``logit_c`` with other classes' logits (``log_prob``, or ``logit_c − logsumexp`` over a contrast set) has the sign of
+``d logit_c / d log w``: it answers "does emphasizing this word raise this class's absolute logit?", and
+emphasizing almost any content word lowers it (a sharper text embedding matches every image a little less). To
+ask whether a word *discriminates* ``c`` from its contrast classes, the emphasis must move in the contrast classes'
+prompts too: :func:`emphasis_derivatives` gives ``d logits / d ε`` for a *direction* of the log-weights of every
+prompt (e.g. +1 on the words naming each prompt's own class's color), and :func:`contrastive_weights` the gradient
+of ``T = logit_c − logsumexp_{c' ∈ contrast} logit_{c'}`` w.r.t. the logits, so ``dT/dε`` is their dot product:
+"emphasizing the color words of ``c`` and of the classes that differ from it only in color makes the image more
+``c`` than those". The common-mode effect of emphasis (every logit drops a little) cancels out.
+:mod:`stori_pl.interpret.metrics` builds the directions from the toy world's ground truth.
 Note that at a fully converged, unregularized optimum the training images' attributions average to about
 zero (the gradient of the loss vanishes); with ``StoriClassifier(log_weight_l2=...)`` they balance the
 penalty instead, so words the data pushed up get positive attributions.
@@ -32,6 +45,7 @@ import torch.nn.functional as F
 
 from stori_pl.data.image_io import open_rgb
 from stori_pl.interpret import viz
+from stori_pl.models.base import class_mean
 from stori_pl.text.clip import tokenize
 from stori_pl.text.encoder import WeightedTextEncoder
 from stori_pl.text.syntax import token_words
@@ -151,6 +165,72 @@ def _class_embedding(model: Any, c: int, rows: torch.Tensor, log_w: torch.Tensor
         base = model.prompt_class[model.n_cupl :] == c  # [B]
         emb = torch.cat([emb, model.base_embeddings[base].to(emb)])  # [k + b, D]
     return F.normalize(emb.sum(0), dim=-1)  # [D]
+
+
+def emphasis_derivatives(model: Any, features: torch.Tensor, directions: torch.Tensor,
+                         log_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and their derivatives along emphasis directions of the CuPL prompts' log-weights.
+
+    With effective log-weights ``log_w + ε · directions[g]``, returns ``d logits / d ε`` at ``ε = 0`` for every
+    direction ``g`` (exact, by double backpropagation: one forward pass of all prompts, one backward pass per
+    direction; image features enter linearly, so any number of images costs one matrix product).
+
+    Args:
+        model: A built :class:`~stori_pl.models.StoriClassifier`.
+        features: Image features ``[N, D]`` (normalized here).
+        directions: ``[G, P, L']`` over the CuPL prompts (``P = model.n_cupl``, ``L'`` = the log-weights' length),
+            e.g. 1 on some words' BPE pieces, 0 elsewhere.
+        log_weights: Effective log-weights ``[P, L']`` to differentiate at (default: the model's own;
+            ``torch.zeros(...)``: uniform weights, i.e. zero-shot of the same prompts).
+
+    Returns:
+        ``(logits [N, C], derivatives [G, N, C])`` (float32, on the CPU).
+    """
+    if log_weights is None:
+        log_weights = model.effective_log_weights()
+    log_w = log_weights.detach().float().to(model.device)  # [P, L']
+    if directions.ndim != 3 or tuple(directions.shape[1:]) != tuple(log_w.shape):
+        raise ValueError(f"directions must be [G, {log_w.shape[0]}, {log_w.shape[1]}], got {tuple(directions.shape)}")
+    feats = F.normalize(features.float().to(model.device), dim=-1)  # [N, D]
+    with torch.enable_grad():
+        log_w.requires_grad_(True)
+        emb = model.frozen.prepared.encode(log_w)  # [P, D] unnormalized, full graph (no gradient caching)
+        emb = F.normalize(emb.float(), dim=-1)
+        if model.base_embeddings is not None:
+            emb = torch.cat([emb, model.base_embeddings.to(emb)])  # [P + B, D]
+        class_emb = class_mean(emb, model.prompt_class, model.num_classes)  # [C, D]
+        probe = torch.zeros_like(class_emb, requires_grad=True)  # [C, D]
+        (vjp,) = torch.autograd.grad(class_emb, log_w, probe, create_graph=True)  # [P, L'], linear in probe
+        jvps = [torch.autograd.grad((vjp * d.to(vjp)).sum(), probe, retain_graph=True, allow_unused=True)[0]
+                for d in directions]  # G x [C, D]: d class_emb / d ε
+    scale = float(model.logit_scale)
+    logits = (scale * feats @ class_emb.detach().T).cpu()  # [N, C]
+    derivs = torch.stack([scale * feats @ (u if u is not None else torch.zeros_like(class_emb)).T for u in jvps])
+    return logits, derivs.detach().cpu()  # [N, C], [G, N, C]
+
+
+def contrastive_weights(logits: torch.Tensor, class_index: int, contrast: list[int] | torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. the logits of ``T = logit_c − logsumexp_{c' ∈ contrast} logit_{c'}``.
+
+    ``T`` is the log-odds of class ``c`` against the classes it is contrasted with (for a toy class and one of
+    its attributes: the classes equal to it on every attribute but that one), so ``dT/dε = Σ_k w_k dlogit_k/dε``
+    for the returned ``w``: ``+1`` at ``c``, minus the softmax over ``contrast`` at the contrast classes.
+
+    Args:
+        logits: ``[N, C]``.
+        class_index: The class ``c``.
+        contrast: Indices of the contrast classes (not ``c``; at least one).
+
+    Returns:
+        ``[N, C]`` weights (each row sums to 0).
+    """
+    contrast = torch.as_tensor(contrast, dtype=torch.long).flatten()
+    if len(contrast) == 0 or bool((contrast == class_index).any()):
+        raise ValueError(f"contrast must name at least one class other than {class_index}, got {contrast.tolist()}")
+    w = torch.zeros_like(logits)  # [N, C]
+    w[:, contrast] = -logits[:, contrast].softmax(-1)
+    w[:, class_index] += 1.0
+    return w
 
 
 def attribution_figures(result: WordAttribution, **kwargs) -> list:

@@ -35,8 +35,8 @@ class WeightPlotCallback(L.Callback):
     selected class (``top_words``; function words and punctuation left out or marked, see ``function_words``).
     All of that goes to every TensorBoard logger of the trainer. In toy-world runs (every class a
     (pattern, color, shape) triple) the explanation metrics of :mod:`stori_pl.interpret.metrics` go to
-    every logger at *every* validation epoch as ``explain/<metric>`` (sign agreement on the validation
-    images). Whatever
+    every logger at *every* validation epoch as ``explain/<metric>``, each with its ``explain/<metric>_uniform``
+    baseline (sign agreements on the validation images; ``precision_at_k`` keeps its generic name there). Whatever
     the loggers, ``<run_dir>/weights/epoch_XXX.json`` (class → prompt → ``[[word, weight], ...]``, all
     classes) and ``<run_dir>/weights/latest.html`` are written. Models without ``word_weights()``
     (baselines) are skipped.

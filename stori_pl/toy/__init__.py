@@ -18,6 +18,7 @@ TOY_GROUND_TRUTH = GroundTruth(
     nuisance_attributes=("size", "background"),
     synonyms={"striped": ("stripes", "stripe"), "dotted": ("dots", "dot")},
     sink_words=frozenset({"background"}),
+    distractor_marker=("next", "to"),  # ToyShapesSpurious's sentences end "... next to a small green square." (toy_cupl)
 )
 GROUND_TRUTHS["toy"] = TOY_GROUND_TRUTH
 
