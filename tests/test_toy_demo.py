@@ -17,12 +17,14 @@ needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped stori-
 # seeds 1-3: test accuracy of the tested (best-val) checkpoint 70.3 / 69.0 / 68.4 % against 45.8 % zero-shot of the
 # same sentences (template zero-shot: 58.4 %); explain-eval of last.ckpt: discriminative share 1.99 / 2.18 / 2.06,
 # precision@3 0.54 / 0.57 / 0.55 (issue 14's 0.6 is not reached at block 7), sink share 0.36 / 0.33 / 0.36 (uniform
-# weights 0.67), sign agreement 0.165 / 0.170 / 0.168 (the absolute-logit metric; issue 22 replaces it).
+# weights 0.67). Contrastive sign agreement (issue 22), few-shot seeds 1-5: 0.77 / 0.76 / 0.77 / 0.76 / 0.76, its
+# nuisance counterpart 0.52-0.54 (docs/explanations.md); the old absolute-logit metric was 0.15-0.18.
 ACC_FLOOR = 0.65  # ~3.4 points below the minimum 68.4 %
 GAIN_OVER_ZERO_SHOT = 5.0  # issue 21: SToRI >= zero-shot + 5 points; measured +22.6..+24.5
 DISCRIMINATIVE_SHARE_TARGET = 1.5  # issue 14's target; measured minimum 1.99
 PRECISION_AT_3_REACHED = 0.5  # issue 14 asks 0.6; measured minimum 0.542
-SIGN_AGREEMENT_REACHED = 0.12  # issue 14 asks 0.8, unreachable with this metric; measured minimum 0.165
+SIGN_AGREEMENT_REACHED = 0.70  # issue 22 asks 0.9 (not reached); measured minimum 0.76
+NUISANCE_BELOW = 0.60  # issue 22's target (met); measured maximum 0.54
 
 
 def test_demo_config_uses_the_toy_world():
@@ -123,7 +125,8 @@ def test_demo_explanations_are_readable(demo_metrics):
     assert s["discriminative_share"] > DISCRIMINATIVE_SHARE_TARGET
     assert s["precision_at_k"] >= PRECISION_AT_3_REACHED
     assert s["sink_share"] < s["sink_share_uniform"]  # training moved weight off function words and nuisances
-    assert s["sign_agreement"] >= SIGN_AGREEMENT_REACHED
+    assert s["sign_agreement"] >= SIGN_AGREEMENT_REACHED and s["sign_agreement_nuisance"] <= NUISANCE_BELOW
+    assert s["sign_agreement"] > s["sign_agreement_nuisance"] + 0.1  # defining words separate from nuisances
     assert set(result.per_class) == set(json.loads(json.dumps(result.to_dict()))["per_class"])
 
 
