@@ -289,5 +289,14 @@ def test_report_paired_difference_to_a_method(tmp_path, capsys):
     assert "| Tip-Adapter | 16 | DTD | +2.0 | [-7.0, +11.0] | 3 |" in out
     assert "| CoOp | 4 |" not in out.split("Paired difference")[1]
     assert "Paired difference to SToRI" in (tmp_path / "t.md").read_text()
+    assert "appears twice" not in capsys.readouterr().err
+    result("ZeroShotCLIP", "Zero-shot CLIP", 1, 0.6, shots=1)
+    result("ZeroShotCLIP", "Zero-shot CLIP", 1, 0.6, shots=4)  # trained nothing: the same run per shots, no warning
+    assert main(["report", str(tmp_path)]) == 0 and "appears twice" not in capsys.readouterr().err
+    again = tmp_path / "CoOp2_16" / "again"  # another run of CoOp seed 2 with another value: named
+    again.mkdir()
+    (again / "test_results.json").write_text(json.dumps({"method": "CoOp", "method_name": "CoOp", "dataset": "DTD",
+                                                         "shots": 16, "seed": 2, "metrics": {"test/acc": 0.1}}))
+    assert main(["report", str(tmp_path)]) == 0 and "('CoOp', 16, 'DTD') seed 2 appears twice" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--paired_to", "SToRl"]) == 2
     assert "no such method in the results (methods: CoOp, SToRI, Tip-Adapter)" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def load_results(files: list[Path], metric: str) -> dict[tuple[str, int, str], d
             print(f"stori report: skipping {path}: {err}", file=sys.stderr)
             continue
         key, seed = (r["name"], r["shots"], r["dataset"]), r["seed"]
-        if seed in table[key]:
+        if seed in table[key] and table[key][seed].value != r["value"]:  # zero-shot repeats per shots: same value
             print(f"stori report: {key} seed {seed} appears twice; using {path}", file=sys.stderr)
         table[key][seed] = Run(r["value"], r["wall_s"], r["test_ckpt"])
     return table
