@@ -299,4 +299,4 @@ def test_report_paired_difference_to_a_method(tmp_path, capsys):
                                                          "shots": 16, "seed": 2, "metrics": {"test/acc": 0.1}}))
     assert main(["report", str(tmp_path)]) == 0 and "('CoOp', 16, 'DTD') seed 2 appears twice" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--paired_to", "SToRl"]) == 2
-    assert "no such method in the results (methods: CoOp, SToRI, Tip-Adapter)" in capsys.readouterr().err
+    assert "no such method in the results (methods: CoOp, SToRI, Tip-Adapter, Zero-shot CLIP)" in capsys.readouterr().err
