@@ -43,23 +43,35 @@ def parse_setting(text: str) -> tuple[str, dict]:
     return name, {k: yaml.safe_load(v) for k, v in pairs}
 
 
-def run_one(overrides: dict, seed: int, root: str, epochs: int | None, spurious: bool = False) -> dict:
+def fit_demo(seed: int, root: str, model_overrides: dict | None = None, epochs: int | None = None,
+             datamodule: str = "ToyShapes", data_overrides: dict | None = None):
+    """Train the demo (``configs/demo.yaml`` as committed, model and data init args overridden) in one process, without
+    validation, plots or checkpoints (they do not change the final weights).
+
+    Args:
+        seed: Few-shot data seed and ``seed_everything`` (they move together, as in the demo).
+        root: Data folder.
+        model_overrides: Model init args (and ``max_epochs`` for the trainer).
+        epochs: Training epochs (None: the demo's).
+        datamodule: Class name in :mod:`stori_pl.toy.data` (ToyShapes, ToyShapesSpurious, ToyKinds).
+        data_overrides: Further datamodule init args (e.g. ``cupl``).
+
+    Returns:
+        ``(model, datamodule, test features [N, D], test labels [N], test accuracy)`` of the final weights.
+    """
     import lightning as L
     import torch
 
-    from stori_pl.interpret.metrics import explanation_metrics
-    from stori_pl.toy import TOY_GROUND_TRUTH
     from stori_pl.models import StoriClassifier
-    from stori_pl.toy.data import ToyShapes, ToyShapesSpurious
+    from stori_pl.toy import data as toy_data
 
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    overrides = dict(overrides)
+    overrides = dict(model_overrides or {})
     epochs = overrides.pop("max_epochs", epochs)  # a trainer setting (--trainer.max_epochs N)
-    model_args = {**cfg["model"]["init_args"], **overrides}
-    data_args = {**cfg["data"]["init_args"], "root": root, "seed": seed}
-    L.seed_everything(seed, verbose=False)  # the data seed and seed_everything move together
-    dm = (ToyShapesSpurious if spurious else ToyShapes)(**data_args)
-    model = StoriClassifier(**model_args)
+    data_args = {**cfg["data"]["init_args"], **(data_overrides or {}), "root": root, "seed": seed}
+    L.seed_everything(seed, verbose=False)
+    dm = getattr(toy_data, datamodule)(**data_args)
+    model = StoriClassifier(**{**cfg["model"]["init_args"], **overrides})
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_epochs=epochs or cfg["trainer"]["max_epochs"],
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
@@ -69,6 +81,15 @@ def run_one(overrides: dict, seed: int, root: str, epochs: int | None, spurious:
     batches = list(dm.test_dataloader())
     feats, labels = torch.cat([b["features"] for b in batches]), torch.cat([b["label"] for b in batches])
     acc = float((model.classify_features(feats).argmax(-1).cpu() == labels).float().mean())
+    return model, dm, feats, labels, acc
+
+
+def run_one(overrides: dict, seed: int, root: str, epochs: int | None, spurious: bool = False) -> dict:
+    from stori_pl.interpret.metrics import explanation_metrics
+    from stori_pl.toy import TOY_GROUND_TRUTH
+
+    model, _, feats, labels, acc = fit_demo(seed, root, overrides, epochs,
+                                            "ToyShapesSpurious" if spurious else "ToyShapes")
     result = explanation_metrics(model.word_weights(), TOY_GROUND_TRUTH, 3, model, feats, labels)
     return {"test_acc": acc, **result.summary}
 

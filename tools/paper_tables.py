@@ -34,7 +34,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,36 +58,19 @@ def prompt_sets(benchmark: str = "toy_shapes", seed: int = 0) -> dict[str, dict[
     return {"descriptions": cupl, "templates": {c: [f"a photo of a {c}."] for c in cupl}, "nonsense": nonsense}
 
 
-def demo_model_args() -> tuple[dict, int]:
-    """The model init args and epochs of ``configs/demo.yaml``."""
-    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    return dict(cfg["model"]["init_args"]), int(cfg["trainer"]["max_epochs"])
-
-
 def fit_toy_stori(root: Path, benchmark: str, name: str, prompts: dict[str, list[str]] | None,
                   use_base_prompts: bool, seed: int) -> float:
     """Test accuracy of SToRI at the demo's settings on ``benchmark`` (toy_shapes, toy_kinds) with ``prompts``
-    (None: the benchmark's CuPL sentences), the weights after the last epoch."""
-    import lightning as L
+    (None: the benchmark's CuPL sentences), the weights after the last epoch (:func:`explain_sweep.fit_demo`)."""
+    import explain_sweep
 
-    from stori_pl.models import StoriClassifier
-
-    datamodule = {"toy_shapes": toy_data.ToyShapes, "toy_kinds": toy_data.ToyKinds}[benchmark]
-
-    args, epochs = demo_model_args()
-    args["use_base_prompts"] = use_base_prompts
     cupl = None
     if prompts is not None:
         cupl = root / f"prompts_{benchmark}_{name}.json"
         cupl.write_text(json.dumps(prompts), encoding="utf-8")
-    L.seed_everything(seed, verbose=False)
-    dm = datamodule(root=str(root), shots=16, seed=seed, cupl=None if cupl is None else str(cupl))
-    model = StoriClassifier(**args)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)
-    trainer.fit(model, datamodule=dm)
-    return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
+    datamodule = {"toy_shapes": "ToyShapes", "toy_kinds": "ToyKinds"}[benchmark]
+    return explain_sweep.fit_demo(seed, str(root), {"use_base_prompts": use_base_prompts}, datamodule=datamodule,
+                                  data_overrides={"cupl": None if cupl is None else str(cupl)})[-1]
 
 
 def table1_seed(root: Path, benchmark: str, seed: int) -> dict:
