@@ -61,42 +61,6 @@ def split_images(data: str, root: Path, split: str, classifier, max_images: int)
     return out
 
 
-def known_attributes(paths: list[Path]) -> list[dict[str, str]] | None:
-    """The main-object attributes (``shape``, ``color``, ...) of every image when each lies in a toy folder that
-    records them (``attributes.json`` of :func:`stori_pl.toy.images.write_toy_images`, ``image_attributes.json`` of
-    a toy benchmark), else None."""
-    import json
-
-    from stori_pl.toy.data import IMAGE_ATTRIBUTES_FILE
-    from stori_pl.toy.images import ATTRIBUTE_FILE, load_toy_images
-    from stori_pl.toy.world import ATTRIBUTES
-
-    tables: dict[Path, dict[str, dict[str, str]] | None] = {}
-
-    def table_of(directory: Path) -> dict[str, dict[str, str]] | None:
-        if directory not in tables:
-            tables[directory] = None
-            for folder in (directory, *directory.parents):
-                if (folder / ATTRIBUTE_FILE).is_file():
-                    tables[directory] = {str(p.resolve()): a for p, a in zip(*load_toy_images(folder))}
-                    break
-                if (folder / IMAGE_ATTRIBUTES_FILE).is_file():
-                    rows = json.loads((folder / IMAGE_ATTRIBUTES_FILE).read_text(encoding="utf-8"))
-                    tables[directory] = {str((folder / "images" / k).resolve()): {a: v[a] for a in ATTRIBUTES}
-                                         for k, v in rows.items()}
-                    break
-        return tables[directory]
-
-    out = []
-    for path in paths:
-        path = Path(path).resolve()
-        found = (table_of(path.parent) or {}).get(str(path))
-        if found is None:
-            return None
-        out.append(found)
-    return out
-
-
 def label_check(table, module, paths: list[Path], attributes: list[dict[str, str]]):
     """:func:`~stori_pl.interpret.concepts.label_correctness` of the component table's labels over ``paths`` (whose
     ``attributes`` are known), toy labels mapped to their attribute values; prints one line and returns it."""

@@ -16,7 +16,6 @@ import torch
 
 from stori_pl.cli.component_inputs import (
     check_class,
-    known_attributes,
     label_check,
     load_images,
     load_matching_sae,
@@ -35,6 +34,7 @@ from stori_pl.interpret.components import class_attribution, component_scores, u
 from stori_pl.interpret.viz import render_html
 from stori_pl.interpret.viz.components import components_section, format_rows, insert_sections, page
 from stori_pl.models import ClipClassifier, load_checkpoint
+from stori_pl.toy.data import known_attributes
 from stori_pl.toy.images import attribute_vocabulary
 from stori_pl.toy.world import attribute_prompts
 from stori_pl.utils import atomic_write

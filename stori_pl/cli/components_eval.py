@@ -47,10 +47,11 @@ def components_eval(ckpt: str, sae: str | None = None, data: str = "ToyShapes", 
         ValueError: An SAE of another CLIP or block (both named), an unreadable image (its path), steps < 1 or
             steps > the SAE's k.
     """
-    from stori_pl.cli.component_inputs import known_attributes, label_check, load_matching_sae, split_images
+    from stori_pl.cli.component_inputs import label_check, load_matching_sae, split_images
     from stori_pl.interpret.component_tables import default_table_path
     from stori_pl.interpret.concepts import ComponentTable
     from stori_pl.interpret.faithfulness import area_std_error
+    from stori_pl.toy.data import known_attributes
     from stori_pl.models import ClipClassifier, load_checkpoint
 
     classifier = load_checkpoint(ckpt, expect=ClipClassifier, **({} if pretrained is None else {"pretrained": pretrained}))

@@ -40,6 +40,7 @@ from PIL import Image
 from stori_pl.data.attribute_labels import LABELLERS
 from stori_pl.data.base import FewShotDataModule
 from stori_pl.retrieval.attributes import AttributeTask, load_attribute_csv
+from stori_pl.toy.images import ATTRIBUTE_FILE, load_toy_images
 from stori_pl.toy.world import (
     ATTRIBUTES,
     HELDOUT,
@@ -52,7 +53,7 @@ from stori_pl.toy.world import (
 )
 from stori_pl.utils import atomic_write, write_json
 
-__all__ = ["ToyShapes", "ToyShapesSpurious", "ToyKinds", "TOY_CLASSES", "TOY_START_BLOCK",
+__all__ = ["ToyShapes", "ToyShapesSpurious", "ToyKinds", "known_attributes", "TOY_CLASSES", "TOY_START_BLOCK",
            "TOY_RETRIEVAL_START_BLOCK", "TOY_RETRIEVAL_TASKS", "write_toy_shapes", "write_toy_benchmark",
            "write_toy_attributes", "toy_shapes_items", "toy_image_attributes", "toy_labeller", "load_toy_attributes",
            "toy_retrieval_tasks", "toy_cupl", "spurious_color", "ATTRIBUTES", "HELDOUT", "IMAGE_SIZE", "ToyObject",
@@ -362,6 +363,36 @@ class ToyKinds(ToyShapes):
 
     spec = KINDS_SPEC
     folder = KINDS_SPEC.name
+
+
+def known_attributes(paths: list[Path]) -> list[dict[str, str]] | None:
+    """The main-object attributes (``shape``, ``color``, ...) of every image when each lies in a toy folder that
+    records them (``attributes.json`` of :func:`stori_pl.toy.images.write_toy_images`, ``image_attributes.json`` of
+    a toy benchmark), else None."""
+    tables: dict[Path, dict[str, dict[str, str]] | None] = {}
+
+    def table_of(directory: Path) -> dict[str, dict[str, str]] | None:
+        if directory not in tables:
+            tables[directory] = None
+            for folder in (directory, *directory.parents):
+                if (folder / ATTRIBUTE_FILE).is_file():
+                    tables[directory] = {str(p.resolve()): a for p, a in zip(*load_toy_images(folder))}
+                    break
+                if (folder / IMAGE_ATTRIBUTES_FILE).is_file():
+                    rows = json.loads((folder / IMAGE_ATTRIBUTES_FILE).read_text(encoding="utf-8"))
+                    tables[directory] = {str((folder / "images" / k).resolve()): {a: v[a] for a in ATTRIBUTES}
+                                         for k, v in rows.items()}
+                    break
+        return tables[directory]
+
+    out = []
+    for path in paths:
+        path = Path(path).resolve()
+        found = (table_of(path.parent) or {}).get(str(path))
+        if found is None:
+            return None
+        out.append(found)
+    return out
 
 
 LABELLERS["toy"] = toy_labeller
