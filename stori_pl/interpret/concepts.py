@@ -306,7 +306,7 @@ def _streamed_selectivity(sae: torch.nn.Module, acts: torch.Tensor, emb: torch.T
     fire_sum, n_fire = torch.zeros(m, v), torch.zeros(m)
     total, total_sq = torch.zeros(v), torch.zeros(v)
     for start in range(0, acts.shape[0], batch_size):
-        f = (sae.topk(sae.encode(acts[start:start + batch_size].float())) > 0).float().cpu()  # [b, m]
+        f = firing_sets(sae, acts[start:start + batch_size], batch_size).float()  # [b, m]
         sim = emb[start:start + batch_size].float() @ texts.float().T  # [b, V]
         fire_sum += f.T @ sim
         n_fire += f.sum(0)
