@@ -94,13 +94,6 @@ def table1_summary(runs: list[dict]) -> dict:
     return out
 
 
-def table3_summary(runs: list[dict]) -> dict:
-    """Mean ± sd over seeds of every number of the per-seed emphasis figures."""
-    return {k: {"mean": statistics.fmean(r[k] for r in runs),
-                "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in runs[0] if k != "seed"}
-
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("table", choices=("table1", "table3"))
@@ -123,7 +116,12 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append({"seed": seed, **toy_instruments.emphasis(shipped, seed, root / f"pool{seed}",
                                                                       tuple(args.weights))})
             print(json.dumps(runs[-1]), flush=True)
-    summary = table1_summary(runs) if args.table == "table1" else table3_summary(runs)
+    if args.table == "table1":
+        summary = table1_summary(runs)
+    else:
+        import toy_instruments
+
+        summary = toy_instruments.summarize(runs)  # mean, sd, min, max over seeds
     print(json.dumps(summary, indent=1))
     if args.out:
         args.out.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1), encoding="utf-8")
