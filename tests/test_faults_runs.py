@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from fakedata import make_fake
-from faulthelpers import fit_args, one_line_error, run_cli, stori_process
+from faulthelpers import REPO, TESTS, fit_args, one_line_error, run_cli, stori_process
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +207,47 @@ def test_resume_in_a_read_only_run_folder_is_one_line(sigterm_run, monkeypatch, 
     monkeypatch.setattr(run_guard.os, "open", read_only)
     status, _, err = run_cli(fit_args(fake, "term", "--ckpt_path", "last", epochs=one_more_epoch(root)), capsys)
     one_line_error(status, err, "cannot write in the run folder runs/term/version_0", "Read-only file system")
+
+
+
+# TensorBoard's event writer on a full disk: every record write after the first few fails in its writer thread
+ENOSPC_DRIVER = """
+import errno, sys
+from tensorboard.summary.writer import record_writer
+real, calls = record_writer.RecordWriter.write, [0]
+def write(self, data):
+    calls[0] += 1
+    if calls[0] > 3:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, data)
+record_writer.RecordWriter.write = write
+from stori_pl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_full_disk_in_the_tensorboard_writer_thread_is_one_line(sigterm_run):
+    """ENOSPC inside TensorBoard's writer thread during a resumed fit: one line naming the event file, exit 2, no
+    thread traceback, and the run's last.ckpt still readable (it printed the thread's and the main thread's
+    tracebacks and a message naming no file)."""
+    import shutil
+
+    from stori_pl.models.checkpoint import read_checkpoint
+
+    fake, root, _, _ = sigterm_run
+    shutil.copytree(root / "runs" / "term", root / "runs" / "tbfull")
+    ckpt = root / "runs" / "tbfull" / "version_0" / "checkpoints" / "last.ckpt"
+    epoch = read_checkpoint(ckpt)["epoch"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": "1"}
+    args = fit_args(fake, "tbfull", "--ckpt_path", "last", epochs=epoch + 3)
+    proc = subprocess.run([sys.executable, "-c", ENOSPC_DRIVER, *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=280)
+    line = one_line_error(proc.returncode, proc.stderr, "No space left on device",
+                          "cannot write runs/tbfull/version_0/events.out.tfevents.")
+    assert "Exception in thread" not in proc.stderr, line
+    assert read_checkpoint(ckpt)["epoch"] >= epoch  # nothing already saved is lost
 
 
 # --------------------------------------------------------------------------------- CLIP weights
