@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import errno
 import importlib
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 UTILITY_COMMANDS = {
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         from stori_pl.cli.threads import configure_threads
 
         configure_threads(argv)  # before torch starts its thread pool: 1 thread for toy models, idle cores else
-        return run_command(command, argv[1:])
+        with writer_thread_errors_left_to_main():
+            return run_command(command, argv[1:])
     except SystemExit as exit_:
         if debug or not isinstance(exit_.code, str):
             raise  # argparse's own exits (status 0 for --help, 2 with its message printed)
@@ -107,6 +111,27 @@ def main(argv: list[str] | None = None) -> int:
         if debug or err.errno not in ENVIRONMENT_ERRNOS:
             raise
         return report_error(command, os_error_message(err))
+
+
+@contextlib.contextmanager
+def writer_thread_errors_left_to_main() -> Iterator[None]:
+    """Print no traceback for a full disk (or any :data:`ENVIRONMENT_ERRNOS` error) in a background thread.
+
+    TensorBoard writes its event file from a thread; when a write fails there, the thread stores the error and
+    the main thread raises it at its next log call or flush, which ``stori`` prints as one line. Only the
+    thread's own traceback (printed by :func:`threading.excepthook`) is suppressed; other errors print as usual.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in ENVIRONMENT_ERRNOS):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def run_command(command: str, args: list[str]) -> int:

@@ -19,15 +19,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +41,6 @@ from stori_pl.models.checkpoint import (
 import stori_pl.data  # noqa: F401  (the datamodules for --data NAME)
 import stori_pl.models  # noqa: F401  (the models for --model NAME)
 import stori_pl.toy.data  # noqa: F401  (ToyShapes; the toy world registers its image source and ground truth)
-from stori_pl.cli import ENVIRONMENT_ERRNOS
 from stori_pl.cli.lightning_args import prepare_argv
 from stori_pl.lightning.prediction_writer import PredictionCSVWriter
 from stori_pl.lightning.results import base_to_novel, write_results
@@ -293,27 +289,6 @@ def _name_event_file(err: OSError, trainer: L.Trainer | None) -> None:
         err.filename = str(events[-1] if events else log_dir)
 
 
-@contextlib.contextmanager
-def writer_thread_errors_left_to_main() -> Iterator[None]:
-    """Print no traceback for a full disk (or any :data:`ENVIRONMENT_ERRNOS` error) in a background thread.
-
-    TensorBoard writes its event file from a thread; when a write fails there, the thread stores the error and
-    the main thread raises it at its next log call or flush, which ``stori`` prints as one line. Only the
-    thread's own traceback (printed by :func:`threading.excepthook`) is suppressed; other errors print as usual.
-    """
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in ENVIRONMENT_ERRNOS):
-            previous(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    finally:
-        threading.excepthook = previous
-
-
 def _launching_process() -> bool:
     """Whether this is the process that started the run (not a DDP rank > 0, another node or a SLURM task > 0)."""
     return all(int(os.environ.get(v, 0) or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
@@ -340,8 +315,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         claimed_before = os.environ.get(RUN_DIR_ENV)
         try:
-            with writer_thread_errors_left_to_main():
-                cli = StoriCLI(args=argv)
+            cli = StoriCLI(args=argv)
         except FloatingPointError as err:
             _give_back_folder(claimed_before)
             print(f"stori: {err}", file=sys.stderr)

@@ -98,7 +98,7 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
     @property
     def classnames(self) -> list[str]:
         """Class names, in label order."""
-        self._require_built()
+        self._check_ready()
         return list(self.prompt_set.classnames)
 
     @property
@@ -109,19 +109,19 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
     @property
     def clip(self) -> nn.Module:
         """The frozen open_clip model (shared with the datamodule through ``load_clip``'s memo)."""
-        self._require_built()
+        self._check_ready()
         return self.frozen.clip
 
     @property
     def tokenizer(self):
         """The CLIP's tokenizer."""
-        self._require_built()
+        self._check_ready()
         return self.frozen.tokenizer
 
     @property
     def preprocess(self):
         """The CLIP's eval image transform."""
-        self._require_built()
+        self._check_ready()
         return self.frozen.preprocess
 
     def build(self, prompts: Any) -> None:
@@ -147,13 +147,6 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
         if c >= TOP5_MIN_CLASSES and stage != "train":
             metrics["acc_top5"] = MulticlassAccuracy(num_classes=c, top_k=5, average="micro")
         return MetricCollection(metrics, prefix=f"{stage}/")
-
-    def _require_built(self) -> None:
-        if self.prompt_set is None:
-            raise RuntimeError(
-                f"{type(self).__name__} has no prompts yet: pass prompts=..., load a checkpoint, or run it "
-                "with a datamodule that has prompt_set()"
-            )
 
     def _hidden_modules(self) -> list[nn.Module]:
         """Unregistered modules that must follow ``.to()`` (CLIP, prepared prompt states)."""
@@ -210,10 +203,11 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
                 and trainer.current_epoch >= trainer.max_epochs - 1)
 
     def _check_ready(self) -> None:
+        """The one check that the model has its prompts (a ValueError ``stori`` prints as one line)."""
         if self.prompt_set is None:
             raise ValueError(
-                f"{type(self).__name__} needs prompts: use a datamodule with prompt_set() (e.g. --data DTD) "
-                "or give a checkpoint (--ckpt_path)"
+                f"{type(self).__name__} has no prompts yet: pass prompts=..., use a datamodule with prompt_set() "
+                "(e.g. --data DTD), or load a checkpoint (--ckpt_path)"
             )
 
     def on_fit_start(self) -> None:
@@ -337,7 +331,7 @@ class ClipClassifier(CheckpointLoading, L.LightningModule):
     def checkpoint_info(self) -> dict:
         """What the checkpoint's ``"stori"`` entry holds (besides the trained tensors); see
         :func:`stori_pl.models.checkpoint_entry.stori_entry`."""
-        self._require_built()
+        self._check_ready()
         return stori_entry(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

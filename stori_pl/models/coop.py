@@ -113,7 +113,7 @@ class CoOp(ClipClassifier):
     @property
     def encoder(self) -> WeightedTextEncoder:
         """The text encoder the prompts run through (start block 1, no weights)."""
-        self._require_built()
+        self._check_ready()
         return self.frozen.encoder
 
     def prompt_embeddings(self) -> torch.Tensor:

@@ -101,7 +101,7 @@ class StoriClassifier(ClipClassifier):
 
     def effective_log_weights(self) -> torch.Tensor:
         """Log-weights ``[P, L']`` the encoder uses: 0 outside the trained tokens, bounded by ``max_log_weight``."""
-        self._require_built()
+        self._check_ready()
         log_w = self.log_weights.masked_fill(~self.weight_mask, 0.0)  # [P, L'] only trained tokens count
         bound = self.hparams.get("max_log_weight")
         return bound * torch.tanh(log_w / bound) if bound else log_w

@@ -19,6 +19,7 @@ one), and optionally chunks with gradient caching so that 10,000 prompts need th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -289,7 +290,7 @@ class PreparedPrompts(nn.Module):
 
     def __init__(self, encoder: WeightedTextEncoder, tokens: torch.Tensor, bucket_size: int = 64) -> None:
         super().__init__()
-        self.__dict__["encoder"] = encoder  # not a submodule: CLIP belongs to its owner
+        self.frozen = SimpleNamespace(encoder=encoder)  # a plain holder, not a submodule: CLIP belongs to its owner
         tokens = tokens.to(encoder.tower.positional_embedding.device)
         eot = encoder.eot_positions(tokens)  # [P]
         self.length = encoder.sequence_length(tokens)
@@ -304,6 +305,11 @@ class PreparedPrompts(nn.Module):
             self.register_buffer(f"index_{self.n_buckets}", index, persistent=False)
             self.register_buffer(f"hidden_{self.n_buckets}", hidden, persistent=False)
             self.n_buckets += 1
+
+    @property
+    def encoder(self) -> WeightedTextEncoder:
+        """The encoder whose prefix blocks were run (held, not owned)."""
+        return self.frozen.encoder
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
