@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO / "tools"))
 import toy_instruments  # noqa: E402
 
 K = toy.TOY_START_BLOCK  # 7 of 12, the paper's setting
-NONSENSE = " sks pll ucd"
 TWO = ["striped red circle", "dotted red circle"]
 EPOCHS = 40
 SEED = 0  # instrument seed asserted here (tools/toy_instruments.py measures 0, 1, 2)
@@ -49,10 +48,10 @@ UP_AP, DOWN_AP, FRAC = 0.010, -0.020, 0.80
 # the order 0.5 < 1 < 1.5 < 2 < 3.
 UP_AP_W2 = 0.016
 BINDING_MIN = 0.90  # measured 1.000 on every seed (chance 0.5: a bag of words cannot tell them apart)
-# ---- few-shot at block 7 (16 shots, 48 classes, 40 epochs, few-shot seed 1); GAIN and NOISE kept from v1, which v2 passes
-GAIN = 0.03
+# ---- few-shot at block 7 (two classes that differ in one word, 16 shots, 40 epochs, few-shot seed 1). SToRI >=
+# zero-shot + 5 on all 48 classes is asserted on the demo's own run (tests/test_toy_demo.py); descriptions vs templates
+# vs nonsense tokens is Table 1 (tools/paper_tables.py, docs/paper_results.md), over 5 seeds at the demo's settings.
 RATIO = 1.4  # measured 1.91 (seed 1, K = 7; 14 of 14 prompts > 1); v1 at K = 5: 16.2
-NOISE = 0.025
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -144,16 +143,6 @@ def _fit(root, **kwargs):
     return train_toy_stori(root, start_block=K, epochs=EPOCHS, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def plain_fit(root):
-    """Few-shot SToRI on all 48 classes with the generated CuPL sentences: test accuracies."""
-    return _fit(root)[2]
-
-
-def test_few_shot_stori_beats_zero_shot(plain_fit):
-    assert plain_fit["stori"] >= plain_fit["zero_shot"] + GAIN, plain_fit
-
-
 def test_learned_weights_land_on_the_discriminative_word(root):
     model, _, _ = _fit(root, classes=TWO)
     pattern_words = {"striped", "stripes", "dotted", "dots"}
@@ -167,10 +156,3 @@ def test_learned_weights_land_on_the_discriminative_word(root):
     ratios = torch.tensor(ratios)
     assert len(ratios) >= 8
     assert ratios.mean() > RATIO and (ratios > 1).float().mean() >= 0.75, ratios
-
-
-def test_nonsense_tokens_do_not_help(root, plain_fit, tmp_path):
-    path = tmp_path / "nonsense.json"
-    path.write_text(json.dumps({k: [s + NONSENSE for s in v] for k, v in toy.toy_cupl().items()}))
-    _, _, nonsense = _fit(root, cupl=str(path))
-    assert nonsense["stori"] <= plain_fit["stori"] + NOISE, (plain_fit, nonsense)
