@@ -123,9 +123,11 @@ def test_uniform_baselines_and_the_distractor_share():
     assert row["precision_at_k_uniform"] == pytest.approx((1 / 2 + 0) / 2)
     assert set(per_class) == {"striped red circle"}  # "a small striped red circle ..." names no blue square
     assert "precision_at_k_uniform" not in weight_metrics(weights, TRUTH, k=3, uniform=False)["striped red circle"]
-    # the top word as `stori explain` names it first (geometric mean over the class's prompts): the distractor's
-    # green (x11/3 once) beats red (x22/3 and x1 -> x2.7), so the class's top word is no defining word
-    assert row["top_word_defining"] == 0.0
+    # the top word as `stori explain` names it first (geometric mean over the class's two prompts, x1 where absent):
+    # red (x22/3 and x1 -> x2.71) beats the distractor's green (x11/3 in one prompt -> x1.91); the mean over
+    # occurrences alone would name green (x3.67 > x2.71), a word of one prompt
+    assert row["top_word_defining"] == 1.0
+    assert top_words(weights, 1, over="prompts")[0][0][0] == "red" and top_words(weights, 1)[0][0][0] == "green"
     only_first = weight_metrics({**weights, "striped red circle": weights["striped red circle"][:1]}, TRUTH)["striped red circle"]
     assert only_first["top_word_defining"] == 1.0  # red alone: x22/3
     # with all weights 1 no word is emphasized: no top word

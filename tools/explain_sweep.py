@@ -147,7 +147,7 @@ def diagnose(ckpt: str, root: str) -> dict:
             content = [(w, v) for w, v in p if not is_function_word(w)]
             precision_content.append(prompt_metrics(content, defining[c], truth)["precision_at_k"])
             above[sum(1 for w, v in p if w in defining[c] and v * len(p) > 1)] += 1
-        up, _ = top_words({c: prompts}, 1)
+        up, _ = top_words({c: prompts}, 1, over="prompts")
         tops[("DEFINING" if up[0][0] in defining[c] else up[0][0]) if up else "-"] += 1
     out.update({"top3_slots": dict(slots), "precision_at_3_function_words_left_out":
                 round(sum(precision_content) / len(precision_content), 3),

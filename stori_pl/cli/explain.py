@@ -129,7 +129,7 @@ def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolu
     for name in shown:
         print()
         print(viz.render_terminal(name, weights[name], color=color, absolute=absolute))
-        up, down = viz.top_words({name: weights[name]}, min(top, 5), absolute=absolute)
+        up, down = viz.top_words({name: weights[name]}, min(top, 5), absolute=absolute, over="prompts")
         print("  emphasized: " + fmt_words(up) + "  |  de-emphasized: " + fmt_words(down))
     if len(shown) < len(weights):
         print(f"\n(showing {len(shown)} of {len(weights)} classes; use --classes+ NAME or --all_classes true)")

@@ -99,10 +99,6 @@ class ActivationData(L.LightningDataModule):
         self.split = {"val": order[:n_val].sort().values, "train": order[n_val:].sort().values}
         self.data = {part: TensorDataset(acts[idx]) for part, idx in self.split.items()}
 
-    def split_paths(self, part: str) -> list[Path]:
-        """Image paths of ``"train"`` or ``"val"`` (after :meth:`setup`)."""
-        return [self.paths[i] for i in self.split[part].tolist()]
-
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.data["train"], batch_size=self.batch_size, shuffle=True, drop_last=False)
 

@@ -205,7 +205,7 @@ def weight_metrics(weights: WordWeights, truth: GroundTruth, k: int = 3, uniform
         if not rows:
             continue
         out[name] = _mean_rows(rows)
-        up, _ = top_words({name: prompts}, 1)
+        up, _ = top_words({name: prompts}, 1, over="prompts")
         if up:
             out[name]["top_word_defining"] = float(up[0][0].strip().lower() in defining[name])
         if uniform:

@@ -383,11 +383,6 @@ def _distractor_phrase(b: _Builder, obj: ToyObject, rng: random.Random, p_synony
         b.add("corner")
 
 
-def caption(obj: ToyObject, rng: random.Random, p_mention: dict[str, float] | None = None) -> str:
-    """A caption that mentions a random subset of ``obj``'s attributes in a random word order."""
-    return describe(obj, rng, p_mention).text
-
-
 def attribute_prompts(attribute: str) -> dict[str, list[str]]:
     """Zero-shot prompts per value of one main-object attribute (others unmentioned), or of ``kind``."""
     if attribute == "shape":

@@ -112,12 +112,16 @@ def rgba(intensity: float, alpha_max: float = 0.85) -> tuple[float, float, float
 
 
 def top_words(
-    classes: ClassPrompts, k: int = 10, min_count: int = 1, function_words: bool = False, absolute: bool = False
+    classes: ClassPrompts, k: int = 10, min_count: int = 1, function_words: bool = False, absolute: bool = False,
+    over: str = "occurrences",
 ) -> tuple[list[tuple[str, float, int]], list[tuple[str, float, int]]]:
     """Most emphasized / de-emphasized words over the given classes.
 
-    A word's score is the geometric mean, over its occurrences, of its :func:`emphasis` (weight relative
-    to its prompt's uniform weight; with ``absolute``, the absolute weight).
+    A word's score is a geometric mean of its :func:`emphasis` (weight relative to its prompt's uniform weight;
+    with ``absolute``, the absolute weight): over its occurrences (``over="occurrences"``, how strongly the word
+    is weighted where it appears), or over all the given prompts, ×1 where it is absent (``over="prompts"``,
+    how much the prompt set as a whole emphasizes it: a class summary, since a class's embedding averages its
+    prompts, and a filler in one prompt of eight moves it less than a defining word emphasized in most).
 
     Args:
         classes: Per class, per prompt, ``(word, weight)`` pairs.
@@ -126,17 +130,23 @@ def top_words(
         function_words: Also rank function words and punctuation (default: left out, since "there ×1.6"
             says nothing about a class).
         absolute: The weights are absolute (``word_weights(absolute=True)``), not relative to the prompt.
+        over: ``"occurrences"`` or ``"prompts"`` (see above).
 
     Returns:
         ``(emphasized, de_emphasized)``: lists of ``(word, score, count)``, at most ``k`` each.
     """
+    if over not in ("occurrences", "prompts"):
+        raise ValueError(f"over must be 'occurrences' or 'prompts', got {over!r}")
     logs: dict[str, list[float]] = {}
+    n_prompts = 0
     for prompts in classes.values():
         for p in prompts:
+            n_prompts += 1
             for (w, _), r in zip(p, emphasis(p, absolute)):
                 if function_words or not is_function_word(w):
                     logs.setdefault(w, []).append(math.log(max(r, 1e-12)))
-    scored = [(w, math.exp(sum(v) / len(v)), len(v)) for w, v in logs.items() if len(v) >= min_count]
+    scored = [(w, math.exp(sum(v) / (n_prompts if over == "prompts" else len(v))), len(v))
+              for w, v in logs.items() if len(v) >= min_count]
     up = sorted((s for s in scored if s[1] >= 1.005), key=lambda s: -s[1])[:k]
     down = sorted((s for s in scored if s[1] <= 0.995), key=lambda s: s[1])[:k]
     return up, down
@@ -161,7 +171,7 @@ def markdown_top_words(classes: ClassPrompts, k: int = 5, function_words: str = 
 
     lines = ["| class | emphasized | de-emphasized |", "|---|---|---|"]
     for name, prompts in classes.items():
-        up, down = top_words({name: prompts}, k, function_words=mark, absolute=absolute)
+        up, down = top_words({name: prompts}, k, function_words=mark, absolute=absolute, over="prompts")
         lines.append(f"| {_md(name)} | {cell(up)} | {cell(down)} |")
     return "\n".join(lines)
 
@@ -170,7 +180,7 @@ def top_words_legend(function_words: str = "exclude", absolute: bool = False) ->
     """One line explaining a :func:`markdown_top_words` table made with the same options."""
     scale = "absolute weight (1 = unchanged)" if absolute else "weight relative to the prompt's average"
     note = "_word°_: function word or punctuation" if function_words == "mark" else "function words and punctuation left out"
-    return f"×: {scale}; {note}"
+    return f"×: {scale}, geometric mean over the class's prompts (×1 where a word is absent); {note}"
 
 
 def _md(text: str) -> str:
