@@ -37,6 +37,19 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture(scope="session")
+def toy_shapes_data(tmp_path_factory) -> tuple[Path, Path]:
+    """ToyShapes (48 classes, default sizes) generated once per session, and a feature cache beside it:
+    ``(data root, cache dir)``. The tests that train on the whole benchmark share both (the cache is keyed by each
+    image's path, size and mtime, so the test split is encoded once); they may add other toy folders next to
+    ``toy_shapes`` but change nothing in it. The demo's test generates its own (a user's first run)."""
+    from stori_pl.toy.data import write_toy_shapes
+
+    base = tmp_path_factory.mktemp("toy_shapes_shared")
+    write_toy_shapes(base / "data")
+    return base / "data", base / "cache"
+
+
+@pytest.fixture(scope="session")
 def tiny_clip():
     """(model, preprocess, tokenizer) of the random-init ``stori-tiny`` CLIP (frozen, eval)."""
     from stori_pl import load_clip

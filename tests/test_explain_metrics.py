@@ -420,20 +420,20 @@ def small_fit_metrics(root, seed: int = 1) -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def small_fit(tmp_path_factory):
-    """:func:`small_fit_metrics` of few-shot seed 1, once per module (data and feature cache in a temp folder)."""
+def small_fit(toy_shapes_data):
+    """:func:`small_fit_metrics` of few-shot seed 1, once per module (the session's ToyShapes and feature cache)."""
     import torch
 
     weights = Path(__file__).resolve().parents[1] / "stori_pl" / "assets" / "stori-toy.safetensors"
     if not weights.is_file():
         pytest.skip("shipped stori-toy weights missing")
-    base = tmp_path_factory.mktemp("small_fit")
+    data, cache = toy_shapes_data
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORI_CACHE", str(base / "cache"))
+        mp.setenv("STORI_CACHE", str(cache))
         try:
-            return small_fit_metrics(base / "data", seed=1)
+            return small_fit_metrics(data, seed=1)
         finally:
             torch.set_num_threads(threads)
 

@@ -63,18 +63,18 @@ def test_print_writes_one_parsable_command_per_cell(capsys):
 
 
 @pytest.fixture(scope="module")
-def toy_grid(tmp_path_factory):
+def toy_grid(tmp_path_factory, toy_shapes_data):
     """Every method, 4 shots, seed 1 on the toy benchmark, epochs cut to 10 to keep CI short (the configs train
     60 (SToRI) / 100-200 (TaskRes, CoOp) / 20 (Tip-Adapter-F) epochs; docs/baselines.md has the full-recipe grid)."""
     import os
 
     work = tmp_path_factory.mktemp("grid")
     overrides = ["--trainer.max_epochs", "10", "--trainer.accelerator", "cpu",
-                 "--trainer.enable_progress_bar", "false", "--data.root", str(work / "data")]
+                 "--trainer.enable_progress_bar", "false", "--data.root", str(toy_shapes_data[0])]
     argv = ["grid", "--methods", ",".join(METHODS), "--datasets", "toy_shapes", "--shots", "4", "--seeds", "1",
             "--out_dir", str(work / "runs"), *overrides]
     proc = subprocess.run([sys.executable, "-m", "stori_pl", *argv], capture_output=True, text=True, cwd=work,
-                          env={**os.environ, "STORI_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "STORI_CACHE": str(toy_shapes_data[1]), "OMP_NUM_THREADS": "1"})
     return work, proc
 
 

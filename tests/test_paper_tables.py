@@ -42,3 +42,23 @@ def test_table1_summary_pairs_the_seeds():
     assert out["descriptions_minus_templates"]["mean"] == pytest.approx(2.0)
     assert out["descriptions_minus_templates"]["ci95"] == pytest.approx([2.0, 2.0], abs=1e-9)
     assert out["nonsense_minus_templates"]["mean"] == pytest.approx(-1.0)
+
+
+def test_opaque_names_hide_the_class_and_leave_the_descriptions():
+    from stori_pl.toy.data import ATTRIBUTES
+
+    sets = paper_tables.prompt_sets("toy_shapes", names="opaque")
+    given = paper_tables.prompt_sets("toy_shapes")
+    names = paper_tables.opaque_names(list(given["templates"]))
+    assert len(set(names.values())) == len(names) == 48  # one made-up word per class
+    attribute_words = {v for values in ATTRIBUTES.values() for v in values}
+    for cls, word in names.items():
+        assert not any(v in word for v in attribute_words), word  # the name says nothing of the look
+        template = f"a photo of a {word}."
+        assert sets["templates"][cls] == [template]
+        # the template comes first (the model's base prompts, which name the real class, are off), then the
+        # same descriptions / nonsense as with the given names, with the made-up word in the nonsense prompts
+        assert sets["descriptions"][cls] == [template] + given["descriptions"][cls]
+        assert sets["nonsense"][cls][0] == template and len(sets["nonsense"][cls]) == 1 + len(given["nonsense"][cls])
+        assert all(p.startswith(f"a photo of a {word}, ") for p in sets["nonsense"][cls][1:])
+        assert not any(cls in p for s in sets.values() for p in s[cls][:1])

@@ -126,13 +126,12 @@ def test_emphasis_at_block_7_moves_retrieval(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """ToyShapes generated once for the few-shot tests (feature cache in the same temp folder)."""
-    base = tmp_path_factory.mktemp("toy")
+def root(toy_shapes_data):
+    """ToyShapes for the few-shot test (the session's shared folder and feature cache)."""
+    data, cache = toy_shapes_data
     mp = pytest.MonkeyPatch()
-    mp.setenv("STORI_CACHE", str(base / "cache"))
-    toy.write_toy_shapes(base)
-    yield base
+    mp.setenv("STORI_CACHE", str(cache))
+    yield data
     mp.undo()
 
 
