@@ -126,6 +126,7 @@ def print_weights(weights: dict, shown: list[str], top: int, color: bool, absolu
         print("Darker = higher weight (mid red = the prompt's average)" if color
               else "(xR) = R times the prompt's average weight (shown where R >= 1.5)")
     scale = "absolute weight" if absolute else "weight / prompt average"
+    print(f"emphasized: per class, {scale}, geometric mean over the class's prompts (x1 where a word is absent)")
     for name in shown:
         print()
         print(viz.render_terminal(name, weights[name], color=color, absolute=absolute))
