@@ -261,3 +261,17 @@ def test_one_loader_returns_the_class_each_checkpoint_names(tmp_path, tiny_clip)
     torch.save(ckpt, tmp_path / "gone.ckpt")
     with pytest.raises(ValueError, match="gone.ckpt holds a OldNet model, which this stori-pl does not have"):
         load_checkpoint(tmp_path / "gone.ckpt")
+
+
+def test_one_ready_check_for_a_model_without_prompts(tiny_clip):
+    """Every use of a model that has no prompts yet (a property, a hook, a checkpoint) stops at the same check with
+    the same one-line ValueError (there were two checks, a RuntimeError and a ValueError, with different advice)."""
+    model = StoriClassifier(clip_model="stori-tiny", pretrained=None, start_block=2)
+    uses = [lambda: model.classnames, lambda: model.clip, lambda: model.effective_log_weights(),
+            model.on_fit_start, model.on_test_start, model.checkpoint_info]
+    messages = set()
+    for use in uses:
+        with pytest.raises(ValueError, match="StoriClassifier has no prompts yet") as err:
+            use()
+        messages.add(str(err.value))
+    assert len(messages) == 1 and "--ckpt_path" in messages.pop()
