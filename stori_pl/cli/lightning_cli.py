@@ -282,8 +282,9 @@ def claim_run_version(run_dir: str | os.PathLike) -> int:
 
 
 def _name_event_file(err: OSError, trainer: L.Trainer | None) -> None:
-    """Give an OSError without a file name (TensorBoard's writer thread on a full disk) the run's newest event file."""
-    log_dir = getattr(trainer, "log_dir", None) if err.filename is None else None
+    """Give a system error without a file name (TensorBoard's writer thread on a full disk: an errno, no file) the
+    run's newest event file; errors raised with a message only (``FileNotFoundError("data root …")``) keep it."""
+    log_dir = getattr(trainer, "log_dir", None) if err.filename is None and err.errno is not None else None
     if log_dir is not None:
         events = sorted(Path(log_dir).glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
         err.filename = str(events[-1] if events else log_dir)
